@@ -1,0 +1,116 @@
+//! Golden bytes of the wire format. A change here is a protocol change: bump the version.
+
+mod common;
+
+use std::fmt::Write;
+
+use nlxtp_core::record::{MANIFEST_LEN, STATUS_SLOT_LEN};
+use nlxtp_core::slots::STATUS_FILE_LEN;
+use nlxtp_core::wire::FRAME_OVERHEAD;
+use nlxtp_core::{BootId, Manifest, OutputInfo, RunId, RunState, StatusRecord, StatusWriter};
+
+/// Hex dump of the used bytes, with runs of zero lines folded, as `xxd` would show.
+fn dump(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    let mut folded = false;
+    for (n, line) in bytes.chunks(16).enumerate() {
+        if line.iter().all(|&b| b == 0) && n > 0 && (n + 1) * 16 < bytes.len() {
+            if !folded {
+                out.push_str("*\n");
+                folded = true;
+            }
+            continue;
+        }
+        folded = false;
+        write!(out, "{:04x}:", n * 16).unwrap();
+        for b in line {
+            write!(out, " {b:02x}").unwrap();
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn example_record() -> StatusRecord {
+    let mut rec = StatusRecord {
+        sequence: 5,
+        run_id: RunId::from_hex("0123456789abcdef0123456789abcdef").unwrap(),
+        boot_id: BootId::from_hex("c0ffee00-0000-4000-8000-00000000beef").unwrap(),
+        state: RunState::Exited(3),
+        heartbeat: 12,
+        heartbeat_interval_ms: 2_000,
+        stdout: OutputInfo {
+            bytes: 300,
+            truncated: false,
+        },
+        stderr: OutputInfo {
+            bytes: 0,
+            truncated: true,
+        },
+        started_unix: Some(1_700_000_000),
+        updated_unix: 1_700_000_024,
+        finished_unix: Some(1_700_000_024),
+        ..Default::default()
+    };
+    rec.custom.push_str("step 2/3: ok").unwrap();
+    rec
+}
+
+#[test]
+fn status_slot_bytes() {
+    let mut slot = [0xa5u8; STATUS_SLOT_LEN];
+    example_record().encode(&mut slot).unwrap();
+    assert!(!slot.contains(&0xa5), "every byte of the slot is written");
+    insta::assert_snapshot!(dump(&slot));
+    assert_eq!(StatusRecord::decode(&slot), Ok(example_record()));
+}
+
+#[test]
+fn manifest_bytes() {
+    let manifest = Manifest {
+        run_id: RunId::from_hex("0123456789abcdef0123456789abcdef").unwrap(),
+        created_unix: 1_700_000_000,
+        timeout_secs: Some(600),
+        heartbeat_interval_ms: None,
+        output_cap_bytes: Some(16 << 20),
+    };
+    let mut file = [0xa5u8; MANIFEST_LEN];
+    manifest.encode(&mut file).unwrap();
+    assert!(!file.contains(&0xa5));
+    insta::assert_snapshot!(dump(&file));
+    assert_eq!(Manifest::decode(&file), Ok(manifest));
+}
+
+#[test]
+fn writer_places_records_alternately() {
+    let mut file = vec![0u8; STATUS_FILE_LEN];
+    let mut writer = StatusWriter::new();
+    let mut slot = [0u8; STATUS_SLOT_LEN];
+    let mut rec = example_record();
+    for expected_seq in 1..=4u64 {
+        let at = writer.encode(&mut rec, &mut slot).unwrap();
+        assert_eq!(rec.sequence, expected_seq);
+        assert_eq!(at, (expected_seq as usize % 2) * STATUS_SLOT_LEN);
+        file[at..at + STATUS_SLOT_LEN].copy_from_slice(&slot);
+        assert_eq!(
+            nlxtp_core::slots::read_status(&file).unwrap().sequence,
+            expected_seq
+        );
+    }
+    assert_eq!(StatusWriter::resume(&file).next_sequence(), 5);
+}
+
+#[test]
+fn largest_record_fits_with_room_to_spare() {
+    let rec = common::largest_record();
+    assert!(
+        rec.custom.len() >= 3_000,
+        "the brief asks for at least 3000 bytes of custom text"
+    );
+    let mut slot = [0u8; STATUS_SLOT_LEN];
+    rec.encode(&mut slot).unwrap();
+    assert_eq!(StatusRecord::decode(&slot), Ok(rec.clone()));
+    let used = u16::from_le_bytes([slot[6], slot[7]]) as usize;
+    let room = STATUS_SLOT_LEN - FRAME_OVERHEAD - used;
+    insta::assert_snapshot!(format!("payload {used} bytes, {room} bytes spare"));
+}
