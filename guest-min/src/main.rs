@@ -1,17 +1,251 @@
-//! `nlxtp-guest`: the program that runs inside a guest (daemon, monitor, status helper).
+//! `nlxtp-guest`: the program inside every nlxtp guest, a VM or a container.
 //!
-//! Not written yet (issue 3). It only prints the protocol names it will use, so that the
-//! workspace builds and the guest side's dependency on `nlxtp-core` is real.
-#![forbid(unsafe_code)]
+//! One static binary with three roles: the **daemon** (started at boot; finds the shared
+//! area and starts each new upload exactly once), the **monitor** (a forked child of the
+//! daemon that runs `auto_exec.sh` and keeps the status file) and the **status helper**
+//! (`archive_setstatus TEXT`). It is `no_std` on top of the C library's startup code and
+//! raw system calls (`rustix`), so it stays small, allocates nothing, and runs in an
+//! initramfs that has nothing but busybox. The protocol is `nlxtp-core`'s.
+#![no_std]
+#![no_main]
 
-use nlxtp_core::layout;
+mod area;
+mod clock;
+mod daemon;
+mod disk;
+mod helper;
+mod monitor;
+mod spawn;
+mod sys;
 
-fn main() {
-    eprintln!(
-        "nlxtp-guest is not implemented yet; it will run {} from {} and keep {}",
-        layout::START_SCRIPT,
-        layout::GUEST_MOUNT_POINT,
-        layout::STATUS_FILE
-    );
-    std::process::exit(2);
+use core::ffi::{c_char, c_int, CStr};
+
+use nlxtp_core::{layout, BootId};
+
+use crate::sys::CStrList;
+
+const USAGE: &str = "\
+nlxtp-guest: runs uploads in an nlxtp guest (no network: only a shared disk or directory)
+
+Usage:
+  nlxtp-guest daemon [--dir DIR | --label LABEL | --device DEV] [options]
+      Find the shared area and run its auto_exec.sh once per upload.
+      --dir DIR          the shared area is this directory (container); keeps watching
+      --label LABEL      the shared area is the FAT disk with this label (VM, default NLXTP),
+                         mounted at --mount-point; handles one upload, then exits
+      --device DEV       the same, for a given block device
+      --mount-point DIR  where to mount the disk (default /mnt/nlXTP)
+      --watch / --once   override the default (watch for --dir, once for a disk)
+      --wait-device SECS how long to wait for the disk to appear (default 10)
+      --heartbeat-ms N   heartbeat interval the monitor promises (default 2000)
+      --output-cap BYTES cap on each captured output stream (default 16 MiB)
+      --boot-id HEX      boot identity to use instead of the kernel's
+  nlxtp-guest status set TEXT... | -
+      Set the run's custom status (from inside auto_exec.sh). Also installed as
+      archive_setstatus and nlxtp-status. '-' reads the text from standard input.
+  nlxtp-guest status show [DIR]
+      Print the status record of the shared area DIR (default /mnt/nlXTP).
+";
+
+const EXIT_USAGE: c_int = 2;
+
+// With std, the standard library links the C library; this binary has no std, and the
+// `libc` crate links it itself only for glibc. Link musl's static libc for the guest.
+#[cfg(target_env = "musl")]
+#[link(name = "c", kind = "static", modifiers = "-bundle")]
+extern "C" {}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    crate::log!("internal error (panic); aborting");
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}
+
+/// The precompiled `core` refers to the unwinder's personality routine even though this
+/// binary aborts on panic and never unwinds; this stub satisfies the linker.
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}
+
+#[no_mangle]
+extern "C" fn main(_argc: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    // SAFETY: the C runtime passes NULL-terminated argument and environment arrays that
+    // live as long as the process.
+    let (args, env) = unsafe { (CStrList::new(argv), CStrList::new(envp)) };
+    let mut list: heapless::Vec<&'static CStr, 256> = heapless::Vec::new();
+    for arg in args.iter() {
+        if list.push(arg).is_err() {
+            crate::log!("too many arguments");
+            return EXIT_USAGE;
+        }
+    }
+    let program = list
+        .first()
+        .and_then(|p| p.to_str().ok())
+        .unwrap_or("nlxtp-guest");
+    let program = program.rsplit('/').next().unwrap_or(program);
+    let rest = list.get(1..).unwrap_or(&[]);
+    match program {
+        "archive_setstatus" | "nlxtp-status" => helper::set(program, rest, env),
+        _ => dispatch(rest, env),
+    }
+}
+
+fn dispatch(args: &[&'static CStr], env: CStrList) -> c_int {
+    let words: heapless::Vec<&str, 4> = args
+        .iter()
+        .take(3)
+        .filter_map(|a| a.to_str().ok())
+        .collect();
+    match words.as_slice() {
+        ["daemon", ..] => daemon_command(&args[1..], env),
+        ["status", "set", ..] => helper::set("nlxtp-guest status set", &args[2..], env),
+        ["status", "show", ..] => show(args.get(2).copied().unwrap_or(c"/mnt/nlXTP")),
+        ["help" | "--help" | "-h", ..] | [] => {
+            out!("{USAGE}");
+            if words.is_empty() {
+                EXIT_USAGE
+            } else {
+                0
+            }
+        }
+        ["--version" | "-V", ..] => {
+            out!(
+                "nlxtp-guest {} (protocol version {})\n",
+                env!("CARGO_PKG_VERSION"),
+                nlxtp_core::wire::VERSION
+            );
+            0
+        }
+        _ => usage_error("unknown command"),
+    }
+}
+
+fn usage_error(what: &str) -> c_int {
+    crate::log!("{what}; see 'nlxtp-guest --help'");
+    EXIT_USAGE
+}
+
+fn daemon_command(args: &[&'static CStr], env: CStrList) -> c_int {
+    let mut dir: Option<&CStr> = None;
+    let mut label: Option<&str> = None;
+    let mut device: Option<&str> = None;
+    let mut mount_point: &CStr = c"/mnt/nlXTP";
+    let mut watch: Option<bool> = None;
+    let mut wait_device_s: u64 = 10;
+    let mut heartbeat_ms: u32 = 2_000;
+    let mut output_cap: u64 = 16 << 20;
+    let mut boot_id: Option<BootId> = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let flag = flag.to_str().unwrap_or("");
+        let mut value = || it.next().copied();
+        let ok = match flag {
+            "--dir" => value().map(|v| dir = Some(v)).is_some(),
+            "--label" => value()
+                .and_then(|v| v.to_str().ok())
+                .map(|v| label = Some(v))
+                .is_some(),
+            "--device" => value()
+                .and_then(|v| v.to_str().ok())
+                .map(|v| device = Some(v))
+                .is_some(),
+            "--mount-point" => value().map(|v| mount_point = v).is_some(),
+            "--watch" => {
+                watch = Some(true);
+                true
+            }
+            "--once" => {
+                watch = Some(false);
+                true
+            }
+            "--wait-device" => number(value()).map(|v| wait_device_s = v).is_some(),
+            "--heartbeat-ms" => number(value())
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|&v| v > 0)
+                .map(|v| heartbeat_ms = v)
+                .is_some(),
+            "--output-cap" => number(value()).map(|v| output_cap = v).is_some(),
+            "--boot-id" => value()
+                .and_then(|v| v.to_str().ok())
+                .and_then(BootId::from_hex)
+                .map(|v| boot_id = Some(v))
+                .is_some(),
+            _ => false,
+        };
+        if !ok {
+            return usage_error("bad or incomplete daemon option");
+        }
+    }
+    let area_path = match dir {
+        Some(dir) => dir,
+        None => {
+            let label = label.unwrap_or(layout::DEFAULT_VOLUME_LABEL);
+            let deadline = clock::now_ms() + wait_device_s * 1_000;
+            let found = loop {
+                let found = match device {
+                    Some(dev) => Some(disk::DevicePath::try_from(dev).unwrap_or_default()),
+                    None => disk::find_by_label(label),
+                };
+                if found.is_some() || clock::now_ms() >= deadline {
+                    break found;
+                }
+                clock::sleep_ms(200);
+            };
+            let Some(dev) = found else {
+                crate::log!("no FAT disk labelled {label} found; attach one (nlxtp create-disk) or pass --device or --dir");
+                return 1;
+            };
+            if let Err(e) = disk::mount_vfat(&dev, mount_point) {
+                crate::log!("cannot mount {} at {:?}: {e:?}", dev.as_str(), mount_point);
+                return 1;
+            }
+            crate::log!("shared disk {} mounted at {:?}", dev.as_str(), mount_point);
+            mount_point
+        }
+    };
+    let config = daemon::DaemonConfig {
+        area_path,
+        watch: watch.unwrap_or(dir.is_some()),
+        heartbeat_ms,
+        output_cap,
+        boot_id,
+    };
+    daemon::run(config, env)
+}
+
+fn number(value: Option<&CStr>) -> Option<u64> {
+    value?.to_str().ok()?.parse().ok()
+}
+
+fn show(dir: &CStr) -> c_int {
+    let area = match area::Area::open(dir) {
+        Ok(area) => area,
+        Err(e) => {
+            crate::log!("cannot open {dir:?}: {e:?}");
+            return 1;
+        }
+    };
+    match area.read_status() {
+        Ok(rec) => {
+            out!(
+                "run {}\nstate {}\nsequence {}\nheartbeat {} (every {} ms)\nstdout {} bytes{}\nstderr {} bytes{}\n",
+                rec.run_id,
+                rec.state,
+                rec.sequence,
+                rec.heartbeat,
+                rec.heartbeat_interval_ms,
+                rec.stdout.bytes,
+                if rec.stdout.truncated { " (truncated)" } else { "" },
+                rec.stderr.bytes,
+                if rec.stderr.truncated { " (truncated)" } else { "" },
+            );
+            out!("custom {}\n", rec.custom.as_str());
+            0
+        }
+        Err(e) => {
+            crate::log!("no status: {e}");
+            1
+        }
+    }
 }

@@ -1,0 +1,178 @@
+//! Starting the start script: its environment, its file descriptors, fork and exec.
+
+use core::ffi::{c_char, CStr};
+
+use nlxtp_core::layout::{self, env};
+use nlxtp_core::RunId;
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::io::Errno;
+use rustix::pipe::{pipe_with, PipeFlags};
+use rustix::process::Pid;
+
+use crate::sys::{self, CStrList};
+
+/// The descriptor number the script (and its `archive_setstatus`) finds the status
+/// request pipe at; also given in `NLXTP_STATUS_FD`.
+pub const STATUS_FD: i32 = 3;
+
+/// Environment variable naming [`STATUS_FD`].
+pub const STATUS_FD_VAR: &str = "NLXTP_STATUS_FD";
+
+/// Protocol version a script sees in `archive_version`.
+const ARCHIVE_VERSION: &str = "1";
+
+/// PATH for scripts started without one (a bare init has none).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+const ENV_BYTES: usize = 32 * 1024;
+const ENV_ENTRIES: usize = 256;
+
+/// A NULL-terminated environment block built without allocation.
+struct EnvBlock {
+    bytes: heapless::Vec<u8, ENV_BYTES>,
+    starts: heapless::Vec<usize, ENV_ENTRIES>,
+}
+
+impl EnvBlock {
+    fn new() -> Self {
+        EnvBlock {
+            bytes: heapless::Vec::new(),
+            starts: heapless::Vec::new(),
+        }
+    }
+
+    /// Adds `parts` concatenated as one entry. An entry that does not fit is dropped
+    /// whole (the inherited environment is best effort; ours comes first).
+    fn push(&mut self, parts: &[&[u8]]) -> bool {
+        let start = self.bytes.len();
+        let fits = parts.iter().map(|p| p.len()).sum::<usize>() < ENV_BYTES - start
+            && !self.starts.is_full();
+        if !fits || parts.iter().any(|p| p.contains(&0)) {
+            return false;
+        }
+        for part in parts {
+            let _ = self.bytes.extend_from_slice(part);
+        }
+        let _ = self.bytes.push(0);
+        let _ = self.starts.push(start);
+        true
+    }
+
+    fn pointers(&self) -> heapless::Vec<*const c_char, { ENV_ENTRIES + 1 }> {
+        let mut out = heapless::Vec::new();
+        for &start in &self.starts {
+            let _ = out.push(self.bytes[start..].as_ptr().cast());
+        }
+        let _ = out.push(core::ptr::null());
+        out
+    }
+}
+
+/// The pipes between the monitor and a started script.
+pub struct Started {
+    /// The script's pid, also its process group.
+    pub pid: Pid,
+    /// Read end of the script's standard output.
+    pub stdout: OwnedFd,
+    /// Read end of the script's standard error.
+    pub stderr: OwnedFd,
+    /// Read end of the status request pipe.
+    pub requests: OwnedFd,
+}
+
+/// Runs `/bin/sh auto_exec.sh` in the shared area, in a new process group, with
+/// standard input empty, standard output and error into pipes, and the status request
+/// pipe at [`STATUS_FD`].
+///
+/// Returns the errno of a failed `exec` (or fork) as `Err`.
+pub fn start_script(
+    area_dir: rustix::fd::BorrowedFd<'_>,
+    area_path: &CStr,
+    run_id: RunId,
+    inherited: CStrList,
+) -> Result<Started, Errno> {
+    let mut run_hex = heapless::String::<32>::new();
+    let _ = core::fmt::write(&mut run_hex, format_args!("{run_id}"));
+    let mut fd_text = heapless::String::<4>::new();
+    let _ = core::fmt::write(&mut fd_text, format_args!("{STATUS_FD}"));
+    let area = area_path.to_bytes();
+
+    let mut envb = EnvBlock::new();
+    envb.push(&[env::ARCHIVE_DIR.as_bytes(), b"=", area]);
+    envb.push(&[env::NLXTP_DIR.as_bytes(), b"=", area]);
+    envb.push(&[
+        env::ARCHIVE_VERSION.as_bytes(),
+        b"=",
+        ARCHIVE_VERSION.as_bytes(),
+    ]);
+    envb.push(&[env::RUN_ID.as_bytes(), b"=", run_hex.as_bytes()]);
+    envb.push(&[STATUS_FD_VAR.as_bytes(), b"=", fd_text.as_bytes()]);
+    if inherited.var("PATH").is_none() {
+        envb.push(&[b"PATH=", DEFAULT_PATH.as_bytes()]);
+    }
+    let ours = [
+        env::ARCHIVE_DIR,
+        env::NLXTP_DIR,
+        env::ARCHIVE_VERSION,
+        env::RUN_ID,
+        STATUS_FD_VAR,
+    ];
+    for entry in inherited.iter() {
+        let bytes = entry.to_bytes();
+        let key = bytes.split(|&b| b == b'=').next().unwrap_or(bytes);
+        if !ours.iter().any(|name| name.as_bytes() == key) {
+            envb.push(&[bytes]);
+        }
+    }
+    let envp = envb.pointers();
+    let argv: [*const c_char; 3] = [c"sh".as_ptr(), c"auto_exec.sh".as_ptr(), core::ptr::null()];
+    debug_assert_eq!(
+        layout::START_SCRIPT,
+        "auto_exec.sh",
+        "argv spells the start script's name"
+    );
+
+    let (stdin_r, stdin_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (req_r, req_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (exec_r, exec_w) = pipe_with(PipeFlags::CLOEXEC)?;
+
+    match sys::fork()? {
+        None => {
+            // The child: only raw system calls from here to exec.
+            sys::reset_signals_for_exec();
+            let failed = (|| -> Result<Errno, Errno> {
+                rustix::process::setpgid(None, None)?;
+                rustix::process::fchdir(area_dir)?;
+                rustix::stdio::dup2_stdin(&stdin_r)?;
+                rustix::stdio::dup2_stdout(&out_w)?;
+                rustix::stdio::dup2_stderr(&err_w)?;
+                sys::dup_to(req_w.as_fd(), STATUS_FD)?;
+                Ok(sys::execve(c"/bin/sh", &argv, &envp))
+            })()
+            .unwrap_or_else(|e| e);
+            let _ = rustix::io::write(&exec_w, &failed.raw_os_error().to_le_bytes());
+            sys::exit_now(127);
+        }
+        Some(pid) => {
+            drop((stdin_r, stdin_w, out_w, err_w, req_w, exec_w));
+            // EOF means exec succeeded (the CLOEXEC write end closed); 4 bytes are its errno.
+            let mut errno = [0u8; 4];
+            let n = crate::area::read_fd(exec_r.as_fd(), &mut errno).unwrap_or(0);
+            if n == 4 {
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+                return Err(Errno::from_raw_os_error(i32::from_le_bytes(errno)));
+            }
+            for fd in [&out_r, &err_r, &req_r] {
+                let _ = rustix::io::ioctl_fionbio(fd, true);
+            }
+            Ok(Started {
+                pid,
+                stdout: out_r,
+                stderr: err_r,
+                requests: req_r,
+            })
+        }
+    }
+}

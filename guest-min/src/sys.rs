@@ -1,0 +1,238 @@
+//! Everything that needs `unsafe`: process arguments and environment from the C runtime,
+//! fork/exec, signal masks, and the standard file descriptors. The rest of the guest is
+//! safe code on top of `rustix`.
+
+use core::ffi::{c_char, c_int, CStr};
+use core::fmt;
+
+use rustix::fd::{BorrowedFd, OwnedFd};
+use rustix::io::Errno;
+use rustix::process::Pid;
+
+/// The process's arguments or environment: a NULL-terminated array of C strings that
+/// the C runtime hands to `main` and that lives as long as the process.
+#[derive(Clone, Copy)]
+pub struct CStrList(*const *const c_char);
+
+impl CStrList {
+    /// # Safety
+    /// `list` must be NULL or point to a NULL-terminated array of pointers to
+    /// NUL-terminated strings that stay valid and unchanged for the rest of the process
+    /// (what the C runtime passes to `main`).
+    pub unsafe fn new(list: *const *const c_char) -> Self {
+        CStrList(list)
+    }
+
+    /// The strings, in order.
+    pub fn iter(self) -> impl Iterator<Item = &'static CStr> {
+        let mut at = 0usize;
+        core::iter::from_fn(move || {
+            if self.0.is_null() {
+                return None;
+            }
+            // SAFETY: `new`'s contract: the array is NULL-terminated and we stop at NULL.
+            let ptr = unsafe { *self.0.add(at) };
+            if ptr.is_null() {
+                return None;
+            }
+            at += 1;
+            // SAFETY: `new`'s contract: each entry is a NUL-terminated string that lives
+            // for the rest of the process.
+            Some(unsafe { CStr::from_ptr(ptr) })
+        })
+    }
+
+    /// The value of environment variable `name`, if this is an environment list.
+    pub fn var(self, name: &str) -> Option<&'static CStr> {
+        self.iter().find_map(|entry| {
+            let bytes = entry.to_bytes();
+            (bytes.len() > name.len()
+                && bytes.starts_with(name.as_bytes())
+                && bytes[name.len()] == b'=')
+                // `name=` is ASCII, so slicing after it keeps a valid C string.
+                .then(|| {
+                    CStr::from_bytes_with_nul(&entry.to_bytes_with_nul()[name.len() + 1..]).ok()
+                })
+                .flatten()
+        })
+    }
+}
+
+/// Standard output.
+pub fn stdout() -> BorrowedFd<'static> {
+    // SAFETY: fd 1 belongs to the process for its whole life; a closed fd 1 only makes
+    // writes fail with EBADF.
+    unsafe { BorrowedFd::borrow_raw(1) }
+}
+
+/// Standard error.
+pub fn stderr() -> BorrowedFd<'static> {
+    // SAFETY: as for `stdout`, with fd 2.
+    unsafe { BorrowedFd::borrow_raw(2) }
+}
+
+/// A file descriptor number inherited through the environment (the status helper's pipe).
+pub fn inherited_fd(raw: c_int) -> BorrowedFd<'static> {
+    // SAFETY: the monitor passes this fd to the script and it stays open in the helper
+    // process until it exits; a wrong number only makes writes fail.
+    unsafe { BorrowedFd::borrow_raw(raw) }
+}
+
+/// Writes everything, retrying short writes and EINTR.
+pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> Result<(), Errno> {
+    while !bytes.is_empty() {
+        match rustix::io::write(fd, bytes) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A line of text built on the stack, written with one `write` so that lines from the
+/// daemon and the monitor do not interleave.
+pub struct Line(pub heapless::String<1024>);
+
+impl Line {
+    /// An empty line.
+    pub const fn new() -> Self {
+        Line(heapless::String::new())
+    }
+}
+
+impl fmt::Write for Line {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Overlong log lines are cut, never an error.
+        for c in s.chars() {
+            if self.0.push(c).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Logs one line to standard error: `nlxtp-guest: ...`.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        let mut line = $crate::sys::Line::new();
+        let _ = write!(line, "nlxtp-guest: {}\n", format_args!($($arg)*));
+        let _ = $crate::sys::write_all($crate::sys::stderr(), line.0.as_bytes());
+    }};
+}
+
+/// Prints to standard output (no prefix).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        let mut line = $crate::sys::Line::new();
+        let _ = write!(line, $($arg)*);
+        let _ = $crate::sys::write_all($crate::sys::stdout(), line.0.as_bytes());
+    }};
+}
+
+/// Forks. `Ok(None)` in the child.
+///
+/// The guest is single-threaded, so the child may run any code; it still keeps to
+/// raw system calls before `exec` so that it stays correct if that ever changes.
+pub fn fork() -> Result<Option<Pid>, Errno> {
+    // SAFETY: no threads exist in this process, so the child inherits consistent state.
+    match unsafe { libc::fork() } {
+        -1 => Err(Errno::from_raw_os_error(errno())),
+        0 => Ok(None),
+        pid => Ok(Pid::from_raw(pid)),
+    }
+}
+
+fn errno() -> c_int {
+    // SAFETY: reading the calling thread's errno location is always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Ends the process at once, without running any exit handlers (for a forked child).
+pub fn exit_now(code: c_int) -> ! {
+    // SAFETY: `_exit` has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Replaces the process image; returns only on failure.
+pub fn execve(path: &CStr, argv: &[*const c_char], envp: &[*const c_char]) -> Errno {
+    debug_assert!(
+        argv.last().is_some_and(|p| p.is_null()) && envp.last().is_some_and(|p| p.is_null())
+    );
+    // SAFETY: `path` is NUL-terminated; both arrays are NULL-terminated (checked above
+    // in debug builds, guaranteed by `EnvBlock`/callers) and point to NUL-terminated
+    // strings that outlive the call.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Errno::from_raw_os_error(errno())
+}
+
+/// The signals the monitor turns into events instead of dying of them.
+const HANDLED: [c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+fn handled_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
+    unsafe {
+        let mut set: libc::sigset_t = core::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in HANDLED {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP and returns a non-blocking signalfd that reports
+/// them, so the monitor can forward them to the script and still write its last record.
+pub fn signalfd_for_termination() -> Result<OwnedFd, Errno> {
+    let set = handled_set();
+    // SAFETY: `set` is initialised; blocking signals has no memory effects.
+    if unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, core::ptr::null_mut()) } != 0 {
+        return Err(Errno::from_raw_os_error(errno()));
+    }
+    // SAFETY: -1 asks for a new fd; `set` is initialised.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Errno::from_raw_os_error(errno()));
+    }
+    // SAFETY: `fd` was just returned by signalfd and is owned by nobody else.
+    Ok(unsafe { <OwnedFd as rustix::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// In a forked child before `exec`: unblock every signal and give SIGPIPE its default
+/// action back, so the script starts with the dispositions a shell expects.
+pub fn reset_signals_for_exec() {
+    // SAFETY: only signal-mask and disposition changes, valid in a forked child.
+    unsafe {
+        let mut empty: libc::sigset_t = core::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, core::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Ignores SIGPIPE: the monitor must outlive a reader that went away.
+pub fn ignore_sigpipe() {
+    // SAFETY: setting a disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Duplicates `fd` onto descriptor number `target`, without close-on-exec.
+pub fn dup_to(fd: BorrowedFd<'_>, target: c_int) -> Result<(), Errno> {
+    use rustix::fd::AsRawFd;
+    if fd.as_raw_fd() == target {
+        // dup2 onto itself keeps the flags; clear close-on-exec by hand.
+        return rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty());
+    }
+    // SAFETY: both are plain descriptor numbers; dup2 closes `target` if open, which the
+    // forked child is entitled to do with its own descriptor table.
+    if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+        return Err(Errno::from_raw_os_error(errno()));
+    }
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! The guest binary against a container-style shared area (a directory): real daemon,
+//! monitor and shell scripts, read back through `nlxtp-core` as the host reads them.
+
+mod harness;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use harness::{kill, manifest, wait_for, Area};
+use nlxtp_core::layout;
+use nlxtp_core::{AbortReason, Liveness, LivenessPolicy, Manifest, RunState, Verdict};
+
+#[test]
+fn exit_code_output_and_environment() {
+    let mut area = Area::new();
+    let run = area.upload_script("echo \"out $archive_dir $nlxtp_dir $archive_version $NLXTP_RUN_ID\"\necho err >&2\nexit 3\n");
+    let out = area.daemon_once(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rec = area.wait_done(5);
+    assert_eq!(rec.state, RunState::Exited(3));
+    assert_eq!(rec.run_id, run);
+    let dir = area.dir();
+    let expected = format!("out {d} {d} 1 {run}\n", d = dir.display());
+    assert_eq!(area.read(layout::STDOUT_FILE), expected);
+    assert_eq!(area.read(layout::STDERR_FILE), "err\n");
+    assert_eq!(rec.stdout.bytes, expected.len() as u64);
+    assert_eq!((rec.stderr.bytes, rec.stderr.truncated), (4, false));
+    assert!(rec.started_unix.is_some() && rec.finished_unix.is_some());
+}
+
+#[test]
+fn killed_by_a_signal() {
+    let mut area = Area::new();
+    area.upload_script("echo before\nkill -KILL $$\necho after\n");
+    area.daemon_once(&[]);
+    let rec = area.wait_done(5);
+    assert_eq!(rec.state, RunState::Signaled(9));
+    assert_eq!(area.read(layout::STDOUT_FILE), "before\n");
+}
+
+#[test]
+fn output_beyond_the_cap_is_cut_and_recorded() {
+    let mut area = Area::new();
+    area.upload_script("i=0; while [ $i -lt 20000 ]; do echo 0123456789012345678901234567890123456789012345678; i=$((i+1)); done\necho small >&2\n");
+    area.daemon_once(&["--output-cap", "100000"]);
+    let rec = area.wait_done(30);
+    assert_eq!(rec.state, RunState::Exited(0));
+    assert_eq!((rec.stdout.bytes, rec.stdout.truncated), (100_000, true));
+    assert_eq!(
+        fs::metadata(area.path(layout::STDOUT_FILE)).unwrap().len(),
+        100_000
+    );
+    assert_eq!((rec.stderr.bytes, rec.stderr.truncated), (6, false));
+}
+
+#[test]
+fn output_cap_from_the_manifest_wins() {
+    let mut area = Area::new();
+    area.upload(
+        "echo 0123456789\n",
+        Manifest {
+            output_cap_bytes: Some(4),
+            ..manifest()
+        },
+    );
+    area.daemon_once(&[]);
+    let rec = area.wait_done(5);
+    assert_eq!((rec.stdout.bytes, rec.stdout.truncated), (4, true));
+    assert_eq!(area.read(layout::STDOUT_FILE), "0123");
+}
+
+#[test]
+fn custom_status_changes_are_seen_while_the_script_runs() {
+    let mut area = Area::new();
+    area.upload_script("archive_setstatus step one\nsleep 1\nnlxtp-status 'step two'\nsleep 1\nprintf 'multi\\nline' | archive_setstatus -\nsleep 1\n");
+    let _daemon = area.daemon(&[]);
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(rec) = area.status() {
+            if seen.last().map(String::as_str) != Some(rec.custom.as_str()) {
+                seen.push(rec.custom.to_string());
+            }
+            if rec.state.is_terminal() {
+                assert_eq!(rec.state, RunState::Exited(0));
+                break;
+            }
+            assert!(!rec.state.is_terminal() || rec.custom.as_str() == "multi\nline");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run did not finish; saw {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen: Vec<&str> = seen
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(seen, ["step one", "step two", "multi\nline"]);
+}
+
+#[test]
+fn heartbeat_advances_and_liveness_holds() {
+    let mut area = Area::new();
+    area.upload_script("sleep 2\n");
+    let _daemon = area.daemon(&[]);
+    let first = area.wait_status(5, |r| r.state == RunState::Running);
+    assert_eq!(first.heartbeat_interval_ms, 200);
+    let mut live = Liveness::new(LivenessPolicy::default());
+    let start = Instant::now();
+    let mut last_beat = first.heartbeat;
+    loop {
+        let rec = area.status().unwrap();
+        let verdict = live.observe(start.elapsed().as_millis() as u64, Some(&rec));
+        if rec.state.is_terminal() {
+            assert_eq!(verdict, Verdict::Done(RunState::Exited(0)));
+            break;
+        }
+        assert!(matches!(verdict, Verdict::Alive { .. }), "{verdict:?}");
+        last_beat = rec.heartbeat;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        last_beat >= first.heartbeat + 5,
+        "heartbeat went from {} to {last_beat} in ~2 s at 200 ms",
+        first.heartbeat
+    );
+}
+
+#[test]
+fn a_killed_monitor_is_seen_as_lost_and_then_recorded_as_aborted() {
+    let mut area = Area::new();
+    area.upload_script("echo started\nsleep 30\n");
+    let daemon = area.daemon(&[]);
+    let rec = area.wait_status(5, |r| r.state == RunState::Running);
+    kill(daemon.monitor_pid(5), 9);
+    let mut live = Liveness::new(LivenessPolicy::default());
+    let start = Instant::now();
+    let timeout = LivenessPolicy::default().timeout_ms(rec.heartbeat_interval_ms);
+    let lost_after = wait_for(10, || {
+        let now = start.elapsed().as_millis() as u64;
+        match live.observe(now, area.status().ok().as_ref()) {
+            Verdict::MonitorLost { .. } => Some(now),
+            _ => None,
+        }
+    });
+    assert!(
+        lost_after <= timeout + 500,
+        "lost after {lost_after} ms, timeout {timeout} ms"
+    );
+    // The daemon (still running) sees the same silence and closes the run.
+    let rec = area.wait_done(15);
+    assert_eq!(rec.state, RunState::Aborted(AbortReason::MonitorDied));
+}
+
+#[test]
+fn a_finished_run_is_not_run_again() {
+    let mut area = Area::new();
+    area.upload_script("echo ran >> \"$archive_dir/../count\"\n");
+    area.daemon_once(&[]);
+    let first = area.wait_done(5);
+    area.daemon_once(&[]);
+    area.daemon_once(&["--boot-id", "00000000000000000000000000000001"]);
+    assert_eq!(
+        fs::read_to_string(area.root.path().join("count")).unwrap(),
+        "ran\n"
+    );
+    assert_eq!(
+        area.status().unwrap(),
+        first,
+        "nothing rewrote the finished record"
+    );
+}
+
+#[test]
+fn a_crash_mid_run_is_recorded_as_aborted_at_the_next_boot() {
+    let mut area = Area::new();
+    area.upload_script("echo ran >> \"$archive_dir/../count\"\nsleep 30\n");
+    let daemon = area.daemon(&["--boot-id", "000000000000000000000000000000aa"]);
+    area.wait_status(5, |r| r.state == RunState::Running);
+    drop(daemon); // SIGKILL for the daemon, the monitor and the script: the "VM" died.
+    let out = area.daemon_once(&["--boot-id", "000000000000000000000000000000bb"]);
+    let rec = area.wait_done(5);
+    assert_eq!(
+        rec.state,
+        RunState::Aborted(AbortReason::GuestRestarted),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(rec.boot_id.to_string(), "000000000000000000000000000000bb");
+    assert_eq!(
+        fs::read_to_string(area.root.path().join("count")).unwrap(),
+        "ran\n",
+        "not run again"
+    );
+}
+
+#[test]
+fn watch_mode_runs_each_upload_within_a_second() {
+    let mut area = Area::new();
+    let _daemon = area.daemon(&[]);
+    std::thread::sleep(Duration::from_millis(300));
+    for round in 0..2 {
+        let started = Instant::now();
+        let run = area.upload_script(&format!("echo round {round}\n"));
+        area.wait_status(5, |r| r.run_id == run);
+        let latency = started.elapsed();
+        assert!(
+            latency < Duration::from_secs(1),
+            "round {round}: started after {latency:?}"
+        );
+        let rec = area.wait_done(5);
+        assert_eq!((rec.run_id, rec.state), (run, RunState::Exited(0)));
+        assert_eq!(area.read(layout::STDOUT_FILE), format!("round {round}\n"));
+    }
+}
+
+#[test]
+fn a_script_that_is_a_directory_or_a_symlink_is_recorded_not_run() {
+    for (make, errno) in [(0, libc_errno::EISDIR), (1, libc_errno::ELOOP)] {
+        let mut area = Area::new();
+        area.upload_script("echo hi\n");
+        let script = area.path(layout::START_SCRIPT);
+        fs::remove_file(&script).unwrap();
+        if make == 0 {
+            fs::create_dir(&script).unwrap();
+        } else {
+            std::os::unix::fs::symlink("/bin/true", &script).unwrap();
+        }
+        area.daemon_once(&[]);
+        assert_eq!(area.wait_done(5).state, RunState::StartFailed(errno));
+    }
+}
+
+mod libc_errno {
+    pub const EISDIR: i32 = 21;
+    pub const ELOOP: i32 = 40;
+    pub const EBADMSG: i32 = 74;
+}
+
+#[test]
+fn children_that_outlive_the_script_do_not_hold_up_the_result() {
+    let mut area = Area::new();
+    area.upload_script("(sleep 3; echo late) &\necho early\nexit 0\n");
+    let _daemon = area.daemon(&[]);
+    let started = Instant::now();
+    let rec = area.wait_done(10);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "final record after {:?}",
+        started.elapsed()
+    );
+    assert_eq!((rec.state, rec.stdout.bytes), (RunState::Exited(0), 6));
+    // The straggler's output is still captured and counted, with the state unchanged.
+    let rec = area.wait_status(10, |r| r.stdout.bytes == 11);
+    assert_eq!(rec.state, RunState::Exited(0));
+    assert_eq!(area.read(layout::STDOUT_FILE), "early\nlate\n");
+}
+
+#[test]
+fn a_script_that_closes_its_output_early() {
+    let mut area = Area::new();
+    area.upload_script("echo one\nexec >&-\nsleep 0.2\necho two >&2\nexit 4\n");
+    area.daemon_once(&[]);
+    let rec = area.wait_done(5);
+    assert_eq!(rec.state, RunState::Exited(4));
+    assert_eq!(
+        (
+            area.read(layout::STDOUT_FILE).as_str(),
+            area.read(layout::STDERR_FILE).as_str()
+        ),
+        ("one\n", "two\n")
+    );
+}
+
+#[test]
+fn status_helper_errors_are_clear() {
+    let mut area = Area::new();
+    let long = "x".repeat(nlxtp_core::record::CUSTOM_STATUS_MAX + 1);
+    area.upload_script(&format!(
+        "archive_setstatus {long}; echo \"long=$?\"\nprintf 'bad \\377 byte' | archive_setstatus -; echo \"bad=$?\"\n"
+    ));
+    area.daemon_once(&[]);
+    let rec = area.wait_done(5);
+    assert_eq!(area.read(layout::STDOUT_FILE), "long=2\nbad=0\n");
+    assert!(area
+        .read(layout::STDERR_FILE)
+        .contains("longer than 3584 bytes"));
+    assert!(area.read(layout::STDERR_FILE).contains("not valid UTF-8"));
+    assert_eq!(rec.custom.as_str(), "bad \u{FFFD} byte");
+    // Outside a monitor the helper says so.
+    let out = std::process::Command::new(area.bin.join("archive_setstatus"))
+        .arg("hi")
+        .env_remove("NLXTP_STATUS_FD")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running under the nlxtp monitor"));
+}
+
+#[test]
+fn a_corrupt_status_file_is_never_taken_as_permission_to_run_again() {
+    let mut area = Area::new();
+    area.upload_script("echo ran >> \"$archive_dir/../count\"\n");
+    let mut junk = vec![0x5au8; 8192];
+    junk[..4].copy_from_slice(b"NLXS");
+    fs::write(area.path(layout::STATUS_FILE), &junk).unwrap();
+    area.daemon_once(&[]);
+    let rec = area.wait_done(10);
+    assert_eq!(rec.state, RunState::StartFailed(libc_errno::EBADMSG));
+    assert!(!area.root.path().join("count").exists());
+}
+
+#[test]
+fn a_timeout_kills_the_script_and_says_so() {
+    let mut area = Area::new();
+    area.upload(
+        "echo start\nsleep 30\n",
+        Manifest {
+            timeout_secs: Some(1),
+            ..manifest()
+        },
+    );
+    let started = Instant::now();
+    area.daemon_once(&[]);
+    let rec = area.wait_done(10);
+    assert_eq!(rec.state, RunState::TimedOut(15));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_script_without_a_manifest_gets_one_and_runs_once() {
+    let mut area = Area::new();
+    fs::write(
+        area.path(layout::START_SCRIPT),
+        "echo ran >> \"$archive_dir/../count\"\n",
+    )
+    .unwrap();
+    area.daemon_once(&[]);
+    let rec = area.wait_done(5);
+    assert_eq!(rec.state, RunState::Exited(0));
+    let manifest = Manifest::decode(&fs::read(area.path(layout::MANIFEST_FILE)).unwrap()).unwrap();
+    assert_eq!(manifest.run_id, rec.run_id);
+    area.daemon_once(&[]);
+    assert_eq!(
+        fs::read_to_string(area.root.path().join("count")).unwrap(),
+        "ran\n"
+    );
+}
