@@ -1,8 +1,11 @@
 //! The nlxtp host library: shared-area backends (vFAT image, container directory), the
 //! operations upload, status, wait and download, and the FUSE view.
 //!
-//! Only the protocol re-export exists so far; the backends come with issue 4.
+//! [`area`] is the shared-area abstraction and its vFAT image backend; the operations,
+//! the CLI and the FUSE view build on it.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod area;
 
 pub use nlxtp_core as protocol;

@@ -1,0 +1,83 @@
+//! The vFAT disk-image backend: a VM's shared area is a raw image with a FAT12, FAT16 or
+//! FAT32 volume (no partition table), read and written in user space.
+//!
+//! The image is the guest's, so every byte of it is hostile. Reading never goes through
+//! a general-purpose FAT library: the host's own parser (`volume.rs`) checks the boot
+//! sector (`geometry.rs`), loads and checks the whole FAT (`fat.rs`: no entry points
+//! outside the volume, no chain loops), and bounds every directory and file, so any
+//! image ends in a result or an [`AreaError::Corrupt`] in time proportional to its size.
+//! fatfs writes uploads, and only ever into a volume the host has just formatted
+//! (`write.rs`). QEMU's image locks say whether the VM runs and keep it from starting
+//! during an upload ([`qemu_holds_image`], [`ImageWriteGuard`]).
+
+mod create;
+mod dir;
+mod fat;
+mod geometry;
+mod lock;
+mod status;
+mod volume;
+mod write;
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+pub use create::{create_image, CreateError, MAX_IMAGE_LEN, MIN_IMAGE_LEN};
+pub use lock::{qemu_holds_image, ImageWriteGuard};
+
+use self::status::StatusCache;
+use self::volume::Volume;
+use crate::area::{AreaError, AreaPath, Entry, SharedArea, StatusRead, UploadFile, WalkLimits};
+
+/// A VM's shared area: the vFAT image at a path.
+///
+/// It keeps no file open between calls except the status fast path's (see
+/// [`SharedArea::read_status_file`]), which notices when the image is replaced.
+#[derive(Debug)]
+pub struct VfatImage {
+    path: PathBuf,
+    status: StatusCache,
+}
+
+impl VfatImage {
+    /// The area in the image at `path`. Nothing is opened yet.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        VfatImage {
+            path: path.into(),
+            status: StatusCache::default(),
+        }
+    }
+}
+
+impl SharedArea for VfatImage {
+    fn location(&self) -> &Path {
+        &self.path
+    }
+
+    fn is_busy(&self) -> Result<bool, AreaError> {
+        qemu_holds_image(&self.path)
+    }
+
+    /// Locates the status file's clusters once (checking the volume on the way), then
+    /// reads them with `pread` at the remembered offsets; [`StatusRead::Relocate`], a
+    /// replaced image or a changed directory entry makes it locate again.
+    fn read_status_file(&self, how: StatusRead, out: &mut Vec<u8>) -> Result<(), AreaError> {
+        self.status.read(&self.path, how, out)
+    }
+
+    fn read_file(&self, path: &AreaPath, max_len: u64) -> Result<Vec<u8>, AreaError> {
+        Volume::open(&self.path)?.read_file(path, max_len)
+    }
+
+    fn walk(
+        &self,
+        limits: &WalkLimits,
+        visit: &mut dyn FnMut(&Entry, Option<&mut dyn Read>) -> io::Result<()>,
+    ) -> Result<(), AreaError> {
+        Volume::open(&self.path)?.walk(limits, visit)
+    }
+
+    fn replace(&self, files: Vec<UploadFile>) -> Result<(), AreaError> {
+        write::replace(&self.path, files)
+    }
+}

@@ -1,0 +1,118 @@
+//! The fast status read: find the status file's clusters once, then `pread` them.
+//!
+//! Locating opens and checks the whole volume (boot sector, FAT, the two directories on
+//! the way) and remembers: the image file, its inode, the byte offset and bytes of the
+//! status file's directory entry, and the (offset, length) runs of its data. Each read
+//! after that is one `stat` of the image path (a replaced image is a new inode), one
+//! 32-byte `pread` of the directory entry (a deleted or moved file changes it), and one
+//! `pread` per run, usually one. The guest writes the slots in place and never moves
+//! them (docs/wire-format.md section 4), so that is all that can change while it runs.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use nlxtp_core::slots::STATUS_FILE_LEN;
+
+use super::dir::short_form;
+use super::volume::{Image, Located, Volume};
+use crate::area::{AreaError, StatusRead};
+
+/// Reads of the status file beyond its fixed size: one byte, to see a longer file.
+const WANTED: u64 = STATUS_FILE_LEN as u64 + 1;
+
+#[derive(Debug)]
+struct Place {
+    image: Image,
+    inode: (u64, u64),
+    located: Located,
+}
+
+/// The remembered place of one image's status file.
+#[derive(Debug, Default)]
+pub struct StatusCache {
+    place: Mutex<Option<Place>>,
+}
+
+impl StatusCache {
+    /// Reads the status file of the image at `path` into `out` (see
+    /// [`SharedArea::read_status_file`](crate::area::SharedArea::read_status_file)).
+    ///
+    /// # Errors
+    /// Those of [`Volume::open`] when (re)locating, and [`AreaError::Io`].
+    pub fn read(&self, path: &Path, how: StatusRead, out: &mut Vec<u8>) -> Result<(), AreaError> {
+        out.clear();
+        // A poisoned lock only means another reader panicked; the cache is rechecked anyway.
+        let mut place = self.place.lock().unwrap_or_else(|p| p.into_inner());
+        if how == StatusRead::Relocate {
+            *place = None;
+        }
+        if let Some(current) = place.as_ref() {
+            if still_valid(current, path)? {
+                return read_ranges(current, out);
+            }
+        }
+        *place = locate(path)?;
+        match place.as_ref() {
+            Some(found) => read_ranges(found, out),
+            None => Ok(()),
+        }
+    }
+}
+
+fn inode_of(path: &Path) -> Result<(u64, u64), AreaError> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => AreaError::NoImage { path: path.into() },
+        _ => AreaError::io("inspect", path, e),
+    })?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+fn still_valid(place: &Place, path: &Path) -> Result<bool, AreaError> {
+    if inode_of(path)? != place.inode {
+        return Ok(false);
+    }
+    let mut entry = [0u8; 32];
+    place.image.read_at(place.located.entry_offset, &mut entry)?;
+    Ok(entry == place.located.entry)
+}
+
+fn locate(path: &Path) -> Result<Option<Place>, AreaError> {
+    let volume = Volume::open(path)?;
+    let shorts = [
+        short_form(nlxtp_core::layout::PROTOCOL_DIR).expect("an 8.3 name"),
+        short_form("status.bin").expect("an 8.3 name"),
+    ];
+    debug_assert_eq!(nlxtp_core::layout::STATUS_FILE, "nlxtp/status.bin");
+    let Some(located) = volume.locate_short(&shorts, WANTED)? else {
+        return Ok(None);
+    };
+    if located.is_dir {
+        return Err(AreaError::Corrupt {
+            what: "the status file is a directory".into(),
+        });
+    }
+    // The inode of the file this Image has open: read after opening, so a rename in
+    // between shows as a mismatch at the next read rather than as a stale cache.
+    let meta = volume
+        .image
+        .file()
+        .metadata()
+        .map_err(|e| AreaError::io("inspect", path, e))?;
+    Ok(Some(Place {
+        image: volume.image,
+        inode: (meta.dev(), meta.ino()),
+        located,
+    }))
+}
+
+fn read_ranges(place: &Place, out: &mut Vec<u8>) -> Result<(), AreaError> {
+    let len = place.located.size.min(WANTED) as usize;
+    out.resize(len, 0);
+    let mut at = 0;
+    for &(offset, n) in &place.located.ranges {
+        place.image.read_at(offset, &mut out[at..at + n])?;
+        at += n;
+    }
+    Ok(())
+}
