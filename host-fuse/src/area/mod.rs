@@ -50,7 +50,10 @@ pub enum PathError {
         path: String,
     },
     /// The path is longer than [`AreaPath::MAX_LEN`] bytes.
-    #[error("a path of {len} bytes is longer than {} bytes: shorten it", AreaPath::MAX_LEN)]
+    #[error(
+        "a path of {len} bytes is longer than {} bytes: shorten it",
+        AreaPath::MAX_LEN
+    )]
     TooLong {
         /// Its length in bytes.
         len: usize,
@@ -80,7 +83,10 @@ impl AreaPath {
         if path.contains('\0') {
             return Err(PathError::Nul { path });
         }
-        if path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        if path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
             return Err(PathError::NotRelative { path });
         }
         Ok(AreaPath(path))
@@ -315,7 +321,9 @@ pub enum AreaError {
         available: u64,
     },
     /// An upload's reader gave fewer bytes than announced.
-    #[error("the source of {path} ended after {got} of {len} bytes: check the archive is complete")]
+    #[error(
+        "the source of {path} ended after {got} of {len} bytes: check the archive is complete"
+    )]
     ShortSource {
         /// The file.
         path: AreaPath,

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use nlxtp_core::layout::DEFAULT_VOLUME_LABEL;
 
-use super::write::{fatfs_type, fresh_volume_id, guarded, label_bytes};
 use super::geometry::FatType;
+use super::volume::{read_geometry, Image};
+use super::write::{fatfs_type, fresh_volume_id, guarded, label_bytes};
 
 /// The smallest image [`create_image`] makes (FAT12 with room for a few files).
 pub const MIN_IMAGE_LEN: u64 = 1 << 20;
@@ -37,7 +38,9 @@ pub enum CreateError {
         bits: u8,
     },
     /// The label is not a valid FAT volume label.
-    #[error("{label:?} is not a FAT volume label: use 1-11 upper-case letters, digits, '_' or '-'")]
+    #[error(
+        "{label:?} is not a FAT volume label: use 1-11 upper-case letters, digits, '_' or '-'"
+    )]
     BadLabel {
         /// The label asked for.
         label: String,
@@ -49,6 +52,14 @@ pub enum CreateError {
         path: PathBuf,
         /// Its exit status and message.
         detail: String,
+    },
+    /// The asked-for FAT type does not fit this size (fatfs would silently choose another).
+    #[error("FAT{bits} does not fit an image of {size} bytes: choose another size (FAT32 needs about 33 MiB or more, FAT12 at most about 16 MiB), or leave the FAT type to the size")]
+    FatTypeDoesNotFit {
+        /// The FAT type asked for.
+        bits: u8,
+        /// The image size.
+        size: u64,
     },
     /// Formatting failed (typically: this FAT type does not fit this size).
     #[error("formatting {} as FAT failed: choose another size, or leave the FAT type to the size", path.display())]
@@ -85,7 +96,7 @@ pub enum CreateError {
 /// # Errors
 /// [`CreateError::Exists`] (nothing is overwritten), [`CreateError::BadSize`],
 /// [`CreateError::BadFatType`], [`CreateError::BadLabel`], [`CreateError::QemuImg`],
-/// [`CreateError::Format`], [`CreateError::Io`]. On an error after the file was
+/// [`CreateError::FatTypeDoesNotFit`], [`CreateError::Format`], [`CreateError::Io`]. On an error after the file was
 /// created, it is removed again.
 pub fn create_image(
     path: &Path,
@@ -104,7 +115,9 @@ pub fn create_image(
         Some(bits) => return Err(CreateError::BadFatType { bits }),
     };
     let label = label.unwrap_or(DEFAULT_VOLUME_LABEL);
-    let label_raw = label_bytes(label).ok_or_else(|| CreateError::BadLabel { label: label.into() })?;
+    let label_raw = label_bytes(label).ok_or_else(|| CreateError::BadLabel {
+        label: label.into(),
+    })?;
     // Claim the path first: qemu-img would overwrite whatever is there.
     OpenOptions::new()
         .write(true)
@@ -112,7 +125,11 @@ pub fn create_image(
         .open(path)
         .map_err(|source| match source.kind() {
             io::ErrorKind::AlreadyExists => CreateError::Exists { path: path.into() },
-            _ => CreateError::Io { action: "create", path: path.into(), source },
+            _ => CreateError::Io {
+                action: "create",
+                path: path.into(),
+                source,
+            },
         })?;
     let made = make(path, size, fat_type, label_raw);
     if made.is_err() {
@@ -121,14 +138,30 @@ pub fn create_image(
     made
 }
 
-fn make(path: &Path, size: u64, fat_type: Option<FatType>, label: [u8; 11]) -> Result<(), CreateError> {
-    let qemu_img = |detail: String| CreateError::QemuImg { path: path.into(), detail };
-    let out = duct::cmd!("qemu-img", "create", "-q", "-f", "raw", path, size.to_string())
-        .stdout_null()
-        .stderr_capture()
-        .unchecked()
-        .run()
-        .map_err(|e| qemu_img(format!("it did not start: {e}")))?;
+fn make(
+    path: &Path,
+    size: u64,
+    fat_type: Option<FatType>,
+    label: [u8; 11],
+) -> Result<(), CreateError> {
+    let qemu_img = |detail: String| CreateError::QemuImg {
+        path: path.into(),
+        detail,
+    };
+    let out = duct::cmd!(
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "raw",
+        path,
+        size.to_string()
+    )
+    .stdout_null()
+    .stderr_capture()
+    .unchecked()
+    .run()
+    .map_err(|e| qemu_img(format!("it did not start: {e}")))?;
     if !out.status.success() {
         let said = String::from_utf8_lossy(&out.stderr);
         return Err(qemu_img(format!("{}: {}", out.status, said.trim())));
@@ -137,17 +170,39 @@ fn make(path: &Path, size: u64, fat_type: Option<FatType>, label: [u8; 11]) -> R
         .read(true)
         .write(true)
         .open(path)
-        .map_err(|source| CreateError::Io { action: "open", path: path.into(), source })?;
+        .map_err(|source| CreateError::Io {
+            action: "open",
+            path: path.into(),
+            source,
+        })?;
     let mut options = fatfs::FormatVolumeOptions::new()
         .volume_label(label)
         .volume_id(fresh_volume_id());
     if let Some(fat_type) = fat_type {
         options = options.fat_type(fatfs_type(fat_type));
     }
-    let format_error = |source| CreateError::Format { path: path.into(), source };
-    guarded("formatted a new image", || fatfs::format_volume(&mut file, options))
-        .map_err(|e| format_error(io::Error::other(e.to_string())))?
-        .map_err(format_error)?;
-    file.sync_all()
-        .map_err(|source| CreateError::Io { action: "flush", path: path.into(), source })
+    let format_error = |source| CreateError::Format {
+        path: path.into(),
+        source,
+    };
+    guarded("formatted a new image", || {
+        fatfs::format_volume(&mut file, options)
+    })
+    .map_err(|e| format_error(io::Error::other(e.to_string())))?
+    .map_err(format_error)?;
+    file.sync_all().map_err(|source| CreateError::Io {
+        action: "flush",
+        path: path.into(),
+        source,
+    })?;
+    let made = Image::from_file(file, path)
+        .and_then(|image| read_geometry(&image))
+        .map_err(|e| format_error(io::Error::other(e.to_string())))?;
+    match fat_type {
+        Some(wanted) if wanted != made.fat_type => Err(CreateError::FatTypeDoesNotFit {
+            bits: wanted.bits(),
+            size,
+        }),
+        _ => Ok(()),
+    }
 }

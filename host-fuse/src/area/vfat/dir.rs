@@ -219,7 +219,10 @@ mod tests {
                 e[11] = ATTR_LFN;
                 e[13] = short_checksum(short);
                 let chunk = &units[13 * (seq - 1)..13 * seq];
-                let slots = (1..11).step_by(2).chain((14..26).step_by(2)).chain((28..32).step_by(2));
+                let slots = (1..11)
+                    .step_by(2)
+                    .chain((14..26).step_by(2))
+                    .chain((28..32).step_by(2));
                 for (u, at) in chunk.iter().zip(slots) {
                     e[at..at + 2].copy_from_slice(&u.to_le_bytes());
                 }
@@ -234,7 +237,13 @@ mod tests {
         let mut dir = Vec::new();
         dir.extend(short_entry(b"NLXTP      ", ATTR_VOLUME, 0, 0, 0));
         dir.extend(short_entry(b".          ", ATTR_DIR, 0, 5, 0));
-        dir.extend(short_entry(b"STATUS  BIN", 0, LOWER_BASE | LOWER_EXT, 0x1_0003, 8192));
+        dir.extend(short_entry(
+            b"STATUS  BIN",
+            0,
+            LOWER_BASE | LOWER_EXT,
+            0x1_0003,
+            8192,
+        ));
         for e in long_entries("a very long name, ünïcode.txt", &long_short) {
             dir.extend(e);
         }
@@ -248,7 +257,10 @@ mod tests {
 
         let fat32 = parse_dir(&dir, true).unwrap();
         let names: Vec<&str> = fat32.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["status.bin", "a very long name, ünïcode.txt", "SUB"]);
+        assert_eq!(
+            names,
+            ["status.bin", "a very long name, ünïcode.txt", "SUB"]
+        );
         assert_eq!(fat32[0].first_cluster, 0x1_0003);
         assert_eq!(fat32[0].size, 8192);
         assert!(fat32[1].read_only && !fat32[1].is_dir);
@@ -262,12 +274,18 @@ mod tests {
         let short = *b"FOO     TXT";
         let mut wrong_sum = long_entries("foo-long.txt", b"OTHER   TXT");
         wrong_sum.push(short_entry(&short, 0, 0, 3, 1));
-        assert_eq!(parse_dir(&wrong_sum.concat(), false).unwrap()[0].name, "FOO.TXT");
+        assert_eq!(
+            parse_dir(&wrong_sum.concat(), false).unwrap()[0].name,
+            "FOO.TXT"
+        );
 
         let mut parts = long_entries("a name of more than thirteen units.txt", &short);
         parts.swap(0, 1);
         parts.push(short_entry(&short, 0, 0, 3, 1));
-        assert_eq!(parse_dir(&parts.concat(), false).unwrap()[0].name, "FOO.TXT");
+        assert_eq!(
+            parse_dir(&parts.concat(), false).unwrap()[0].name,
+            "FOO.TXT"
+        );
     }
 
     #[test]

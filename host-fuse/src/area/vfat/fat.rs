@@ -34,12 +34,20 @@ fn raw_entry(bytes: &[u8], fat_type: FatType, cluster: usize) -> u32 {
         FatType::Fat12 => {
             let at = cluster + cluster / 2;
             let pair = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-            u32::from(if cluster % 2 == 0 { pair & 0x0FFF } else { pair >> 4 })
+            u32::from(if cluster % 2 == 0 {
+                pair & 0x0FFF
+            } else {
+                pair >> 4
+            })
         }
-        FatType::Fat16 => u32::from(u16::from_le_bytes([bytes[2 * cluster], bytes[2 * cluster + 1]])),
+        FatType::Fat16 => u32::from(u16::from_le_bytes([
+            bytes[2 * cluster],
+            bytes[2 * cluster + 1],
+        ])),
         FatType::Fat32 => {
             let at = 4 * cluster;
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) & 0x0FFF_FFFF
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+                & 0x0FFF_FFFF
         }
     }
 }
@@ -101,7 +109,11 @@ impl Fat {
                             Link::Free | Link::Bad => {
                                 return Err(corrupt(format!(
                                     "FAT: cluster {at} links to cluster {next}, which is {}",
-                                    if self.links[next] == Link::Free { "free" } else { "marked bad" }
+                                    if self.links[next] == Link::Free {
+                                        "free"
+                                    } else {
+                                        "marked bad"
+                                    }
                                 )))
                             }
                             _ => {}
@@ -132,9 +144,8 @@ impl Fat {
         read_at: impl FnOnce(u64, &mut [u8]) -> Result<(), AreaError>,
     ) -> Result<Self, AreaError> {
         // Only the entries up to the last cluster matter; a FAT may be longer.
-        let needed = (u64::from(geometry.max_cluster()) + 1) * u64::from(geometry.fat_type.bits())
-            / 8
-            + 2;
+        let needed =
+            (u64::from(geometry.max_cluster()) + 1) * u64::from(geometry.fat_type.bits()) / 8 + 2;
         let len = needed.min(geometry.fat_len);
         if len > MAX_FAT_BYTES {
             return Err(AreaError::TooLarge {
@@ -226,7 +237,10 @@ mod tests {
         assert_eq!(fat.chain(2, 10, "f").unwrap(), vec![2, 3, 7]);
         assert_eq!(fat.chain(9, 10, "f").unwrap(), vec![9]);
         assert!(fat.chain(2, 2, "f").is_err());
-        assert!(fat.chain(4, 10, "f").is_err(), "a free cluster starts no chain");
+        assert!(
+            fat.chain(4, 10, "f").is_err(),
+            "a free cluster starts no chain"
+        );
         assert!(fat.chain(1, 10, "f").is_err());
         assert!(fat.chain(99_999, 10, "f").is_err());
     }

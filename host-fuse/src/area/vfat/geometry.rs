@@ -94,7 +94,9 @@ impl Geometry {
         }
         let sectors_per_cluster = u32::from(b[13]);
         if !sectors_per_cluster.is_power_of_two() || sectors_per_cluster > 128 {
-            return Err(corrupt(format!("{sectors_per_cluster} sectors per cluster")));
+            return Err(corrupt(format!(
+                "{sectors_per_cluster} sectors per cluster"
+            )));
         }
         let cluster_size = bytes_per_sector * sectors_per_cluster;
         if cluster_size > 64 * 1024 {
@@ -292,7 +294,11 @@ mod tests {
         rejects(|b| b[19..21].fill(0), 16 << 20, "total sector count of 0");
         rejects(|b| b[32] = 1, 16 << 20, "two different");
         rejects(|_| {}, 8 << 20, "in an image of");
-        rejects(|b| b[22..24].copy_from_slice(&1u16.to_le_bytes()), 16 << 20, "entries for");
+        rejects(
+            |b| b[22..24].copy_from_slice(&1u16.to_le_bytes()),
+            16 << 20,
+            "entries for",
+        );
         // 16 MiB of 512-byte clusters is FAT16 by count but claims FAT32 layout.
         rejects(|b| b[22..24].fill(0), 16 << 20, "FAT32 fields");
     }

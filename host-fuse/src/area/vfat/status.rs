@@ -73,7 +73,9 @@ fn still_valid(place: &Place, path: &Path) -> Result<bool, AreaError> {
         return Ok(false);
     }
     let mut entry = [0u8; 32];
-    place.image.read_at(place.located.entry_offset, &mut entry)?;
+    place
+        .image
+        .read_at(place.located.entry_offset, &mut entry)?;
     Ok(entry == place.located.entry)
 }
 

@@ -72,7 +72,10 @@ impl Image {
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|end| end > self.len) {
             return Err(AreaError::Corrupt {
-                what: format!("a read of {} bytes at {offset} past the image's end", buf.len()),
+                what: format!(
+                    "a read of {} bytes at {offset} past the image's end",
+                    buf.len()
+                ),
             });
         }
         self.file
@@ -175,12 +178,18 @@ impl Volume {
     }
 
     /// A directory's bytes and the image offset of each of its entries' slot.
-    fn read_dir(&self, place: DirPlace, name: &str) -> Result<(Vec<u8>, Vec<(u64, usize)>), AreaError> {
+    fn read_dir(
+        &self,
+        place: DirPlace,
+        name: &str,
+    ) -> Result<(Vec<u8>, Vec<(u64, usize)>), AreaError> {
         let ranges = match place {
             DirPlace::Region { offset, len } => vec![(offset, len as usize)],
             DirPlace::Chain(first) => {
                 let what = format!("the directory {name}");
-                let chain = self.fat.chain(first, self.max_clusters_for(MAX_DIR_BYTES), &what)?;
+                let chain = self
+                    .fat
+                    .chain(first, self.max_clusters_for(MAX_DIR_BYTES), &what)?;
                 let len = chain.len() as u64 * u64::from(self.geometry.cluster_size);
                 self.ranges(&chain, len)
             }
@@ -202,7 +211,11 @@ impl Volume {
         }
     }
 
-    fn entries(&self, place: DirPlace, name: &str) -> Result<(Vec<RawEntry>, Vec<u8>, Vec<(u64, usize)>), AreaError> {
+    fn entries(
+        &self,
+        place: DirPlace,
+        name: &str,
+    ) -> Result<(Vec<RawEntry>, Vec<u8>, Vec<(u64, usize)>), AreaError> {
         let (bytes, ranges) = self.read_dir(place, name)?;
         let hi = self.geometry.root_region.is_none();
         Ok((parse_dir(&bytes, hi)?, bytes, ranges))
@@ -211,7 +224,10 @@ impl Volume {
     fn subdir(&self, entry: &RawEntry, path: &str) -> Result<DirPlace, AreaError> {
         if !self.geometry.is_data_cluster(entry.first_cluster) {
             return Err(AreaError::Corrupt {
-                what: format!("the directory {path} starts at cluster {}", entry.first_cluster),
+                what: format!(
+                    "the directory {path} starts at cluster {}",
+                    entry.first_cluster
+                ),
             });
         }
         Ok(DirPlace::Chain(entry.first_cluster))
@@ -222,7 +238,11 @@ impl Volume {
     ///
     /// # Errors
     /// [`AreaError::Corrupt`] for a broken chain on the way or in the file.
-    pub fn locate_short(&self, shorts: &[[u8; 11]], wanted: u64) -> Result<Option<Located>, AreaError> {
+    pub fn locate_short(
+        &self,
+        shorts: &[[u8; 11]],
+        wanted: u64,
+    ) -> Result<Option<Located>, AreaError> {
         let mut place = self.root();
         let mut path = String::new();
         for (depth, short) in shorts.iter().enumerate() {
@@ -276,7 +296,15 @@ impl Volume {
             entries: 0,
             bytes: 0,
         };
-        self.walk_dir(self.root(), None, 0, limits, &mut seen_dirs, &mut state, visit)
+        self.walk_dir(
+            self.root(),
+            None,
+            0,
+            limits,
+            &mut seen_dirs,
+            &mut state,
+            visit,
+        )
     }
 
     #[allow(clippy::too_many_arguments)] // one recursive helper; a struct would only rename them
@@ -334,11 +362,22 @@ impl Volume {
                 let sub = self.subdir(&raw, entry.path.as_str())?;
                 if !seen_dirs.insert(raw.first_cluster) {
                     return Err(AreaError::Corrupt {
-                        what: format!("the directory {} is reached twice (a directory loop)", entry.path),
+                        what: format!(
+                            "the directory {} is reached twice (a directory loop)",
+                            entry.path
+                        ),
                     });
                 }
                 visit(&entry, None).map_err(AreaError::sink)?;
-                self.walk_dir(sub, Some(&entry.path), depth + 1, limits, seen_dirs, state, visit)?;
+                self.walk_dir(
+                    sub,
+                    Some(&entry.path),
+                    depth + 1,
+                    limits,
+                    seen_dirs,
+                    state,
+                    visit,
+                )?;
             } else {
                 let size = u64::from(raw.size);
                 let chain = self.file_chain(raw.first_cluster, size, &path.to_string())?;
@@ -366,6 +405,31 @@ impl Volume {
         Ok(())
     }
 
+    /// Every directory below the root: (its first cluster, its parent's first cluster or
+    /// 0 for the root), parents first, at most `max` of them.
+    ///
+    /// # Errors
+    /// As [`Volume::walk`].
+    pub fn directories(&self, max: usize) -> Result<Vec<(u32, u32)>, AreaError> {
+        let mut out = Vec::new();
+        let mut todo = vec![(self.root(), 0u32)];
+        while let Some((place, cluster)) = todo.pop() {
+            let (entries, _, _) = self.entries(place, "a directory")?;
+            for e in entries.into_iter().filter(|e| e.is_dir) {
+                if out.len() == max || out.iter().any(|&(c, _)| c == e.first_cluster) {
+                    return Err(AreaError::TooLarge {
+                        what: "the number of directories".into(),
+                        limit: max as u64,
+                    });
+                }
+                let sub = self.subdir(&e, &e.name)?;
+                out.push((e.first_cluster, cluster));
+                todo.push((sub, e.first_cluster));
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads the whole file at `path` (names compared as Linux's vfat does: ignoring
     /// case), refusing files longer than `max_len`.
     ///
@@ -377,14 +441,19 @@ impl Volume {
         let parts: Vec<&str> = path.components().collect();
         let mut shown = String::new();
         for (i, part) in parts.iter().enumerate() {
-            let (entries, _, _) = self.entries(place, if shown.is_empty() { "/" } else { &shown })?;
+            let (entries, _, _) =
+                self.entries(place, if shown.is_empty() { "/" } else { &shown })?;
             let found = entries
                 .into_iter()
                 .find(|e| names_match(&e.name, part) || short_matches(&e.short, part));
             let Some(entry) = found else {
                 return Err(AreaError::NotFound { path: path.clone() });
             };
-            shown = if shown.is_empty() { entry.name.clone() } else { format!("{shown}/{}", entry.name) };
+            shown = if shown.is_empty() {
+                entry.name.clone()
+            } else {
+                format!("{shown}/{}", entry.name)
+            };
             let last = i + 1 == parts.len();
             if !entry.is_dir && last {
                 let size = u64::from(entry.size);
@@ -446,7 +515,10 @@ fn offset_in(ranges: &[(u64, usize)], mut at: usize) -> u64 {
 pub fn read_geometry(image: &Image) -> Result<Geometry, AreaError> {
     if image.len < BOOT_SECTOR_LEN as u64 {
         return Err(AreaError::Corrupt {
-            what: format!("an image of {} bytes, too short for a boot sector", image.len),
+            what: format!(
+                "an image of {} bytes, too short for a boot sector",
+                image.len
+            ),
         });
     }
     let mut sector = [0u8; BOOT_SECTOR_LEN];

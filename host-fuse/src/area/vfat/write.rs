@@ -33,14 +33,17 @@ use nlxtp_core::layout::{DEFAULT_VOLUME_LABEL, START_SCRIPT};
 
 use super::geometry::{FatType, Geometry};
 use super::lock::ImageWriteGuard;
-use super::volume::{read_geometry, Image};
+use super::volume::{read_geometry, Image, Volume};
 use crate::area::{AreaError, AreaPath, UploadData, UploadFile};
 
 /// Runs a fatfs call, turning a panic inside the crate into an error.
 ///
 /// With `panic = "abort"` a panic ends the process instead; the host feeds fatfs only
 /// volumes it formatted itself, so a panic would be a bug in the crate, not an attack.
-pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> io::Result<T>) -> Result<io::Result<T>, AreaError> {
+pub(crate) fn guarded<T>(
+    what: &str,
+    f: impl FnOnce() -> io::Result<T>,
+) -> Result<io::Result<T>, AreaError> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| AreaError::Corrupt {
         what: format!("the FAT library failed while it {what}"),
     })
@@ -90,7 +93,11 @@ impl Plan {
                 at = p.parent();
                 ancestors.push(p);
             }
-            for (p, dir) in ancestors.into_iter().map(|p| (p, true)).chain([(path.clone(), is_dir)]) {
+            for (p, dir) in ancestors
+                .into_iter()
+                .map(|p| (p, true))
+                .chain([(path.clone(), is_dir)])
+            {
                 match seen.get(&p.as_str().to_lowercase()) {
                     None => {
                         if dir {
@@ -131,7 +138,11 @@ impl Plan {
     /// Bytes the plan takes in whole clusters: each file rounded up, one cluster per
     /// directory, and the directory entries (up to 21 of 32 bytes per name).
     fn needed(&self, cluster: u64) -> u64 {
-        let files: u64 = self.files.iter().map(|(_, d)| d.len().div_ceil(cluster) * cluster).sum();
+        let files: u64 = self
+            .files
+            .iter()
+            .map(|(_, d)| d.len().div_ceil(cluster) * cluster)
+            .sum();
         let names = (self.files.len() + self.dirs.len()) as u64 * 21 * 32;
         files + self.dirs.len() as u64 * cluster + names.div_ceil(cluster) * cluster
     }
@@ -234,7 +245,9 @@ fn format_like(file: &mut File, old: &Geometry) -> Result<(), AreaError> {
     let mut last = None;
     for options in [same, base.fat_type(fatfs_type(old.fat_type))] {
         rewind(file)?;
-        match guarded("formatted the new image", || fatfs::format_volume(&mut *file, options))? {
+        match guarded("formatted the new image", || {
+            fatfs::format_volume(&mut *file, options)
+        })? {
             Ok(()) => return Ok(()),
             Err(e) => last = Some(e),
         }
@@ -257,9 +270,12 @@ fn fill(file: &mut File, plan: Plan, temp: &Path) -> Result<(), AreaError> {
     rewind(file)?;
     let io_err = |what: &'static str| move |e: io::Error| AreaError::io(what, temp, e);
     let options = FsOptions::new().time_provider(&UTC);
-    let fs = guarded("mounted the new image", || FileSystem::new(&mut *file, options))?
-        .map_err(io_err("mount the new image"))?;
-    let stats = guarded("counted free space", || fs.stats())?.map_err(io_err("count free space in"))?;
+    let fs = guarded("mounted the new image", || {
+        FileSystem::new(&mut *file, options)
+    })?
+    .map_err(io_err("mount the new image"))?;
+    let stats =
+        guarded("counted free space", || fs.stats())?.map_err(io_err("count free space in"))?;
     let cluster = u64::from(stats.cluster_size());
     let available = u64::from(stats.free_clusters()) * cluster;
     let needed = plan.needed(cluster);
@@ -268,8 +284,10 @@ fn fill(file: &mut File, plan: Plan, temp: &Path) -> Result<(), AreaError> {
     }
     let root = fs.root_dir();
     for dir in &plan.dirs {
-        guarded("created a directory", || root.create_dir(dir.as_str()).map(|_| ()))?
-            .map_err(io_err("create a directory in"))?;
+        guarded("created a directory", || {
+            root.create_dir(dir.as_str()).map(|_| ())
+        })?
+        .map_err(io_err("create a directory in"))?;
     }
     for (path, data) in plan.files {
         let mut out = guarded("created a file", || root.create_file(path.as_str()))?
@@ -287,7 +305,11 @@ fn fill(file: &mut File, plan: Plan, temp: &Path) -> Result<(), AreaError> {
             }
         };
         if copied < len {
-            return Err(AreaError::ShortSource { path, got: copied, len });
+            return Err(AreaError::ShortSource {
+                path,
+                got: copied,
+                len,
+            });
         }
         guarded("flushed a file", || out.flush())?.map_err(io_err("write"))?;
     }
@@ -298,7 +320,12 @@ fn fill(file: &mut File, plan: Plan, temp: &Path) -> Result<(), AreaError> {
 
 /// Copies `source` into a fatfs file; errors reading `source` are the upload's, errors
 /// writing are the image's.
-fn copy_into(source: &mut dyn Read, out: &mut impl Write, path: &AreaPath, temp: &Path) -> Result<u64, AreaError> {
+fn copy_into(
+    source: &mut dyn Read,
+    out: &mut impl Write,
+    path: &AreaPath,
+    temp: &Path,
+) -> Result<u64, AreaError> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     loop {
@@ -318,6 +345,39 @@ fn copy_into(source: &mut dyn Read, out: &mut impl Write, path: &AreaPath, temp:
     }
 }
 
+/// fatfs 0.3 writes a long-name entry before the `.` and `..` entries of every directory
+/// it creates, so they are not in the first two slots where the FAT specification (and
+/// fsck.vfat) wants them, and points `..` of a FAT32 top-level directory at the root's
+/// cluster instead of 0. Moves them into place and marks the long-name slots deleted;
+/// no other entry moves.
+fn fix_dot_entries(file: &File, temp: &Path, max_dirs: usize) -> Result<(), AreaError> {
+    use std::os::unix::fs::FileExt;
+    let volume = Volume::open(temp)?;
+    for (cluster, parent) in volume.directories(max_dirs)? {
+        let at = volume.geometry.cluster_offset(cluster);
+        let mut slots = [0u8; 128];
+        volume.image.read_at(at, &mut slots)?;
+        let lfn = |i: usize| slots[32 * i + 11] == 0x0F;
+        let named = |i: usize, name: &[u8; 11]| &slots[32 * i..32 * i + 11] == name;
+        if !(lfn(0) && named(1, b".          ") && lfn(2) && named(3, b"..         ")) {
+            continue;
+        }
+        let mut fixed = [0u8; 128];
+        fixed[..32].copy_from_slice(&slots[32..64]);
+        fixed[32..64].copy_from_slice(&slots[96..128]);
+        fixed[64..128].copy_from_slice(&slots[64..128]);
+        fixed[64] = 0xE5;
+        fixed[96] = 0xE5;
+        // `..` of a top-level directory: cluster 0, whatever the root's cluster is.
+        let parent = parent.to_le_bytes();
+        fixed[32 + 20..32 + 22].copy_from_slice(&parent[2..4]);
+        fixed[32 + 26..32 + 28].copy_from_slice(&parent[0..2]);
+        file.write_all_at(&fixed, at)
+            .map_err(|e| AreaError::io("write", temp, e))?;
+    }
+    Ok(())
+}
+
 /// Replaces the content of the image at `image` with `files` (see the module docs).
 ///
 /// # Errors
@@ -333,7 +393,10 @@ pub fn replace(image: &Path, files: Vec<UploadFile>) -> Result<(), AreaError> {
         image,
     )?;
     let geometry = read_geometry(&old)?;
-    let meta = old.file().metadata().map_err(|e| AreaError::io("inspect", image, e))?;
+    let meta = old
+        .file()
+        .metadata()
+        .map_err(|e| AreaError::io("inspect", image, e))?;
     let dir = match image.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -344,22 +407,32 @@ pub fn replace(image: &Path, files: Vec<UploadFile>) -> Result<(), AreaError> {
         .tempfile_in(dir)
         .map_err(|e| AreaError::io("create a temporary image in", dir, e))?;
     let temp_path = temp.path().to_owned();
-    let mut file = temp.as_file().try_clone().map_err(|e| AreaError::io("open", &temp_path, e))?;
+    let mut file = temp
+        .as_file()
+        .try_clone()
+        .map_err(|e| AreaError::io("open", &temp_path, e))?;
     let temp_guard = ImageWriteGuard::lock(
-        file.try_clone().map_err(|e| AreaError::io("open", &temp_path, e))?,
+        file.try_clone()
+            .map_err(|e| AreaError::io("open", &temp_path, e))?,
         &temp_path,
     )?;
-    file.set_len(meta.len()).map_err(|e| AreaError::io("size", &temp_path, e))?;
+    file.set_len(meta.len())
+        .map_err(|e| AreaError::io("size", &temp_path, e))?;
     format_like(&mut file, &geometry)?;
+    let dirs = plan.dirs.len();
     fill(&mut file, plan, &temp_path)?;
+    fix_dot_entries(&file, &temp_path, dirs)?;
     file.set_permissions(meta.permissions())
         .map_err(|e| AreaError::io("set the permissions of", &temp_path, e))?;
-    let mine = file.metadata().map_err(|e| AreaError::io("inspect", &temp_path, e))?;
+    let mine = file
+        .metadata()
+        .map_err(|e| AreaError::io("inspect", &temp_path, e))?;
     if (mine.uid(), mine.gid()) != (meta.uid(), meta.gid()) {
         std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))
             .map_err(|e| AreaError::io("give the old owner to", &temp_path, e))?;
     }
-    file.sync_all().map_err(|e| AreaError::io("flush", &temp_path, e))?;
+    file.sync_all()
+        .map_err(|e| AreaError::io("flush", &temp_path, e))?;
     temp.persist(image)
         .map_err(|e| AreaError::io("rename the new image over", image, e.error))?;
     File::open(dir)
@@ -375,7 +448,10 @@ mod tests {
     use super::*;
 
     fn files(paths: &[&str]) -> Vec<UploadFile> {
-        paths.iter().map(|p| UploadFile::bytes(p, b"x".to_vec()).unwrap()).collect()
+        paths
+            .iter()
+            .map(|p| UploadFile::bytes(p, b"x".to_vec()).unwrap())
+            .collect()
     }
 
     #[test]
