@@ -457,13 +457,13 @@ impl Volume {
             let last = i + 1 == parts.len();
             if !entry.is_dir && last {
                 let size = u64::from(entry.size);
+                let chain = self.file_chain(entry.first_cluster, size, &shown)?;
                 if size > max_len {
                     return Err(AreaError::TooLarge {
                         what: format!("the file {path}"),
                         limit: max_len,
                     });
                 }
-                let chain = self.file_chain(entry.first_cluster, size, &shown)?;
                 let mut out = vec![0u8; size as usize];
                 let mut at = 0;
                 for (offset, len) in self.ranges(&chain, size) {
