@@ -1,0 +1,171 @@
+//! QEMU's image locks against a real QEMU: the host sees a running VM, refuses to upload
+//! then, and keeps a VM from starting while it holds its guard.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use nlxtp_host::area::vfat::{create_image, qemu_holds_image, ImageWriteGuard, VfatImage};
+use nlxtp_host::area::{AreaError, SharedArea, UploadFile, WalkLimits};
+
+/// A QEMU paused before booting anything (`-S`), holding the image as a VM does.
+/// Dropping it stops QEMU: SIGTERM, then SIGKILL after a deadline.
+struct Qemu {
+    child: Child,
+}
+
+impl Qemu {
+    fn start(image: &Path) -> Qemu {
+        let drive = format!("file={},format=raw,if=virtio", image.display());
+        let child = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "tcg",
+                "-nographic",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-S",
+            ])
+            .args(["-drive", &drive])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("qemu-system-x86_64 starts (install qemu-system-x86)");
+        Qemu { child }
+    }
+
+    /// Waits for QEMU to exit by itself; its status and standard error.
+    fn wait_exit(&mut self, deadline: Duration) -> (std::process::ExitStatus, String) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (status, err);
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "QEMU still runs after {deadline:?}"
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if self.child.try_wait().unwrap().is_some() {
+            return;
+        }
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `cond` until it holds, failing after `deadline`.
+fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < deadline, "{what}: not after {deadline:?}");
+        sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn running_qemu_is_detected_and_blocks_uploads_and_the_guard_blocks_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("vm.img");
+    create_image(&img, 16 << 20, None, None).unwrap();
+    let area = VfatImage::new(&img);
+    area.replace(vec![
+        UploadFile::bytes("auto_exec.sh", b"first".to_vec()).unwrap()
+    ])
+    .unwrap();
+    assert!(!qemu_holds_image(&img).unwrap());
+
+    // A running VM: detected, reads still work, uploads are refused and change nothing.
+    let mut qemu = Qemu::start(&img);
+    wait_for("QEMU locks the image", Duration::from_secs(20), || {
+        if let Some(status) = qemu.child.try_wait().unwrap() {
+            panic!("QEMU exited early: {status}");
+        }
+        qemu_holds_image(&img).unwrap()
+    });
+    assert!(area.is_busy().unwrap());
+    assert_eq!(area.list(&WalkLimits::default()).unwrap().len(), 1);
+    let before = std::fs::read(&img).unwrap();
+    let err = area
+        .replace(vec![
+            UploadFile::bytes("auto_exec.sh", b"second".to_vec()).unwrap()
+        ])
+        .unwrap_err();
+    assert!(matches!(err, AreaError::Busy { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("the VM is running")
+            && text.contains("stop it, then upload; the script runs at its next boot"),
+        "{text}"
+    );
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "a refused upload changes nothing"
+    );
+    assert!(matches!(
+        ImageWriteGuard::acquire(&img),
+        Err(AreaError::Busy { .. })
+    ));
+    qemu.stop();
+    wait_for("QEMU's locks go away", Duration::from_secs(5), || {
+        !qemu_holds_image(&img).unwrap()
+    });
+
+    // The host's guard held: QEMU cannot start on the image.
+    let guard = ImageWriteGuard::acquire(&img).unwrap();
+    let mut blocked = Qemu::start(&img);
+    let (status, stderr) = blocked.wait_exit(Duration::from_secs(20));
+    assert!(
+        !status.success(),
+        "QEMU started despite the guard: {stderr}"
+    );
+    assert!(stderr.contains("Failed to lock byte"), "{stderr}");
+    drop(guard);
+
+    // After an upload (a new inode renamed over the old), nothing stays locked: a VM starts.
+    area.replace(vec![
+        UploadFile::bytes("auto_exec.sh", b"second".to_vec()).unwrap()
+    ])
+    .unwrap();
+    let mut again = Qemu::start(&img);
+    wait_for("QEMU locks the new image", Duration::from_secs(20), || {
+        if let Some(status) = again.child.try_wait().unwrap() {
+            panic!("QEMU exited on the new image: {status}");
+        }
+        qemu_holds_image(&img).unwrap()
+    });
+    again.stop();
+}
