@@ -1,6 +1,35 @@
-//! The nlxtp end-to-end harness: minimal guest images, QEMU and container boots, and the
-//! demo. Not written yet (issue 6).
+//! The nlxtp end-to-end harness: everything needed to run the real cycle on this machine
+//! from nothing but package registries.
+//!
+//! - [`guest`]: builds the static `nlxtp-guest` binary.
+//! - [`kernel`]: fetches a Debian kernel and its modules (cached under `~/.cache/nlxtp`).
+//! - [`initramfs`]: packs busybox, the guest binary, the modules and an `/init` into a
+//!   newc cpio archive.
+//! - [`qemu`]: boots a VM under KVM when it works, TCG otherwise, with the serial console
+//!   in a log file, deadline-bound waits, and a guard that never lets QEMU outlive it.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub use nlxtp_host as host;
+pub mod guest;
+pub mod initramfs;
+pub mod kernel;
+pub mod qemu;
+
+use std::path::PathBuf;
+
+/// The repository's root (this crate lives in `harness/`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where downloaded and built artefacts are kept between runs: `$NLXTP_CACHE`, else
+/// `~/.cache/nlxtp`. Outside the repository, so nothing large is ever committed.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("NLXTP_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/nlxtp")
+}
