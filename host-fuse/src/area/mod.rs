@@ -397,6 +397,10 @@ pub enum StatusError {
     Area(#[from] AreaError),
 }
 
+/// What [`SharedArea::walk`] calls for each entry: with a reader of the file's bytes, or
+/// `None` for a directory. Its error ends the walk as [`AreaError::Sink`].
+pub type Visitor<'a> = dyn FnMut(&Entry, Option<&mut dyn Read>) -> io::Result<()> + 'a;
+
 /// A shared area: a VM's disk image or a container's directory.
 ///
 /// Implementations are `Send + Sync`; each call stands alone (a backend opens what it
@@ -435,11 +439,7 @@ pub trait SharedArea: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`AreaError::TooLarge`] when `limits` are reached, [`AreaError::Corrupt`],
     /// [`AreaError::Sink`] when `visit` fails, [`AreaError::Io`].
-    fn walk(
-        &self,
-        limits: &WalkLimits,
-        visit: &mut dyn FnMut(&Entry, Option<&mut dyn Read>) -> io::Result<()>,
-    ) -> Result<(), AreaError>;
+    fn walk(&self, limits: &WalkLimits, visit: &mut Visitor<'_>) -> Result<(), AreaError>;
 
     /// Every file and directory, parents before their contents.
     ///

@@ -19,7 +19,6 @@ mod status;
 mod volume;
 mod write;
 
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 pub use create::{create_image, CreateError, MAX_IMAGE_LEN, MIN_IMAGE_LEN};
@@ -27,7 +26,7 @@ pub use lock::{qemu_holds_image, ImageWriteGuard};
 
 use self::status::StatusCache;
 use self::volume::Volume;
-use crate::area::{AreaError, AreaPath, Entry, SharedArea, StatusRead, UploadFile, WalkLimits};
+use crate::area::{AreaError, AreaPath, SharedArea, StatusRead, UploadFile, Visitor, WalkLimits};
 
 /// A VM's shared area: the vFAT image at a path.
 ///
@@ -69,11 +68,7 @@ impl SharedArea for VfatImage {
         Volume::open(&self.path)?.read_file(path, max_len)
     }
 
-    fn walk(
-        &self,
-        limits: &WalkLimits,
-        visit: &mut dyn FnMut(&Entry, Option<&mut dyn Read>) -> io::Result<()>,
-    ) -> Result<(), AreaError> {
+    fn walk(&self, limits: &WalkLimits, visit: &mut Visitor<'_>) -> Result<(), AreaError> {
         Volume::open(&self.path)?.walk(limits, visit)
     }
 

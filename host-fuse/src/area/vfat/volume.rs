@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use super::dir::{parse_dir, RawEntry, ENTRY_LEN};
 use super::fat::Fat;
 use super::geometry::{Geometry, BOOT_SECTOR_LEN};
-use crate::area::{AreaError, AreaPath, Entry, EntryKind, WalkLimits};
+use crate::area::{AreaError, AreaPath, Entry, EntryKind, Visitor, WalkLimits};
 
 /// The most bytes a directory may have: 65536 entries, the FAT specification's limit.
 pub const MAX_DIR_BYTES: u64 = 65536 * ENTRY_LEN as u64;
@@ -82,6 +82,16 @@ impl Image {
             .read_exact_at(buf, offset)
             .map_err(|source| AreaError::io("read", &self.path, source))
     }
+}
+
+/// (offset, length) runs of bytes in the image.
+type Runs = Vec<(u64, usize)>;
+
+/// A directory as read: its live entries, its raw bytes, and where those bytes are.
+struct Listing {
+    entries: Vec<RawEntry>,
+    bytes: Vec<u8>,
+    runs: Runs,
 }
 
 /// Where a directory's entries are.
@@ -178,11 +188,7 @@ impl Volume {
     }
 
     /// A directory's bytes and the image offset of each of its entries' slot.
-    fn read_dir(
-        &self,
-        place: DirPlace,
-        name: &str,
-    ) -> Result<(Vec<u8>, Vec<(u64, usize)>), AreaError> {
+    fn read_dir(&self, place: DirPlace, name: &str) -> Result<(Vec<u8>, Runs), AreaError> {
         let ranges = match place {
             DirPlace::Region { offset, len } => vec![(offset, len as usize)],
             DirPlace::Chain(first) => {
@@ -211,14 +217,14 @@ impl Volume {
         }
     }
 
-    fn entries(
-        &self,
-        place: DirPlace,
-        name: &str,
-    ) -> Result<(Vec<RawEntry>, Vec<u8>, Vec<(u64, usize)>), AreaError> {
-        let (bytes, ranges) = self.read_dir(place, name)?;
+    fn entries(&self, place: DirPlace, name: &str) -> Result<Listing, AreaError> {
+        let (bytes, runs) = self.read_dir(place, name)?;
         let hi = self.geometry.root_region.is_none();
-        Ok((parse_dir(&bytes, hi)?, bytes, ranges))
+        Ok(Listing {
+            entries: parse_dir(&bytes, hi)?,
+            bytes,
+            runs,
+        })
     }
 
     fn subdir(&self, entry: &RawEntry, path: &str) -> Result<DirPlace, AreaError> {
@@ -246,7 +252,11 @@ impl Volume {
         let mut place = self.root();
         let mut path = String::new();
         for (depth, short) in shorts.iter().enumerate() {
-            let (entries, bytes, ranges) = self.entries(place, &path)?;
+            let Listing {
+                entries,
+                bytes,
+                runs: ranges,
+            } = self.entries(place, &path)?;
             let Some(entry) = entries.into_iter().find(|e| &e.short == short) else {
                 return Ok(None);
             };
@@ -286,11 +296,7 @@ impl Volume {
     /// [`AreaError::Corrupt`] for anything a valid volume does not contain (including
     /// two entries of one directory with the same name), [`AreaError::TooLarge`] when a
     /// limit is reached, [`AreaError::Sink`] when `visit` fails.
-    pub fn walk(
-        &self,
-        limits: &WalkLimits,
-        visit: &mut dyn FnMut(&Entry, Option<&mut dyn Read>) -> io::Result<()>,
-    ) -> Result<(), AreaError> {
+    pub fn walk(&self, limits: &WalkLimits, visit: &mut Visitor<'_>) -> Result<(), AreaError> {
         let mut seen_dirs = HashSet::new();
         let mut state = WalkState {
             entries: 0,
@@ -316,10 +322,10 @@ impl Volume {
         limits: &WalkLimits,
         seen_dirs: &mut HashSet<u32>,
         state: &mut WalkState,
-        visit: &mut dyn FnMut(&Entry, Option<&mut dyn Read>) -> io::Result<()>,
+        visit: &mut Visitor<'_>,
     ) -> Result<(), AreaError> {
         let shown = parent.map_or("/", AreaPath::as_str);
-        let (mut entries, _, _) = self.entries(place, shown)?;
+        let mut entries = self.entries(place, shown)?.entries;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         if let Some(pair) = entries.windows(2).find(|w| w[0].name == w[1].name) {
             return Err(AreaError::Corrupt {
@@ -414,7 +420,7 @@ impl Volume {
         let mut out = Vec::new();
         let mut todo = vec![(self.root(), 0u32)];
         while let Some((place, cluster)) = todo.pop() {
-            let (entries, _, _) = self.entries(place, "a directory")?;
+            let entries = self.entries(place, "a directory")?.entries;
             for e in entries.into_iter().filter(|e| e.is_dir) {
                 if out.len() == max || out.iter().any(|&(c, _)| c == e.first_cluster) {
                     return Err(AreaError::TooLarge {
@@ -441,8 +447,8 @@ impl Volume {
         let parts: Vec<&str> = path.components().collect();
         let mut shown = String::new();
         for (i, part) in parts.iter().enumerate() {
-            let (entries, _, _) =
-                self.entries(place, if shown.is_empty() { "/" } else { &shown })?;
+            let shown_dir = if shown.is_empty() { "/" } else { &shown };
+            let entries = self.entries(place, shown_dir)?.entries;
             let found = entries
                 .into_iter()
                 .find(|e| names_match(&e.name, part) || short_matches(&e.short, part));
