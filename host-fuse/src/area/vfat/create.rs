@@ -104,7 +104,7 @@ pub fn create_image(
     fat_bits: Option<u8>,
     label: Option<&str>,
 ) -> Result<(), CreateError> {
-    if !(MIN_IMAGE_LEN..=MAX_IMAGE_LEN).contains(&size) || size % 512 != 0 {
+    if !(MIN_IMAGE_LEN..=MAX_IMAGE_LEN).contains(&size) || !size.is_multiple_of(512) {
         return Err(CreateError::BadSize { size });
     }
     let fat_type = match fat_bits {

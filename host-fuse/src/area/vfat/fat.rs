@@ -34,7 +34,7 @@ fn raw_entry(bytes: &[u8], fat_type: FatType, cluster: usize) -> u32 {
         FatType::Fat12 => {
             let at = cluster + cluster / 2;
             let pair = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-            u32::from(if cluster % 2 == 0 {
+            u32::from(if cluster.is_multiple_of(2) {
                 pair & 0x0FFF
             } else {
                 pair >> 4
