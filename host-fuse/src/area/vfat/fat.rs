@@ -212,7 +212,7 @@ mod tests {
     fn set12(fat: &mut [u8], cluster: usize, value: u16) {
         let at = cluster + cluster / 2;
         let mut pair = u16::from_le_bytes([fat[at], fat[at + 1]]);
-        pair = if cluster % 2 == 0 {
+        pair = if cluster.is_multiple_of(2) {
             (pair & 0xF000) | value
         } else {
             (pair & 0x000F) | (value << 4)
