@@ -9,6 +9,7 @@ use nlxtp_core::layout::DEFAULT_VOLUME_LABEL;
 use super::geometry::FatType;
 use super::volume::{read_geometry, Image};
 use super::write::{fatfs_type, fresh_volume_id, guarded, label_bytes};
+use crate::area::AreaError;
 
 /// The smallest image [`create_image`] makes (FAT12 with room for a few files).
 pub const MIN_IMAGE_LEN: u64 = 1 << 20;
@@ -70,17 +71,9 @@ pub enum CreateError {
         #[source]
         source: io::Error,
     },
-    /// Another operating-system call failed.
-    #[error("could not {action} {}: fix the cause below and retry", path.display())]
-    Io {
-        /// What the host tried.
-        action: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The system's error.
-        #[source]
-        source: io::Error,
-    },
+    /// An operating-system call failed.
+    #[error(transparent)]
+    Area(#[from] AreaError),
 }
 
 /// Creates a raw image of `size` bytes at `path` with `qemu-img create -f raw` and formats
@@ -96,7 +89,7 @@ pub enum CreateError {
 /// # Errors
 /// [`CreateError::Exists`] (nothing is overwritten), [`CreateError::BadSize`],
 /// [`CreateError::BadFatType`], [`CreateError::BadLabel`], [`CreateError::QemuImg`],
-/// [`CreateError::FatTypeDoesNotFit`], [`CreateError::Format`], [`CreateError::Io`]. On an error after the file was
+/// [`CreateError::FatTypeDoesNotFit`], [`CreateError::Format`], [`CreateError::Area`] (an [`AreaError::Io`]). On an error after the file was
 /// created, it is removed again.
 pub fn create_image(
     path: &Path,
@@ -125,11 +118,7 @@ pub fn create_image(
         .open(path)
         .map_err(|source| match source.kind() {
             io::ErrorKind::AlreadyExists => CreateError::Exists { path: path.into() },
-            _ => CreateError::Io {
-                action: "create",
-                path: path.into(),
-                source,
-            },
+            _ => CreateError::Area(AreaError::io("create", path, source)),
         })?;
     let made = make(path, size, fat_type, label_raw);
     if made.is_err() {
@@ -170,11 +159,7 @@ fn make(
         .read(true)
         .write(true)
         .open(path)
-        .map_err(|source| CreateError::Io {
-            action: "open",
-            path: path.into(),
-            source,
-        })?;
+        .map_err(|source| CreateError::Area(AreaError::io("open", path, source)))?;
     let mut options = fatfs::FormatVolumeOptions::new()
         .volume_label(label)
         .volume_id(fresh_volume_id());
@@ -190,11 +175,8 @@ fn make(
     })
     .map_err(|e| format_error(io::Error::other(e.to_string())))?
     .map_err(format_error)?;
-    file.sync_all().map_err(|source| CreateError::Io {
-        action: "flush",
-        path: path.into(),
-        source,
-    })?;
+    file.sync_all()
+        .map_err(|source| CreateError::Area(AreaError::io("flush", path, source)))?;
     let made = Image::from_file(file, path)
         .and_then(|image| read_geometry(&image))
         .map_err(|e| format_error(io::Error::other(e.to_string())))?;

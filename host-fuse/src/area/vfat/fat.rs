@@ -1,9 +1,10 @@
-//! The file allocation table, loaded whole and checked whole.
+//! The file allocation table, loaded whole, decoded on demand, checked whole on request.
 //!
-//! After [`Fat::load`] succeeds, every entry of a data cluster is free, bad, end of
-//! chain, or a link to another data cluster that is itself in use, and no chain loops.
-//! So following any chain ends, after at most `clusters` steps, without a check of its
-//! own; [`Fat::chain`] keeps a bound anyway.
+//! [`Fat::chain`] is bounded on its own: it follows at most `limit` links and refuses a
+//! link to a cluster outside the volume or to a free or bad one, so any chain, even a
+//! looped one, ends in a result or an error after `limit` steps. [`Fat::check`]
+//! additionally checks every entry and every chain (none loops), for walks over the
+//! whole volume; the status locate skips it to stay fast.
 
 use super::geometry::{FatType, Geometry};
 use crate::area::AreaError;
@@ -17,99 +18,96 @@ enum Link {
     Next(u32),
     End,
     Bad,
+    /// A value that names no cluster of the volume (1, or beyond the last cluster).
+    Wild(u32),
 }
 
-/// The checked FAT of one volume.
+/// The FAT of one volume.
 #[derive(Debug)]
 pub struct Fat {
-    links: Vec<Link>,
+    bytes: Vec<u8>,
+    fat_type: FatType,
+    max: u32,
 }
 
 fn corrupt(what: String) -> AreaError {
     AreaError::Corrupt { what }
 }
 
-fn raw_entry(bytes: &[u8], fat_type: FatType, cluster: usize) -> u32 {
-    match fat_type {
-        FatType::Fat12 => {
-            let at = cluster + cluster / 2;
-            let pair = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-            u32::from(if cluster.is_multiple_of(2) {
-                pair & 0x0FFF
-            } else {
-                pair >> 4
-            })
-        }
-        FatType::Fat16 => u32::from(u16::from_le_bytes([
-            bytes[2 * cluster],
-            bytes[2 * cluster + 1],
-        ])),
-        FatType::Fat32 => {
-            let at = 4 * cluster;
-            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-                & 0x0FFF_FFFF
+impl Fat {
+    /// Wraps the FAT bytes `bytes` of a volume of `geometry`, which must hold an entry for
+    /// every cluster up to `geometry.max_cluster()` plus two spare bytes.
+    fn new(geometry: &Geometry, bytes: Vec<u8>) -> Self {
+        Fat {
+            bytes,
+            fat_type: geometry.fat_type,
+            max: geometry.max_cluster(),
         }
     }
-}
 
-impl Fat {
-    /// Decodes and checks the FAT bytes `bytes` (the active FAT, `geometry.fat_len` long).
+    fn link(&self, cluster: u32) -> Link {
+        if cluster < 2 || cluster > self.max {
+            return Link::Wild(cluster);
+        }
+        let b = &self.bytes;
+        let c = cluster as usize;
+        let (raw, bad, end) = match self.fat_type {
+            FatType::Fat12 => {
+                let at = c + c / 2;
+                let pair = u16::from_le_bytes([b[at], b[at + 1]]);
+                let raw = if c.is_multiple_of(2) {
+                    pair & 0x0FFF
+                } else {
+                    pair >> 4
+                };
+                (u32::from(raw), 0xFF7, 0xFF8)
+            }
+            FatType::Fat16 => (
+                u32::from(u16::from_le_bytes([b[2 * c], b[2 * c + 1]])),
+                0xFFF7,
+                0xFFF8,
+            ),
+            FatType::Fat32 => {
+                let at = 4 * c;
+                let raw =
+                    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) & 0x0FFF_FFFF;
+                (raw, 0x0FFF_FFF7, 0x0FFF_FFF8)
+            }
+        };
+        match raw {
+            0 => Link::Free,
+            n if n == bad => Link::Bad,
+            n if n >= end => Link::End,
+            n if (2..=self.max).contains(&n) => Link::Next(n),
+            n => Link::Wild(n),
+        }
+    }
+
+    /// Checks every entry of the FAT and every chain in it.
     ///
     /// # Errors
-    /// [`AreaError::TooLarge`] for a FAT beyond 16 MiB; [`AreaError::Corrupt`] for an entry
-    /// that points outside the volume or into a free or bad cluster, or a chain that loops.
-    pub fn check(geometry: &Geometry, bytes: &[u8]) -> Result<Self, AreaError> {
-        let fat_type = geometry.fat_type;
-        let (bad, end) = match fat_type {
-            FatType::Fat12 => (0xFF7, 0xFF8),
-            FatType::Fat16 => (0xFFF7, 0xFFF8),
-            FatType::Fat32 => (0x0FFF_FFF7, 0x0FFF_FFF8),
-        };
-        let max = geometry.max_cluster();
-        // Geometry::parse checked the FAT has an entry for every cluster.
-        let count = max as usize + 1;
-        let mut links = Vec::with_capacity(count);
-        for cluster in 0..count {
-            let raw = raw_entry(bytes, fat_type, cluster);
-            links.push(match raw {
-                _ if cluster < 2 => Link::End,
-                0 => Link::Free,
-                n if n == bad => Link::Bad,
-                n if n >= end => Link::End,
-                n if (2..=max).contains(&n) => Link::Next(n),
-                n => {
-                    return Err(corrupt(format!(
-                        "FAT: cluster {cluster} links to {n}, which is not a cluster of the volume"
-                    )))
-                }
-            });
-        }
-        let fat = Fat { links };
-        fat.check_chains()?;
-        Ok(fat)
-    }
-
-    /// Every link leads to a used cluster and no chain loops: one pass, colouring each
-    /// cluster "on the current path" and then "ends well", so each is walked once.
-    fn check_chains(&self) -> Result<(), AreaError> {
+    /// [`AreaError::Corrupt`] for an entry that points outside the volume or into a free
+    /// or bad cluster, or a chain that loops.
+    pub fn check(&self) -> Result<(), AreaError> {
+        // One pass, colouring each cluster "on the current path" and then "ends well",
+        // so each is walked once.
         const UNSEEN: u8 = 0;
         const ON_PATH: u8 = 1;
         const ENDS: u8 = 2;
-        let mut colour = vec![UNSEEN; self.links.len()];
+        let mut colour = vec![UNSEEN; self.max as usize + 1];
         let mut path = Vec::new();
-        for start in 2..self.links.len() {
+        for start in 2..=self.max {
             let mut at = start;
-            while colour[at] == UNSEEN {
-                colour[at] = ON_PATH;
+            while colour[at as usize] == UNSEEN {
+                colour[at as usize] = ON_PATH;
                 path.push(at);
-                match self.links[at] {
+                match self.link(at) {
                     Link::Next(next) => {
-                        let next = next as usize;
-                        match self.links[next] {
+                        match self.link(next) {
                             Link::Free | Link::Bad => {
                                 return Err(corrupt(format!(
                                     "FAT: cluster {at} links to cluster {next}, which is {}",
-                                    if self.links[next] == Link::Free {
+                                    if self.link(next) == Link::Free {
                                         "free"
                                     } else {
                                         "marked bad"
@@ -118,27 +116,32 @@ impl Fat {
                             }
                             _ => {}
                         }
-                        if colour[next] == ON_PATH {
+                        if colour[next as usize] == ON_PATH {
                             return Err(corrupt(format!(
                                 "FAT: the cluster chain through cluster {next} loops"
                             )));
                         }
                         at = next;
                     }
+                    Link::Wild(n) => {
+                        return Err(corrupt(format!(
+                            "FAT: cluster {at} links to {n}, which is not a cluster of the volume"
+                        )))
+                    }
                     Link::Free | Link::End | Link::Bad => break,
                 }
             }
             for done in path.drain(..) {
-                colour[done] = ENDS;
+                colour[done as usize] = ENDS;
             }
         }
         Ok(())
     }
 
-    /// Loads the active FAT of `geometry` through `read_at`.
+    /// Loads the active FAT of `geometry` through `read_at`, unchecked.
     ///
     /// # Errors
-    /// See [`Fat::check`], and whatever `read_at` returns.
+    /// [`AreaError::TooLarge`] for a FAT beyond 16 MiB, and whatever `read_at` returns.
     pub fn load(
         geometry: &Geometry,
         read_at: impl FnOnce(u64, &mut [u8]) -> Result<(), AreaError>,
@@ -155,33 +158,51 @@ impl Fat {
         }
         let mut bytes = vec![0u8; len as usize];
         read_at(geometry.fat_offset, &mut bytes)?;
-        // raw_entry of the last FAT12 cluster reads one byte past its 12 bits.
+        // The entry of the last FAT12 cluster reads one byte past its 12 bits.
         bytes.resize(len as usize + 2, 0);
-        Self::check(geometry, &bytes)
+        Ok(Self::new(geometry, bytes))
     }
 
     /// The clusters of the chain that starts at `first`, in order, at most `limit` of them.
     ///
     /// # Errors
-    /// [`AreaError::Corrupt`] if `first` is not a data cluster or is free or bad, or the
-    /// chain is longer than `limit`.
+    /// [`AreaError::Corrupt`] if `first` or a link is not a data cluster in use, or the
+    /// chain is longer than `limit` (which is what a loop looks like).
     pub fn chain(&self, first: u32, limit: usize, what: &str) -> Result<Vec<u32>, AreaError> {
         let mut out = Vec::new();
         let mut at = first;
         loop {
-            match self.links.get(at as usize) {
-                Some(Link::Next(_) | Link::End) if at >= 2 => {}
-                _ => {
+            let link = self.link(at);
+            match link {
+                Link::Next(_) | Link::End => {}
+                // `at` is a cluster of the volume, its entry names none.
+                Link::Wild(n) if n != at => {
+                    return Err(corrupt(format!(
+                        "{what}: cluster {at} links to {n}, which is not a cluster of the volume"
+                    )))
+                }
+                _ if out.is_empty() => {
                     return Err(corrupt(format!(
                         "{what} starts at cluster {first}, which holds no data"
                     )))
                 }
+                _ => {
+                    return Err(corrupt(format!(
+                        "{what} runs into cluster {at}, which holds no data"
+                    )))
+                }
             }
             if out.len() == limit {
-                return Err(corrupt(format!("{what} has more clusters than it can use")));
+                let mut seen = out.clone();
+                seen.sort_unstable();
+                return Err(corrupt(if seen.binary_search(&at).is_ok() {
+                    format!("the cluster chain of {what} loops")
+                } else {
+                    format!("{what} has more clusters than it can use")
+                }));
             }
             out.push(at);
-            match self.links[at as usize] {
+            match link {
                 Link::Next(next) => at = next,
                 _ => return Ok(out),
             }
@@ -233,7 +254,8 @@ mod tests {
     #[test]
     fn follows_a_fat12_chain() {
         let g = fat12_geometry();
-        let fat = Fat::check(&g, &table(&[(2, 3), (3, 7), (7, 0xFFF), (9, 0xFF8)])).unwrap();
+        let fat = Fat::new(&g, table(&[(2, 3), (3, 7), (7, 0xFFF), (9, 0xFF8)]));
+        fat.check().unwrap();
         assert_eq!(fat.chain(2, 10, "f").unwrap(), vec![2, 3, 7]);
         assert_eq!(fat.chain(9, 10, "f").unwrap(), vec![9]);
         assert!(fat.chain(2, 2, "f").is_err());
@@ -243,6 +265,16 @@ mod tests {
         );
         assert!(fat.chain(1, 10, "f").is_err());
         assert!(fat.chain(99_999, 10, "f").is_err());
+        // Unchecked, a looped chain still ends: in an error after `limit` links.
+        let looped = Fat::new(&g, table(&[(2, 3), (3, 2)]));
+        let err = looped.chain(2, 100, "f").unwrap_err().to_string();
+        assert!(err.contains("loops"), "{err}");
+        let wild = Fat::new(&g, table(&[(2, 1)]));
+        assert!(wild
+            .chain(2, 100, "f")
+            .unwrap_err()
+            .to_string()
+            .contains("links to 1"));
     }
 
     #[test]
@@ -256,7 +288,7 @@ mod tests {
             (&[(2, 3)], "free"),
         ];
         for (links, needle) in cases {
-            let err = Fat::check(&g, &table(links)).unwrap_err().to_string();
+            let err = Fat::new(&g, table(links)).check().unwrap_err().to_string();
             assert!(err.contains(needle), "{links:?}: {err}");
         }
     }

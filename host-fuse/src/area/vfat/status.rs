@@ -1,7 +1,7 @@
 //! The fast status read: find the status file's clusters once, then `pread` them.
 //!
-//! Locating opens and checks the whole volume (boot sector, FAT, the two directories on
-//! the way) and remembers: the image file, its inode, the byte offset and bytes of the
+//! Locating checks the boot sector and follows three bounded chains (the root on FAT32,
+//! `nlxtp/`, the file) and remembers: the image file, its inode, the byte offset and bytes of the
 //! status file's directory entry, and the (offset, length) runs of its data. Each read
 //! after that is one `stat` of the image path (a replaced image is a new inode), one
 //! 32-byte `pread` of the directory entry (a deleted or moved file changes it), and one
@@ -80,7 +80,7 @@ fn still_valid(place: &Place, path: &Path) -> Result<bool, AreaError> {
 }
 
 fn locate(path: &Path) -> Result<Option<Place>, AreaError> {
-    let volume = Volume::open(path)?;
+    let volume = Volume::open_unchecked(path)?;
     let shorts = [
         short_form(nlxtp_core::layout::PROTOCOL_DIR).expect("an 8.3 name"),
         short_form("status.bin").expect("an 8.3 name"),

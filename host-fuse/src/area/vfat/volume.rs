@@ -126,7 +126,24 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// Opens and checks the image at `path`.
+    /// Opens the image at `path`, checking only its boot sector: every chain is still
+    /// bounded when followed ([`Fat::chain`]), but a loop anywhere else in the FAT goes
+    /// unnoticed. For the status locate, which follows three chains.
+    ///
+    /// # Errors
+    /// As [`Volume::open`].
+    pub fn open_unchecked(path: &Path) -> Result<Self, AreaError> {
+        let image = Image::open(path)?;
+        let geometry = read_geometry(&image)?;
+        let fat = Fat::load(&geometry, |offset, buf| image.read_at(offset, buf))?;
+        Ok(Volume {
+            image,
+            geometry,
+            fat,
+        })
+    }
+
+    /// Opens and checks the image at `path`: boot sector and the whole FAT.
     ///
     /// # Errors
     /// [`AreaError::Corrupt`] for a bad boot sector or FAT, [`AreaError::Io`] and
@@ -135,6 +152,7 @@ impl Volume {
         let image = Image::open(path)?;
         let geometry = read_geometry(&image)?;
         let fat = Fat::load(&geometry, |offset, buf| image.read_at(offset, buf))?;
+        fat.check()?;
         Ok(Volume {
             image,
             geometry,
