@@ -125,6 +125,24 @@ fn a_first_cluster_of_one_is_corrupt_not_a_panic() {
 }
 
 #[test]
+fn a_long_name_that_escapes_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = populated(dir.path(), 16);
+    mcopy(&img, "abcdefghij.txt", b"x");
+    // The long name's first part (just before the short entry) becomes "..", NUL-ended.
+    let short = find_entry(&img, b"ABCDEF~1TXT");
+    patch(
+        &img,
+        short - 32 + 1,
+        &[b'.', 0, b'.', 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF],
+    );
+    let area = VfatImage::new(&img);
+    let err = within(FAST, "list", || area.list(&WalkLimits::default())).unwrap_err();
+    assert!(matches!(err, AreaError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("the name \"..\""), "{err}");
+}
+
+#[test]
 fn sizes_beyond_the_image_or_the_chain_are_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let img = populated(dir.path(), 16);

@@ -286,6 +286,8 @@ fn rejected_uploads_leave_the_image_alone() {
             std::fs::read(&img).unwrap() == snapshot,
             "image unchanged after: {err}"
         );
+        let entries = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(entries, 1, "no temporary image left behind after: {err}");
     }
 }
 
