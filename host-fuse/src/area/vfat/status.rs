@@ -4,7 +4,8 @@
 //! `nlxtp/`, the file) and remembers: the image file, its inode, the byte offset and bytes of the
 //! status file's directory entry, and the (offset, length) runs of its data. Each read
 //! after that is one `stat` of the image path (a replaced image is a new inode), one
-//! 32-byte `pread` of the directory entry (a deleted or moved file changes it), and one
+//! 32-byte `pread` of the directory entry (a deleted or moved file changes its name,
+//! first cluster or size), and one
 //! `pread` per run, usually one. The guest writes the slots in place and never moves
 //! them (docs/wire-format.md section 4), so that is all that can change while it runs.
 
@@ -76,7 +77,18 @@ fn still_valid(place: &Place, path: &Path) -> Result<bool, AreaError> {
     place
         .image
         .read_at(place.located.entry_offset, &mut entry)?;
-    Ok(entry == place.located.entry)
+    Ok(identity(&entry) == identity(&place.located.entry))
+}
+
+/// The fields of a directory entry that say which file it is and where: name and
+/// attributes, first cluster, size. Not the times: each slot the guest writes updates
+/// the modification time.
+fn identity(entry: &[u8; 32]) -> ([u8; 12], [u8; 2], [u8; 6]) {
+    let mut name = [0u8; 12];
+    name.copy_from_slice(&entry[..12]);
+    let mut place = [0u8; 6];
+    place.copy_from_slice(&entry[26..32]);
+    (name, [entry[20], entry[21]], place)
 }
 
 fn locate(path: &Path) -> Result<Option<Place>, AreaError> {
