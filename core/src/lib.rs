@@ -25,7 +25,7 @@ pub mod record;
 pub mod slots;
 pub mod wire;
 
-pub use liveness::{Liveness, LivenessPolicy, Verdict};
+pub use liveness::{Liveness, LivenessPolicy, Seen, Verdict};
 pub use record::{
     AbortReason, BootId, CustomStatus, Manifest, OutputInfo, RunId, RunState, StatusRecord,
 };

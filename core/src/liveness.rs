@@ -76,12 +76,20 @@ pub enum Verdict {
     },
 }
 
+/// The last change a [`Liveness`] saw: which record, and when (host milliseconds). A
+/// host that polls from separate processes keeps it between them (see
+/// [`Liveness::resume`]); the time must then come from a clock all of them share
+/// (Linux: `CLOCK_BOOTTIME`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Seen {
-    run_id: RunId,
-    boot_id: BootId,
-    sequence: u64,
-    changed_at_ms: u64,
+pub struct Seen {
+    /// The record's run.
+    pub run_id: RunId,
+    /// The record's guest boot.
+    pub boot_id: BootId,
+    /// The record's sequence number.
+    pub sequence: u64,
+    /// Host time when this record was first seen.
+    pub changed_at_ms: u64,
 }
 
 /// Tracks one shared area's status over time.
@@ -95,6 +103,16 @@ impl Liveness {
     /// A tracker that has seen nothing yet.
     pub fn new(policy: LivenessPolicy) -> Self {
         Liveness { policy, last: None }
+    }
+
+    /// A tracker that continues from a remembered last change.
+    pub fn resume(policy: LivenessPolicy, last: Option<Seen>) -> Self {
+        Liveness { policy, last }
+    }
+
+    /// The last change seen, to remember for [`Liveness::resume`].
+    pub fn last_change(&self) -> Option<Seen> {
+        self.last
     }
 
     /// Feeds one observation: the host's monotonic time in milliseconds and the record

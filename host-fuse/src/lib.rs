@@ -7,5 +7,6 @@
 #![deny(missing_docs)]
 
 pub mod area;
+pub mod ops;
 
 pub use nlxtp_core as protocol;

@@ -1,0 +1,457 @@
+//! Archives in and out: uploads are read member by member through our own checks (never
+//! `tar::Archive::unpack`), downloads are packed from a walk of the area.
+//!
+//! Formats: plain tar, tar.gz and tar.zst, told apart by their first bytes on the way
+//! in, chosen by the output name on the way out.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, Write};
+use std::path::{Component, Path};
+
+use nlxtp_core::layout;
+
+use crate::area::{
+    AreaError, AreaPath, Entry, EntryKind, SharedArea, UploadData, UploadFile, WalkLimits,
+};
+
+/// How an archive's bytes are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    /// A plain tar stream.
+    None,
+    /// gzip (`.tar.gz`, `.tgz`).
+    Gzip,
+    /// Zstandard (`.tar.zst`).
+    Zstd,
+}
+
+impl Compression {
+    /// From the first bytes of a stream.
+    pub fn sniff(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+
+    /// From an output file name: `.tar.gz`/`.tgz`, `.tar.zst`/`.tzst`, else plain tar.
+    pub fn from_name(name: &Path) -> Compression {
+        let name = name.to_string_lossy().to_ascii_lowercase();
+        if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+            Compression::Gzip
+        } else if name.ends_with(".tar.zst") || name.ends_with(".tzst") {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
+/// Bounds on what an upload may hold. A hostile or broken archive (a gzip bomb, a million
+/// empty members) stops at the first bound it crosses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveLimits {
+    /// Members in all (directories included).
+    pub max_entries: usize,
+    /// Bytes of file content in all, after decompression.
+    pub max_total_bytes: u64,
+}
+
+impl Default for ArchiveLimits {
+    /// 100,000 members and 4 GiB.
+    fn default() -> Self {
+        ArchiveLimits {
+            max_entries: 100_000,
+            max_total_bytes: 4 << 30,
+        }
+    }
+}
+
+/// Why an upload archive was refused. Nothing has been written when this is returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArchiveError {
+    /// The stream is not a tar archive (nor a compressed one).
+    #[error("the upload is not a tar, tar.gz or tar.zst archive: pack the files with tar first")]
+    NotAnArchive {
+        /// What the reader said.
+        #[source]
+        source: io::Error,
+    },
+    /// A member's name could escape the shared area or is not a plain relative path.
+    #[error("archive member {name:?} has an unsafe path (absolute, or with '..'): pack it with relative paths")]
+    UnsafePath {
+        /// The name in the archive.
+        name: String,
+    },
+    /// A member is a link; a vFAT disk cannot hold one and in a directory it could lead
+    /// out of the shared area.
+    #[error("archive member {name:?} is a {kind} link; links are not allowed in uploads: pack the file itself (tar --dereference)")]
+    Link {
+        /// The name in the archive.
+        name: String,
+        /// "symbolic" or "hard".
+        kind: &'static str,
+    },
+    /// A member is a device, FIFO or another special file.
+    #[error("archive member {name:?} is a {kind}; only files and directories can be uploaded")]
+    Special {
+        /// The name in the archive.
+        name: String,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// Two members have the same path.
+    #[error("archive member {name:?} appears twice: keep one copy")]
+    Duplicate {
+        /// The name in the archive.
+        name: String,
+    },
+    /// Too many members.
+    #[error("the archive has more than {limit} members: split the upload or raise --max-entries")]
+    TooManyEntries {
+        /// The bound.
+        limit: usize,
+    },
+    /// Too many bytes.
+    #[error(
+        "the archive holds more than {limit} bytes: make the upload smaller or raise --max-bytes"
+    )]
+    TooLarge {
+        /// The bound.
+        limit: u64,
+    },
+    /// The archive has no start script at its root.
+    #[error("the archive has no {script} at its root: add one (it runs in the guest), or pass --files-only to upload files without running anything", script = layout::START_SCRIPT)]
+    NoScript,
+    /// The start script is not a regular file.
+    #[error("{script} in the archive is not a regular file: it must be a shell script", script = layout::START_SCRIPT)]
+    ScriptNotFile,
+    /// Reading the archive failed (truncated, corrupt compression...).
+    #[error("the archive could not be read to the end (truncated or corrupt): check the file")]
+    Read {
+        /// The reader's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An upload archive, checked and ready for [`SharedArea::replace`].
+#[derive(Debug)]
+pub struct ParsedUpload {
+    /// Files and directories, in archive order (the backend writes the script last).
+    pub files: Vec<UploadFile>,
+    /// Protocol files the archive brought and that were left out (a downloaded
+    /// archive uploaded again carries the old run's status and output).
+    pub dropped: Vec<String>,
+    /// Members whose setuid, setgid or sticky bits were cleared.
+    pub stripped_mode_bits: Vec<String>,
+    /// Bytes of file content.
+    pub total_bytes: u64,
+    /// The compression found.
+    pub compression: Compression,
+}
+
+/// Files larger than this are spooled to an unnamed temporary file instead of memory.
+const SPOOL_ABOVE: u64 = 1 << 20;
+
+/// Reads and checks an upload archive from `source`.
+///
+/// `require_script`: refuse an archive without `auto_exec.sh` at its root.
+///
+/// # Errors
+/// See [`ArchiveError`]: the first problem found, naming the member.
+pub fn read_upload(
+    source: impl Read,
+    limits: &ArchiveLimits,
+    require_script: bool,
+) -> Result<ParsedUpload, ArchiveError> {
+    let mut buffered = BufReader::with_capacity(64 * 1024, source);
+    let head = buffered
+        .fill_buf()
+        .map_err(|source| ArchiveError::Read { source })?;
+    let compression = Compression::sniff(head);
+    let decoded: Box<dyn Read> = match compression {
+        Compression::None => Box::new(buffered),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Compression::Zstd => Box::new(
+            zstd::Decoder::with_buffer(buffered).map_err(|source| ArchiveError::Read { source })?,
+        ),
+    };
+    let mut archive = tar::Archive::new(decoded);
+    let mut parsed = ParsedUpload {
+        files: Vec::new(),
+        dropped: Vec::new(),
+        stripped_mode_bits: Vec::new(),
+        total_bytes: 0,
+        compression,
+    };
+    let mut seen = std::collections::HashSet::new();
+    let entries = archive
+        .entries()
+        .map_err(|source| ArchiveError::NotAnArchive { source })?;
+    for (index, entry) in entries.enumerate() {
+        let mut entry = entry.map_err(|source| {
+            if index == 0 {
+                ArchiveError::NotAnArchive { source }
+            } else {
+                ArchiveError::Read { source }
+            }
+        })?;
+        if index >= limits.max_entries {
+            return Err(ArchiveError::TooManyEntries {
+                limit: limits.max_entries,
+            });
+        }
+        let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let kind = entry.header().entry_type();
+        use tar::EntryType as T;
+        match kind {
+            // Extension headers: the tar crate already applied them to the next member.
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
+            T::Symlink => {
+                return Err(ArchiveError::Link {
+                    name: raw_name,
+                    kind: "symbolic",
+                })
+            }
+            T::Link => {
+                return Err(ArchiveError::Link {
+                    name: raw_name,
+                    kind: "hard",
+                })
+            }
+            T::Char => {
+                return Err(ArchiveError::Special {
+                    name: raw_name,
+                    kind: "character device",
+                })
+            }
+            T::Block => {
+                return Err(ArchiveError::Special {
+                    name: raw_name,
+                    kind: "block device",
+                })
+            }
+            T::Fifo => {
+                return Err(ArchiveError::Special {
+                    name: raw_name,
+                    kind: "FIFO",
+                })
+            }
+            T::Regular | T::Continuous | T::Directory => {}
+            _ => {
+                return Err(ArchiveError::Special {
+                    name: raw_name,
+                    kind: "special member (sparse or unknown type)",
+                })
+            }
+        }
+        let Some(path) = clean_path(&raw_name)? else {
+            continue;
+        };
+        if !seen.insert(path.as_str().to_owned()) {
+            return Err(ArchiveError::Duplicate { name: raw_name });
+        }
+        let mode = entry.header().mode().unwrap_or(0o644);
+        if mode & 0o7000 != 0 {
+            parsed.stripped_mode_bits.push(path.as_str().to_owned());
+        }
+        let mode = mode & 0o777;
+        if kind == T::Directory {
+            if path.as_str() == layout::START_SCRIPT {
+                return Err(ArchiveError::ScriptNotFile);
+            }
+            parsed.files.push(UploadFile {
+                path,
+                data: UploadData::Dir,
+                mode,
+            });
+            continue;
+        }
+        let size = entry
+            .header()
+            .size()
+            .map_err(|source| ArchiveError::Read { source })?;
+        if parsed.total_bytes.saturating_add(size) > limits.max_total_bytes {
+            return Err(ArchiveError::TooLarge {
+                limit: limits.max_total_bytes,
+            });
+        }
+        parsed.total_bytes += size;
+        if layout::RUN_FILES.contains(&path.as_str()) {
+            parsed.dropped.push(path.as_str().to_owned());
+            continue;
+        }
+        let data = read_member(&mut entry, size).map_err(|source| ArchiveError::Read { source })?;
+        parsed.files.push(UploadFile { path, data, mode });
+    }
+    let has_script = parsed
+        .files
+        .iter()
+        .any(|f| f.path.as_str() == layout::START_SCRIPT);
+    if require_script && !has_script {
+        return Err(ArchiveError::NoScript);
+    }
+    Ok(parsed)
+}
+
+/// A member's name as a path in the area; `None` for the archive's root (`./`).
+fn clean_path(name: &str) -> Result<Option<AreaPath>, ArchiveError> {
+    let mut parts = Vec::new();
+    for component in Path::new(name).components() {
+        match component {
+            Component::Normal(part) => parts.push(
+                part.to_str()
+                    .ok_or_else(|| ArchiveError::UnsafePath { name: name.into() })?,
+            ),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(ArchiveError::UnsafePath { name: name.into() })
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    AreaPath::new(parts.join("/"))
+        .map(Some)
+        .map_err(|_| ArchiveError::UnsafePath { name: name.into() })
+}
+
+fn read_member(entry: &mut impl Read, size: u64) -> io::Result<UploadData> {
+    if size <= SPOOL_ABOVE {
+        let mut bytes = Vec::with_capacity(size as usize);
+        entry.take(size).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 != size {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        return Ok(UploadData::Bytes(bytes));
+    }
+    let mut spool: File = tempfile::tempfile()?;
+    let copied = io::copy(&mut entry.take(size), &mut spool)?;
+    if copied != size {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    spool.rewind()?;
+    Ok(UploadData::Reader {
+        reader: Box::new(spool),
+        len: size,
+    })
+}
+
+/// What a download packed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DownloadReport {
+    /// Files packed.
+    pub files: u64,
+    /// Directories packed.
+    pub dirs: u64,
+    /// Bytes of file content packed.
+    pub bytes: u64,
+}
+
+/// Packs every file and directory of `area` into a tar stream on `out`.
+/// `progress` is called with the bytes packed so far.
+///
+/// # Errors
+/// The walk's [`AreaError`]s; writing to `out` fails as [`AreaError::Sink`].
+pub fn write_download<W: Write>(
+    area: &(impl SharedArea + ?Sized),
+    out: W,
+    compression: Compression,
+    limits: &WalkLimits,
+    progress: &mut dyn FnMut(u64),
+) -> Result<DownloadReport, AreaError> {
+    let encoder = match compression {
+        Compression::None => Packer::Plain(out),
+        Compression::Gzip => Packer::Gzip(flate2::write::GzEncoder::new(
+            out,
+            flate2::Compression::fast(),
+        )),
+        Compression::Zstd => Packer::Zstd(zstd::Encoder::new(out, 3).map_err(AreaError::sink)?),
+    };
+    let mut builder = tar::Builder::new(encoder);
+    let mut report = DownloadReport::default();
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    area.walk(
+        limits,
+        &mut |entry: &Entry, reader: Option<&mut dyn Read>| {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(entry.mode & 0o777);
+            header.set_mtime(mtime);
+            header.set_uid(0);
+            header.set_gid(0);
+            match (entry.kind, reader) {
+                (EntryKind::Dir, _) => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_size(0);
+                    builder.append_data(&mut header, format!("{}/", entry.path), io::empty())?;
+                    report.dirs += 1;
+                }
+                (EntryKind::File, Some(reader)) => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_size(entry.size);
+                    builder.append_data(
+                        &mut header,
+                        entry.path.as_str(),
+                        reader.take(entry.size),
+                    )?;
+                    report.files += 1;
+                    report.bytes += entry.size;
+                    progress(report.bytes);
+                }
+                (EntryKind::File, None) => {
+                    return Err(io::Error::other("a file came without its content"))
+                }
+            }
+            Ok(())
+        },
+    )?;
+    builder
+        .into_inner()
+        .and_then(Packer::finish)
+        .map_err(AreaError::sink)?;
+    Ok(report)
+}
+
+/// The compressor under a download, finished explicitly so that its last error is seen.
+enum Packer<W: Write> {
+    Plain(W),
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::Encoder<'static, W>),
+}
+
+impl<W: Write> Packer<W> {
+    fn finish(self) -> io::Result<()> {
+        match self {
+            Packer::Plain(mut w) => w.flush(),
+            Packer::Gzip(e) => e.finish()?.flush(),
+            Packer::Zstd(e) => e.finish()?.flush(),
+        }
+    }
+}
+
+impl<W: Write> Write for Packer<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Packer::Plain(w) => w.write(buf),
+            Packer::Gzip(w) => w.write(buf),
+            Packer::Zstd(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Packer::Plain(w) => w.flush(),
+            Packer::Gzip(w) => w.flush(),
+            Packer::Zstd(w) => w.flush(),
+        }
+    }
+}

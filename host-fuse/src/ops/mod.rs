@@ -1,0 +1,204 @@
+//! The operations a user or a testbed calls, on any [`SharedArea`]: upload, status, wait,
+//! download, exec. The CLI, the FUSE view and the harness all go through these.
+
+pub mod archive;
+pub mod status;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use nlxtp_core::record::MANIFEST_LEN;
+use nlxtp_core::{layout, Manifest, RunId};
+
+pub use archive::{ArchiveError, ArchiveLimits, Compression, DownloadReport, ParsedUpload};
+pub use status::{status, wait, Monitor, StatusReport, WaitOutcome};
+
+use crate::area::vfat::VfatImage;
+use crate::area::{AreaError, SharedArea, UploadFile};
+
+/// Opens the shared area at `target`: a directory is a container's area, a regular file
+/// a VM's vFAT disk image.
+///
+/// # Errors
+/// [`AreaError::NoImage`] when nothing is there.
+pub fn open_target(target: &Path) -> Result<Box<dyn SharedArea>, AreaError> {
+    match std::fs::metadata(target) {
+        Ok(meta) if meta.is_dir() => Err(AreaError::NoImage {
+            path: PathBuf::from(target),
+        }), // DIR-BACKEND: pending
+        Ok(_) => Ok(Box::new(VfatImage::new(target))),
+        Err(_) => Err(AreaError::NoImage {
+            path: PathBuf::from(target),
+        }),
+    }
+}
+
+/// How an upload is made.
+#[derive(Debug, Clone, Default)]
+pub struct UploadOptions {
+    /// Bounds on the archive.
+    pub limits: ArchiveLimits,
+    /// Upload files without `auto_exec.sh` (nothing runs).
+    pub files_only: bool,
+    /// Replace a container's area even while a run there is still going on.
+    pub force: bool,
+    /// Ask the guest to kill the script after this long.
+    pub timeout_secs: Option<u32>,
+    /// Ask the guest's monitor for this heartbeat interval.
+    pub heartbeat_ms: Option<u32>,
+    /// Ask the guest to cap each captured output stream at this many bytes.
+    pub output_cap: Option<u64>,
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UploadReport {
+    /// The fresh run id written into the manifest.
+    pub run_id: String,
+    /// Files and directories written (the manifest included).
+    pub entries: usize,
+    /// Bytes of file content from the archive.
+    pub bytes: u64,
+    /// The archive's compression.
+    pub compression: Compression,
+    /// Protocol files in the archive that were not taken over.
+    pub dropped: Vec<String>,
+    /// Members whose setuid, setgid or sticky bits were cleared.
+    pub stripped_mode_bits: Vec<String>,
+}
+
+/// Why an upload failed. The area holds its previous content.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UploadError {
+    /// The archive was refused.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// The area could not be written.
+    #[error(transparent)]
+    Area(#[from] AreaError),
+    /// A run is still going on in the container.
+    #[error("run {run_id} is still going on in this shared area: wait for it (nlxtp wait), or pass --force to replace it (the guest then stops it)")]
+    RunInProgress {
+        /// The run's id.
+        run_id: String,
+    },
+    /// The current status could not be read to check for a run in progress.
+    #[error(transparent)]
+    Status(#[from] crate::area::StatusError),
+    /// No randomness for the run id.
+    #[error("could not draw a random run id from the operating system")]
+    Random,
+}
+
+/// Replaces the area's content with the archive from `source` and a fresh manifest; the
+/// guest runs `auto_exec.sh` (at once in a container, at the next boot in a VM).
+///
+/// # Errors
+/// See [`UploadError`]; nothing is changed on error.
+pub fn upload(
+    area: &dyn SharedArea,
+    source: impl Read,
+    options: &UploadOptions,
+) -> Result<UploadReport, UploadError> {
+    // Refuse early, before reading a large archive, when the VM holds its disk.
+    if area.is_busy()? {
+        return Err(AreaError::Busy {
+            image: area.location().to_path_buf(),
+        }
+        .into());
+    }
+    if !options.force {
+        let report = status(area)?;
+        if let (Some(record), Monitor::Alive { .. }) = (&report.record, &report.monitor) {
+            return Err(UploadError::RunInProgress {
+                run_id: record.run_id.clone(),
+            });
+        }
+    }
+    let parsed = archive::read_upload(source, &options.limits, !options.files_only)?;
+    let mut run_id = RunId::default();
+    getrandom::fill(&mut run_id.0).map_err(|_| UploadError::Random)?;
+    let manifest = Manifest {
+        run_id,
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        timeout_secs: options.timeout_secs,
+        heartbeat_interval_ms: options.heartbeat_ms,
+        output_cap_bytes: options.output_cap,
+    };
+    let mut bytes = vec![0u8; MANIFEST_LEN];
+    manifest
+        .encode(&mut bytes)
+        .expect("a manifest always fits its slot");
+    let ParsedUpload {
+        mut files,
+        dropped,
+        stripped_mode_bits,
+        total_bytes,
+        compression,
+    } = parsed;
+    files
+        .push(UploadFile::bytes(layout::MANIFEST_FILE, bytes).expect("the manifest path is valid"));
+    let entries = files.len();
+    area.replace(files)?;
+    Ok(UploadReport {
+        run_id: run_id.to_string(),
+        entries,
+        bytes: total_bytes,
+        compression,
+        dropped,
+        stripped_mode_bits,
+    })
+}
+
+/// A tar archive whose `auto_exec.sh` runs `command` (each word quoted for the shell).
+pub fn exec_archive(command: &[String]) -> Vec<u8> {
+    let quoted: Vec<String> = command.iter().map(|word| shell_quote(word)).collect();
+    let script = format!(
+        "#!/bin/sh\n# Written by nlxtp exec.\n{}\n",
+        quoted.join(" ")
+    );
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(script.len() as u64);
+    header.set_mode(0o755);
+    header.set_entry_type(tar::EntryType::Regular);
+    builder
+        .append_data(&mut header, layout::START_SCRIPT, script.as_bytes())
+        .expect("writing to memory");
+    builder.into_inner().expect("writing to memory")
+}
+
+fn shell_quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_quotes_every_word() {
+        assert_eq!(shell_quote("ls"), "ls");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("$(reboot)"), "'$(reboot)'");
+        let tar = exec_archive(&["echo".into(), "a b".into()]);
+        let parsed = archive::read_upload(&tar[..], &ArchiveLimits::default(), true).unwrap();
+        let crate::area::UploadData::Bytes(script) = &parsed.files[0].data else {
+            panic!("a small script stays in memory")
+        };
+        assert!(String::from_utf8_lossy(script).ends_with("echo 'a b'\n"));
+    }
+}

@@ -1,0 +1,452 @@
+//! Status and wait: the record, read from outside the guest, and what it means.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nlxtp_core::{
+    layout, BootId, Liveness, LivenessPolicy, RunId, RunState, Seen, StatusReader, StatusRecord,
+    Verdict,
+};
+use serde::Serialize;
+
+use crate::area::{read_status, AreaError, AreaPath, Patience, SharedArea, StatusError};
+
+/// Everything `nlxtp status` says about an area.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// The image or directory.
+    pub target: PathBuf,
+    /// "vfat-image" or "directory".
+    pub backend: &'static str,
+    /// Whether a VM holds the image now (always false for a directory).
+    pub vm_running: bool,
+    /// Whether the area holds an upload (an `auto_exec.sh`).
+    pub upload_present: bool,
+    /// The newest status record, if the guest has written one.
+    pub record: Option<RecordView>,
+    /// What the monitor is doing, as far as the host can tell.
+    pub monitor: Monitor,
+    /// Status files of the original implementation (no checksum), when there is no record.
+    pub legacy: Option<LegacyStatus>,
+}
+
+/// A status record, for people and scripts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordView {
+    /// Run id, 32 hex digits.
+    pub run_id: String,
+    /// Guest boot id, 32 hex digits.
+    pub boot_id: String,
+    /// "pending", "running", "exited", "signaled", "timed-out", "aborted", "start-failed" or "unknown".
+    pub state: &'static str,
+    /// Whether the run has ended.
+    pub done: bool,
+    /// The script's exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the script, if one did.
+    pub signal: Option<i32>,
+    /// The state in words.
+    pub description: String,
+    /// The script's custom status text.
+    pub custom: String,
+    /// Bytes of captured standard output.
+    pub stdout_bytes: u64,
+    /// Whether standard output went over the cap.
+    pub stdout_truncated: bool,
+    /// Bytes of captured standard error.
+    pub stderr_bytes: u64,
+    /// Whether standard error went over the cap.
+    pub stderr_truncated: bool,
+    /// Record sequence number.
+    pub sequence: u64,
+    /// Heartbeat counter.
+    pub heartbeat: u64,
+    /// The monitor's promised interval.
+    pub heartbeat_interval_ms: u32,
+    /// Guest clock, informative.
+    pub started_unix: Option<u64>,
+    /// Guest clock, informative.
+    pub updated_unix: u64,
+    /// Guest clock, informative.
+    pub finished_unix: Option<u64>,
+}
+
+impl RecordView {
+    /// The view of a record.
+    pub fn new(rec: &StatusRecord) -> RecordView {
+        let (state, signal) = match rec.state {
+            RunState::Pending => ("pending", None),
+            RunState::Running => ("running", None),
+            RunState::Exited(_) => ("exited", None),
+            RunState::Signaled(sig) => ("signaled", Some(sig)),
+            RunState::TimedOut(sig) => ("timed-out", Some(sig)),
+            RunState::Aborted(_) => ("aborted", None),
+            RunState::StartFailed(_) => ("start-failed", None),
+            RunState::Unknown { .. } => ("unknown", None),
+        };
+        RecordView {
+            run_id: rec.run_id.to_string(),
+            boot_id: rec.boot_id.to_string(),
+            state,
+            done: rec.state.is_terminal(),
+            exit_code: rec.state.exit_code(),
+            signal,
+            description: rec.state.to_string(),
+            custom: rec.custom.to_string(),
+            stdout_bytes: rec.stdout.bytes,
+            stdout_truncated: rec.stdout.truncated,
+            stderr_bytes: rec.stderr.bytes,
+            stderr_truncated: rec.stderr.truncated,
+            sequence: rec.sequence,
+            heartbeat: rec.heartbeat,
+            heartbeat_interval_ms: rec.heartbeat_interval_ms,
+            started_unix: rec.started_unix,
+            updated_unix: rec.updated_unix,
+            finished_unix: rec.finished_unix,
+        }
+    }
+}
+
+/// Is the guest's monitor alive?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "monitor", rename_all = "kebab-case")]
+pub enum Monitor {
+    /// No record: no upload, or the guest has not started it (a VM that is off).
+    NoStatus,
+    /// The run has ended.
+    Done,
+    /// The record changed recently enough.
+    Alive {
+        /// Host milliseconds since the record last changed.
+        silent_ms: u64,
+        /// Silence after which the monitor counts as lost.
+        timeout_ms: u64,
+        /// This host had not seen this record before: the silence counts from now.
+        first_look: bool,
+    },
+    /// The record has not changed for longer than the monitor promised.
+    Lost {
+        /// Host milliseconds since the record last changed.
+        silent_ms: u64,
+    },
+}
+
+/// The original implementation's `exec_status/` files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LegacyStatus {
+    /// Always true: marks this as the unchecksummed legacy format.
+    pub unchecksummed: bool,
+    /// `exec_status/done` exists.
+    pub done: bool,
+    /// Guest Unix time from `exec_status/running`.
+    pub running_guest_unix: Option<u64>,
+    /// `exec_status/custom`.
+    pub custom: String,
+    /// Size of `exec_status/out` (stdout and stderr together).
+    pub out_bytes: Option<u64>,
+}
+
+/// Reads the area's status once. The monitor's liveness needs two looks in time: the
+/// last change seen is remembered between calls (in `~/.local/state/nlxtp`), so a
+/// series of `nlxtp status` calls tells "alive" from "lost" as `wait` does.
+///
+/// # Errors
+/// [`StatusError`] when the record cannot be read (after retrying torn reads).
+pub fn status(area: &(impl SharedArea + ?Sized)) -> Result<StatusReport, StatusError> {
+    let record = read_status(area, &mut StatusReader::new(), Patience::default())?;
+    let memory = LivenessMemory::for_target(area.location());
+    let previous = memory.as_ref().and_then(LivenessMemory::load);
+    let mut liveness = Liveness::resume(LivenessPolicy::default(), previous);
+    let verdict = liveness.observe(boottime_ms(), record.as_ref());
+    if let (Some(memory), Some(seen)) = (&memory, liveness.last_change()) {
+        memory.store(seen);
+    }
+    let first_look = previous.is_none() || previous != liveness.last_change();
+    let monitor = match verdict {
+        Verdict::NoStatus => Monitor::NoStatus,
+        Verdict::Done(_) => Monitor::Done,
+        Verdict::Alive {
+            silent_ms,
+            timeout_ms,
+            ..
+        } => Monitor::Alive {
+            silent_ms,
+            timeout_ms,
+            first_look: first_look && silent_ms == 0,
+        },
+        Verdict::MonitorLost { silent_ms, .. } => Monitor::Lost { silent_ms },
+    };
+    let legacy = if record.is_none() {
+        read_legacy(area)?
+    } else {
+        None
+    };
+    Ok(StatusReport {
+        target: area.location().to_path_buf(),
+        backend: if area.location().is_dir() {
+            "directory"
+        } else {
+            "vfat-image"
+        },
+        vm_running: area.is_busy()?,
+        upload_present: exists(area, layout::START_SCRIPT)?,
+        record: record.as_ref().map(RecordView::new),
+        monitor,
+        legacy,
+    })
+}
+
+fn exists(area: &(impl SharedArea + ?Sized), path: &str) -> Result<bool, AreaError> {
+    let path = AreaPath::new(path).expect("protocol paths are valid");
+    match area.read_file(&path, 0) {
+        Ok(_) | Err(AreaError::TooLarge { .. }) | Err(AreaError::NotAFile { .. }) => Ok(true),
+        Err(AreaError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_legacy(area: &(impl SharedArea + ?Sized)) -> Result<Option<LegacyStatus>, AreaError> {
+    let read = |path: &str| -> Result<Option<Vec<u8>>, AreaError> {
+        match area.read_file(
+            &AreaPath::new(path).expect("legacy paths are valid"),
+            256 << 20,
+        ) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(
+                AreaError::NotFound { .. }
+                | AreaError::NotAFile { .. }
+                | AreaError::TooLarge { .. },
+            ) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    let running = read(layout::legacy::RUNNING)?;
+    let done = read(layout::legacy::DONE)?;
+    let custom = read(layout::legacy::CUSTOM)?;
+    if running.is_none() && done.is_none() && custom.is_none() {
+        return Ok(None);
+    }
+    let out_bytes = read(layout::legacy::OUT)?.map(|b| b.len() as u64);
+    Ok(Some(LegacyStatus {
+        unchecksummed: true,
+        done: done.is_some(),
+        running_guest_unix: running.and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok()),
+        custom: custom
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default(),
+        out_bytes,
+    }))
+}
+
+/// How a wait ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// The run ended (any terminal state).
+    Done(StatusRecord),
+    /// The monitor stopped writing: the VM died or hung, or the monitor was killed.
+    MonitorLost(StatusRecord),
+    /// The wait's own timeout passed first.
+    TimedOut(Option<StatusRecord>),
+    /// There is no upload to wait for.
+    NoUpload,
+}
+
+/// Polls the area every `interval` until the run ends, the monitor is lost, or `timeout`
+/// passes. `on_record` sees each new record (for progress output).
+///
+/// # Errors
+/// [`StatusError`] when the area or its status cannot be read.
+pub fn wait(
+    area: &(impl SharedArea + ?Sized),
+    timeout: Option<Duration>,
+    interval: Duration,
+    on_record: &mut dyn FnMut(&StatusRecord),
+) -> Result<WaitOutcome, StatusError> {
+    let started = Instant::now();
+    let mut reader = StatusReader::new();
+    let mut liveness = Liveness::new(LivenessPolicy::default());
+    let mut last_sequence = None;
+    let mut checked_upload = false;
+    loop {
+        let record = read_status(area, &mut reader, Patience::default())?;
+        if let Some(rec) = &record {
+            if last_sequence != Some(rec.sequence) {
+                last_sequence = Some(rec.sequence);
+                on_record(rec);
+            }
+        }
+        match liveness.observe(started.elapsed().as_millis() as u64, record.as_ref()) {
+            Verdict::Done(_) => {
+                return Ok(WaitOutcome::Done(record.expect("done implies a record")))
+            }
+            Verdict::MonitorLost { .. } => {
+                return Ok(WaitOutcome::MonitorLost(
+                    record.expect("lost implies a record"),
+                ))
+            }
+            Verdict::NoStatus if !checked_upload => {
+                if !exists(area, layout::START_SCRIPT)? {
+                    return Ok(WaitOutcome::NoUpload);
+                }
+                // An upload the guest has not started yet (a VM that is off): wait on.
+                checked_upload = true;
+            }
+            _ => {}
+        }
+        if timeout.is_some_and(|t| started.elapsed() >= t) {
+            return Ok(WaitOutcome::TimedOut(record));
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// Milliseconds on `CLOCK_BOOTTIME`: one clock for every process of this host boot, so
+/// observations can be compared across `nlxtp status` calls.
+fn boottime_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000 + t.tv_nsec() as u64 / 1_000_000)
+        .unwrap_or(0)
+}
+
+/// Where the last change seen for one target is kept between `nlxtp status` calls.
+struct LivenessMemory {
+    file: PathBuf,
+}
+
+impl LivenessMemory {
+    fn for_target(target: &std::path::Path) -> Option<LivenessMemory> {
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+        let canonical = std::fs::canonicalize(target).ok()?;
+        // FNV-1a: a stable name for the target's path.
+        let hash = canonical
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+        Some(LivenessMemory {
+            file: base.join("nlxtp/liveness").join(format!("{hash:016x}")),
+        })
+    }
+
+    fn load(&self) -> Option<Seen> {
+        let text = std::fs::read_to_string(&self.file).ok()?;
+        let mut words = text.split_whitespace();
+        Some(Seen {
+            run_id: RunId::from_hex(words.next()?)?,
+            boot_id: BootId::from_hex(words.next()?)?,
+            sequence: words.next()?.parse().ok()?,
+            changed_at_ms: words.next()?.parse().ok()?,
+        })
+    }
+
+    fn store(&self, seen: Seen) {
+        // Best effort: without it, each call is a first look.
+        if let Some(dir) = self.file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = self.file.with_extension("tmp");
+        let text = format!(
+            "{} {} {} {}\n",
+            seen.run_id, seen.boot_id, seen.sequence, seen.changed_at_ms
+        );
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(tmp, &self.file);
+        }
+    }
+}
+
+/// The report as text for a person, one fact a line.
+pub fn render(report: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let what = match (report.backend, report.vm_running) {
+        ("directory", _) => "container directory",
+        (_, true) => "vFAT image, held by a running VM",
+        _ => "vFAT image, VM not running",
+    };
+    let _ = writeln!(out, "target     {} ({what})", report.target.display());
+    let monitor = match report.monitor {
+        Monitor::NoStatus if report.upload_present => {
+            "no status yet: the guest has not started the upload".to_string()
+        }
+        Monitor::NoStatus => "no upload".to_string(),
+        Monitor::Done => "done".to_string(),
+        Monitor::Alive {
+            first_look: true,
+            timeout_ms,
+            ..
+        } => {
+            format!(
+                "alive as far as one look can tell (lost if unchanged for {:.1} s)",
+                timeout_ms as f64 / 1000.0
+            )
+        }
+        Monitor::Alive {
+            silent_ms,
+            timeout_ms,
+            ..
+        } => {
+            format!(
+                "alive (last change {:.1} s ago; lost after {:.1} s)",
+                silent_ms as f64 / 1000.0,
+                timeout_ms as f64 / 1000.0
+            )
+        }
+        Monitor::Lost { silent_ms } => {
+            format!(
+                "LOST: no change for {:.1} s (the VM stopped or hung, or the monitor died)",
+                silent_ms as f64 / 1000.0
+            )
+        }
+    };
+    if let Some(rec) = &report.record {
+        let _ = writeln!(out, "run        {}", rec.run_id);
+        let _ = writeln!(out, "state      {}", rec.description);
+        let _ = writeln!(out, "monitor    {monitor}");
+        let _ = writeln!(
+            out,
+            "custom     {}",
+            if rec.custom.is_empty() {
+                "-"
+            } else {
+                &rec.custom
+            }
+        );
+        let cut = |t: bool| if t { " (truncated at the cap)" } else { "" };
+        let _ = writeln!(
+            out,
+            "stdout     {} bytes{}",
+            rec.stdout_bytes,
+            cut(rec.stdout_truncated)
+        );
+        let _ = writeln!(
+            out,
+            "stderr     {} bytes{}",
+            rec.stderr_bytes,
+            cut(rec.stderr_truncated)
+        );
+        let _ = writeln!(
+            out,
+            "heartbeat  {} (every {} ms), record {}",
+            rec.heartbeat, rec.heartbeat_interval_ms, rec.sequence
+        );
+    } else {
+        let _ = writeln!(out, "monitor    {monitor}");
+    }
+    if let Some(legacy) = &report.legacy {
+        let _ = writeln!(
+            out,
+            "legacy     exec_status/ of the original implementation (no checksum, no exit code)"
+        );
+        let _ = writeln!(out, "  done     {}", if legacy.done { "yes" } else { "no" });
+        let _ = writeln!(out, "  custom   {}", legacy.custom.trim_end());
+        if let Some(t) = legacy.running_guest_unix {
+            let _ = writeln!(out, "  running  guest time {t}");
+        }
+    }
+    out
+}
