@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod layout;
+pub mod live;
 pub mod liveness;
 pub mod record;
 pub mod slots;

@@ -15,6 +15,7 @@ use rustix::io::Errno;
 /// ever sees a half-created protocol file.
 const STATUS_TMP: &str = "nlxtp/status.tmp";
 const MANIFEST_TMP: &str = "nlxtp/manifest.tmp";
+const LIVE_TMP: &str = "nlxtp/live.tmp";
 
 /// What is at `auto_exec.sh`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +174,25 @@ impl Area {
                 | OFlags::NOFOLLOW,
             Mode::from_raw_mode(0o644),
         )
+    }
+
+    /// Creates the live-output ring: a zeroed file of fixed size that appears whole.
+    pub fn create_live(&self) -> Result<OwnedFd, Errno> {
+        use nlxtp_core::live::LIVE_FILE_LEN;
+        self.ensure_protocol_dir()?;
+        let fd = fs::openat(
+            &self.dir,
+            LIVE_TMP,
+            OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o644),
+        )?;
+        let zeros = [0u8; 4096];
+        for _ in 0..LIVE_FILE_LEN / zeros.len() {
+            crate::sys::write_all(fd.as_fd(), &zeros)?;
+        }
+        fs::fsync(&fd)?;
+        fs::renameat(&self.dir, LIVE_TMP, &self.dir, layout::LIVE_FILE)?;
+        Ok(fd)
     }
 
     /// Flushes everything written to the area's filesystem to its disk.

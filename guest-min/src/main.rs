@@ -14,6 +14,7 @@ mod clock;
 mod daemon;
 mod disk;
 mod helper;
+mod live;
 mod monitor;
 mod spawn;
 mod sys;

@@ -9,6 +9,7 @@
 use core::ffi::CStr;
 
 use nlxtp_core::layout;
+use nlxtp_core::live::Stream;
 use nlxtp_core::record::CUSTOM_STATUS_MAX;
 use nlxtp_core::{OutputInfo, RunState, StatusRecord};
 use rustix::event::{poll, PollFd, PollFlags};
@@ -18,6 +19,7 @@ use rustix::process::{kill_process_group, pidfd_open, waitpid, PidfdFlags, Signa
 
 use crate::area::{Area, StatusFile};
 use crate::clock::{now_ms, timespec_ms, unix_secs};
+use crate::live::LiveRing;
 use crate::spawn::{start_script, Started};
 use crate::sys::{self, CStrList};
 
@@ -38,9 +40,13 @@ const KILL_GRACE_MS: u64 = 5_000;
 const DRAIN_GRACE_MS: u64 = 2_000;
 /// The least time between two records (custom status changes are coalesced).
 const MIN_WRITE_GAP_MS: u64 = 100;
+/// How often new output in the live ring is flushed to the disk: the host sees output
+/// within about this long plus its poll interval.
+const LIVE_FLUSH_MS: u64 = 500;
 
 /// One captured output stream.
 struct Capture {
+    stream: Stream,
     pipe: Option<OwnedFd>,
     file: OwnedFd,
     info: OutputInfo,
@@ -53,13 +59,13 @@ impl Capture {
     /// Reads what the pipe has and appends it up to the cap. Past the cap, or once the
     /// disk refused a write, output is read and dropped (so the script never blocks on
     /// a full pipe) and the cut is recorded.
-    fn pump(&mut self, buf: &mut [u8]) {
+    fn pump(&mut self, buf: &mut [u8], live: &mut Option<LiveRing>) {
         let Some(pipe) = self.pipe.take() else { return };
         loop {
             match rustix::io::read(&pipe, &mut *buf) {
                 // End of output (or a broken pipe): `pipe` is dropped, closing it.
                 Ok(0) => return,
-                Ok(n) => self.append(&buf[..n]),
+                Ok(n) => self.append(&buf[..n], live),
                 Err(Errno::INTR) => {}
                 Err(Errno::AGAIN) => break,
                 Err(_) => return,
@@ -68,7 +74,7 @@ impl Capture {
         self.pipe = Some(pipe);
     }
 
-    fn append(&mut self, mut data: &[u8]) {
+    fn append(&mut self, mut data: &[u8], live: &mut Option<LiveRing>) {
         let room = self.cap.saturating_sub(self.info.bytes);
         if self.failed || (data.len() as u64) > room {
             self.info.truncated = true;
@@ -80,6 +86,9 @@ impl Capture {
         while !data.is_empty() {
             match rustix::io::write(&self.file, data) {
                 Ok(n) if n > 0 => {
+                    if let Some(live) = live {
+                        live.push(self.stream, self.info.bytes, &data[..n]);
+                    }
                     self.info.bytes += n as u64;
                     self.dirty = true;
                     data = &data[n..];
@@ -205,12 +214,20 @@ pub fn run(
         stderr,
         requests,
     } = started;
+    let mut live = match area.create_live() {
+        Ok(fd) => Some(LiveRing::new(fd)),
+        Err(e) => {
+            crate::log!("no live output ring ({e:?}); output is still captured");
+            None
+        }
+    };
     crate::log!(
         "run {} started (pid {})",
         record.run_id,
         pid.as_raw_nonzero()
     );
     let mut out = Capture {
+        stream: Stream::Stdout,
         pipe: Some(stdout),
         file: out_file,
         info: OutputInfo::default(),
@@ -219,6 +236,7 @@ pub fn run(
         failed: false,
     };
     let mut err = Capture {
+        stream: Stream::Stderr,
         pipe: Some(stderr),
         file: err_file,
         info: OutputInfo::default(),
@@ -246,6 +264,7 @@ pub fn run(
     let mut timed_out = false;
     let mut exited: Option<(RunState, u64)> = None;
     let mut want_write = false;
+    let mut last_live_flush = start;
     let mut buf = [0u8; 16 * 1024];
 
     loop {
@@ -281,6 +300,14 @@ pub fn run(
             next_beat = now + u64::from(config.heartbeat_ms);
             want_write = true;
         }
+        if live.as_ref().is_some_and(LiveRing::has_unflushed)
+            && now >= last_live_flush + LIVE_FLUSH_MS
+        {
+            if let Some(live) = &mut live {
+                live.flush();
+            }
+            last_live_flush = now;
+        }
         if want_write && now >= last_write + MIN_WRITE_GAP_MS {
             last_write = write(&mut status, &mut record, &mut out, &mut err, now);
             want_write = false;
@@ -295,6 +322,9 @@ pub fn run(
         }
         if let Some(t) = term_sent.filter(|_| !kill_sent) {
             wake = wake.min(t + KILL_GRACE_MS);
+        }
+        if live.as_ref().is_some_and(LiveRing::has_unflushed) {
+            wake = wake.min(last_live_flush + LIVE_FLUSH_MS);
         }
         if let Some((_, at)) = exited {
             wake = wake.min(at + DRAIN_GRACE_MS);
@@ -325,8 +355,8 @@ pub fn run(
             }
         }
         drop(fds);
-        out.pump(&mut buf);
-        err.pump(&mut buf);
+        out.pump(&mut buf, &mut live);
+        err.pump(&mut buf, &mut live);
         if reqs.pump(&mut record.custom) {
             want_write = true;
         }
@@ -341,6 +371,9 @@ pub fn run(
     }
 
     let (state, _) = exited.unwrap_or((RunState::Exited(-1), now_ms()));
+    if let Some(live) = &mut live {
+        live.flush();
+    }
     // Results the script wrote into the shared area reach the disk before "done" does.
     let _ = area.sync();
     record.state = state;
@@ -353,6 +386,7 @@ pub fn run(
         &mut out,
         &mut err,
         signals.as_ref(),
+        &mut live,
     );
     0
 }
@@ -366,6 +400,7 @@ fn linger(
     out: &mut Capture,
     err: &mut Capture,
     signals: Option<&OwnedFd>,
+    live: &mut Option<LiveRing>,
 ) {
     if out.pipe.is_none() && err.pipe.is_none() {
         return;
@@ -387,8 +422,11 @@ fn linger(
             .last()
             .is_some_and(|fd| signals.is_some() && fd.revents().contains(PollFlags::IN));
         drop(fds);
-        out.pump(&mut buf);
-        err.pump(&mut buf);
+        out.pump(&mut buf, live);
+        err.pump(&mut buf, live);
+        if let Some(live) = live {
+            live.flush();
+        }
         if stop {
             break;
         }

@@ -10,10 +10,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod container;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
+pub mod vm;
 
 use std::path::PathBuf;
 

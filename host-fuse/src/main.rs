@@ -3,14 +3,16 @@
 #![forbid(unsafe_code)]
 
 use std::fs::File;
-use std::io::{self, IsTerminal, Read};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use nlxtp_core::live::Stream;
 use nlxtp_core::RunState;
 use nlxtp_host::area::WalkLimits;
+use nlxtp_host::ops::logs::Streams;
 use nlxtp_host::ops::{
     self, status::RecordView, ArchiveLimits, Compression, UploadOptions, WaitOutcome,
 };
@@ -104,6 +106,26 @@ enum Command {
         /// Print a JSON report.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the script's output; with --follow, keep printing it as the guest flushes it.
+    ///
+    /// Works while the VM runs: new output comes from a checksummed ring the guest
+    /// writes in place (nlxtp/live.bin), never from half-updated FAT metadata. With
+    /// --follow, it ends when the run does and exits like `nlxtp wait`.
+    Logs {
+        /// The shared disk image or directory.
+        target: PathBuf,
+        /// Keep printing new output until the run ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Standard error instead of standard output.
+        #[arg(long, conflicts_with = "both")]
+        stderr: bool,
+        /// Both streams, interleaved as the guest captured them (stderr to stderr).
+        #[arg(long)]
+        both: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Upload an archive whose auto_exec.sh runs COMMAND (then optionally wait for it).
     Exec {
@@ -331,6 +353,36 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Logs {
+            target,
+            follow: true,
+            stderr,
+            both,
+            wait,
+        } => follow(&target, streams(stderr, both), &wait),
+        Command::Logs {
+            target,
+            follow: false,
+            stderr,
+            both,
+            ..
+        } => {
+            let area = ops::open_target(&target)?;
+            let mut follower = ops::logs::Follower::new(streams(stderr, both));
+            let mut out = io::stdout().lock();
+            let mut failed = None;
+            follower.finish(area.as_ref(), &mut |stream, bytes| {
+                let written = match stream {
+                    Stream::Stdout => out.write_all(bytes),
+                    Stream::Stderr => io::stderr().write_all(bytes),
+                };
+                failed = failed.take().or(written.err());
+            })?;
+            match failed {
+                Some(e) => Err(e.into()),
+                None => Ok(ExitCode::SUCCESS),
+            }
+        }
         Command::Exec {
             target,
             options,
@@ -404,27 +456,55 @@ fn upload(target: &Path, source: Box<dyn Read>, args: &UploadArgs) -> Result<(),
 
 fn wait_for(target: &Path, args: &WaitArgs) -> Result<ExitCode, Failure> {
     let area = ops::open_target(target).map_err(|e| with_code(125)(e.into()))?;
-    let timeout = args.timeout.map(Duration::from_secs_f64);
-    let interval = Duration::from_secs_f64(args.interval.max(0.05));
     let mut last_line = String::new();
     let quiet = args.quiet;
-    let outcome = ops::wait(area.as_ref(), timeout, interval, &mut |rec| {
-        let line = format!("{} {}", rec.state, rec.custom.as_str());
-        if !quiet && line != last_line {
-            eprintln!(
-                "nlxtp: {}{}",
-                rec.state,
-                if rec.custom.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", rec.custom.as_str())
+    let outcome = ops::wait(
+        area.as_ref(),
+        args.timeout(),
+        args.interval(),
+        &mut |record| {
+            if let Some(rec) = record.filter(|_| !quiet) {
+                let line = match rec.custom.as_str() {
+                    "" => rec.state.to_string(),
+                    custom => format!("{}: {custom}", rec.state),
+                };
+                if line != last_line {
+                    eprintln!("nlxtp: {line}");
+                    last_line = line;
                 }
-            );
-            last_line = line;
-        }
-    })
+            }
+            Ok(())
+        },
+    )
     .map_err(|e| with_code(125)(e.into()))?;
-    let (code, record) = match &outcome {
+    finish_wait(target, args, &outcome)
+}
+
+/// Follows the output (`nlxtp logs --follow`), then ends as `nlxtp wait` does.
+fn follow(target: &Path, streams: Streams, wait: &WaitArgs) -> Result<ExitCode, Failure> {
+    let area = ops::open_target(target).map_err(|e| with_code(125)(e.into()))?;
+    let mut stdout = io::stdout().lock();
+    let mut stderr = io::stderr();
+    let outcome = ops::logs::follow(
+        area.as_ref(),
+        streams,
+        wait.timeout(),
+        wait.interval(),
+        &mut |stream, bytes| {
+            let _ = match stream {
+                Stream::Stdout => stdout.write_all(bytes).and_then(|()| stdout.flush()),
+                Stream::Stderr => stderr.write_all(bytes),
+            };
+        },
+        &mut || eprintln!("nlxtp: the output comes faster than the live ring keeps it; the rest is printed when the run ends"),
+    )
+    .map_err(|e| with_code(125)(e.into()))?;
+    finish_wait(target, wait, &outcome)
+}
+
+/// The exit code and messages of a finished wait (documented in EXIT_CODES).
+fn finish_wait(target: &Path, args: &WaitArgs, outcome: &WaitOutcome) -> Result<ExitCode, Failure> {
+    let (code, record) = match outcome {
         WaitOutcome::Done(rec) => (
             match rec.state {
                 RunState::Exited(c) => u8::try_from(c.clamp(0, 255)).unwrap_or(255),
@@ -460,6 +540,24 @@ fn wait_for(target: &Path, args: &WaitArgs) -> Result<ExitCode, Failure> {
         );
     }
     Ok(ExitCode::from(code))
+}
+
+impl WaitArgs {
+    fn timeout(&self) -> Option<Duration> {
+        self.timeout.map(Duration::from_secs_f64)
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.interval.max(0.05))
+    }
+}
+
+fn streams(stderr: bool, both: bool) -> Streams {
+    match (stderr, both) {
+        (_, true) => Streams::Both,
+        (true, false) => Streams::Stderr,
+        (false, false) => Streams::Stdout,
+    }
 }
 
 /// "64M" -> 67108864.

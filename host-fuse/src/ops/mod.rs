@@ -2,6 +2,7 @@
 //! download, exec. The CLI, the FUSE view and the harness all go through these.
 
 pub mod archive;
+pub mod logs;
 pub mod status;
 
 use std::io::Read;
@@ -23,9 +24,7 @@ use crate::area::{AreaError, SharedArea, UploadFile};
 /// [`AreaError::NoImage`] when nothing is there.
 pub fn open_target(target: &Path) -> Result<Box<dyn SharedArea>, AreaError> {
     match std::fs::metadata(target) {
-        Ok(meta) if meta.is_dir() => Err(AreaError::NoImage {
-            path: PathBuf::from(target),
-        }), // DIR-BACKEND: pending
+        Ok(meta) if meta.is_dir() => Ok(Box::new(crate::area::dir::ContainerDir::open(target)?)),
         Ok(_) => Ok(Box::new(VfatImage::new(target))),
         Err(_) => Err(AreaError::NoImage {
             path: PathBuf::from(target),

@@ -252,29 +252,24 @@ pub enum WaitOutcome {
 }
 
 /// Polls the area every `interval` until the run ends, the monitor is lost, or `timeout`
-/// passes. `on_record` sees each new record (for progress output).
+/// passes. `on_poll` is called after every read with the record read (for progress
+/// output, or to follow the live output); its error ends the wait.
 ///
 /// # Errors
-/// [`StatusError`] when the area or its status cannot be read.
+/// [`StatusError`] when the area or its status cannot be read, or `on_poll` fails.
 pub fn wait(
     area: &(impl SharedArea + ?Sized),
     timeout: Option<Duration>,
     interval: Duration,
-    on_record: &mut dyn FnMut(&StatusRecord),
+    on_poll: &mut dyn FnMut(Option<&StatusRecord>) -> Result<(), StatusError>,
 ) -> Result<WaitOutcome, StatusError> {
     let started = Instant::now();
     let mut reader = StatusReader::new();
     let mut liveness = Liveness::new(LivenessPolicy::default());
-    let mut last_sequence = None;
     let mut checked_upload = false;
     loop {
         let record = read_status(area, &mut reader, Patience::default())?;
-        if let Some(rec) = &record {
-            if last_sequence != Some(rec.sequence) {
-                last_sequence = Some(rec.sequence);
-                on_record(rec);
-            }
-        }
+        on_poll(record.as_ref())?;
         match liveness.observe(started.elapsed().as_millis() as u64, record.as_ref()) {
             Verdict::Done(_) => {
                 return Ok(WaitOutcome::Done(record.expect("done implies a record")))

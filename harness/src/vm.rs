@@ -1,0 +1,112 @@
+//! A guest VM ready to boot: a working directory, the kernel and initramfs, and a shared
+//! disk made the way `nlxtp create-disk` makes it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nlxtp_host::area::vfat::{create_image, VfatImage};
+
+use crate::kernel::Kernel;
+use crate::qemu::{Vm, VmConfig};
+
+/// Heartbeat the harness's guests promise: short, so a lost monitor shows within seconds.
+pub const HEARTBEAT_MS: u32 = 500;
+
+/// How long a boot may take to reach the guest's `/init` under TCG on a busy machine.
+pub const BOOT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A VM's files: kept in a temporary directory that goes away with it.
+#[derive(Debug)]
+pub struct GuestSetup {
+    dir: tempfile::TempDir,
+    kernel: Kernel,
+    initramfs: PathBuf,
+    disk: PathBuf,
+    boots: u32,
+}
+
+impl GuestSetup {
+    /// Builds the guest (kernel from the cache, fresh initramfs) and a shared disk of
+    /// `disk_mib` MiB.
+    ///
+    /// # Errors
+    /// When the kernel, the guest binary, the initramfs or the disk cannot be made.
+    pub fn new(disk_mib: u64) -> Result<GuestSetup> {
+        let dir = tempfile::Builder::new().prefix("nlxtp-vm-").tempdir()?;
+        let (kernel, initramfs) = crate::initramfs::guest_initramfs(dir.path())?;
+        let disk = dir.path().join("shared.img");
+        create_image(&disk, disk_mib << 20, None, None)
+            .context("could not create the shared disk")?;
+        Ok(GuestSetup {
+            dir,
+            kernel,
+            initramfs,
+            disk,
+            boots: 0,
+        })
+    }
+
+    /// The shared disk image.
+    pub fn disk(&self) -> &Path {
+        &self.disk
+    }
+
+    /// The shared area on the disk, as the host sees it.
+    pub fn area(&self) -> VfatImage {
+        VfatImage::new(&self.disk)
+    }
+
+    /// The working directory (serial logs, scratch files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The initramfs size in bytes (for reports).
+    pub fn initramfs_len(&self) -> u64 {
+        std::fs::metadata(&self.initramfs).map_or(0, |m| m.len())
+    }
+
+    /// The kernel package (for reports).
+    pub fn kernel_package(&self) -> &str {
+        &self.kernel.package
+    }
+
+    /// Boots the VM. With `stay` it stays up after handling the upload; without, it
+    /// powers off by itself once the run has ended.
+    ///
+    /// # Errors
+    /// When QEMU cannot start.
+    pub fn boot(&mut self, stay: bool) -> Result<Vm> {
+        self.boots += 1;
+        let config = VmConfig {
+            kernel: self.kernel.clone(),
+            initramfs: self.initramfs.clone(),
+            disk: self.disk.clone(),
+            stay,
+            heartbeat_ms: HEARTBEAT_MS,
+            memory_mib: 256,
+            serial_log: self.dir.path().join(format!("serial-{}.log", self.boots)),
+        };
+        Vm::boot(&config)
+    }
+}
+
+/// A `.tar.gz` archive made of `(path, content, mode)` members, for uploads.
+///
+/// # Errors
+/// Never in practice (it writes to memory).
+pub fn archive(members: &[(&str, &[u8], u32)]) -> Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, content, mode) in members {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(*mode);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, path, *content)?;
+    }
+    Ok(builder.into_inner()?.finish()?)
+}
