@@ -2,7 +2,8 @@
 //!
 //! [`SharedArea`] is what the CLI, the FUSE view and the test harness use. It has two
 //! backends: [`vfat::VfatImage`] (a VM's vFAT disk image, read and written in user space)
-//! and, later, a container directory. The contract every backend keeps:
+//! and [`dir::ContainerDir`] (a directory inside a container's root filesystem). The
+//! contract every backend keeps:
 //!
 //! - Everything read from the area is hostile. Reads are bounded ([`WalkLimits`], a size
 //!   bound per file) and end, with an error, on anything a valid area does not contain.
@@ -10,9 +11,10 @@
 //! - [`SharedArea::read_status_file`] is cheap enough to call many times a second, also
 //!   while the guest runs. [`read_status`] turns it into a [`StatusRecord`], retrying torn
 //!   reads for a bounded time.
-//! - [`SharedArea::replace`] (an upload) swaps the whole content at once: a crash at any
-//!   point leaves the old content or the new, never a mix, and the start script
-//!   ([`START_SCRIPT`]) is written last.
+//! - [`SharedArea::replace`] (an upload) writes the start script ([`START_SCRIPT`]) last,
+//!   complete, after the manifest: a crash at any point leaves no start script or the new
+//!   one with all of the upload beside it. The vFAT backend also swaps the whole content
+//!   at once (old or new, never a mix); the directory backend cannot, and says why.
 //!
 //! Paths inside an area are [`AreaPath`]s: relative, `/`-separated, with no empty, `.` or
 //! `..` component, so no backend ever resolves a name a guest planted outside the area.
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 use nlxtp_core::wire::CorruptKind;
 use nlxtp_core::{DecodeError, StatusReader, StatusRecord};
 
+pub mod dir;
 pub mod vfat;
 
 /// A path inside a shared area: relative, `/`-separated, each component non-empty and
@@ -313,7 +316,7 @@ pub enum AreaError {
         second: AreaPath,
     },
     /// An upload does not fit.
-    #[error("the upload needs {needed} bytes but the area has room for {available}: upload less, or make a larger image")]
+    #[error("the upload needs {needed} bytes but the area has room for {available}: upload less, or make room (a larger image, or space on the container's filesystem)")]
     NoSpace {
         /// Bytes needed, counted in whole clusters.
         needed: u64,
@@ -331,6 +334,16 @@ pub enum AreaError {
         got: u64,
         /// Bytes announced.
         len: u64,
+    },
+    /// The path leads to something other than a regular file or directory (a symbolic
+    /// link, FIFO, socket, device or mount point a guest made), which the host never
+    /// follows or opens.
+    #[error("{path} leads to a {kind}, which the host never follows or opens: replace it with a regular file in the guest, or upload again")]
+    NotRegular {
+        /// The path asked for.
+        path: AreaPath,
+        /// What is there (or on the way): "symbolic link", "FIFO", ...
+        kind: &'static str,
     },
     /// The consumer of a walk (an archive writer, say) failed.
     #[error("the consumer of the shared area's files failed: fix the cause below and retry")]
@@ -429,7 +442,7 @@ pub trait SharedArea: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// [`AreaError::NotFound`], [`AreaError::NotAFile`], [`AreaError::TooLarge`],
-    /// [`AreaError::Corrupt`], [`AreaError::Io`].
+    /// [`AreaError::NotRegular`], [`AreaError::Corrupt`], [`AreaError::Io`].
     fn read_file(&self, path: &AreaPath, max_len: u64) -> Result<Vec<u8>, AreaError>;
 
     /// Visits every file and directory, parents before their contents. Files come with
@@ -454,8 +467,8 @@ pub trait SharedArea: Send + Sync + fmt::Debug {
         Ok(out)
     }
 
-    /// Replaces the whole content with `files`, atomically, writing
-    /// [`START_SCRIPT`] last. The caller supplies the protocol files (a fresh
+    /// Replaces the whole content with `files`, writing [`START_SCRIPT`] last (what a
+    /// crash leaves: see the module docs). The caller supplies the protocol files (a fresh
     /// manifest; no old status) as docs/wire-format.md section 1 says.
     ///
     /// # Errors
