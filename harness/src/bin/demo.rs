@@ -21,7 +21,7 @@ sleep 1
 archive_setstatus \"hello from $(uname -sr), no network needed\"
 echo \"computed in the guest at $(date -u +%H:%M:%S)\" > \"$archive_dir/result.txt\"
 sleep 1
-echo \"stdout of auto_exec.sh: $(cat /proc/cpuinfo | grep -c processor) CPU(s), $(ls /sys/class/net | wc -l) network interface(s)\"
+echo \"stdout of auto_exec.sh: $(grep -c processor /proc/cpuinfo) CPU, network interfaces: $(ls /sys/class/net)\"
 ";
 
 struct Clock(Instant);
