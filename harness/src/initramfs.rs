@@ -30,7 +30,7 @@ for arg in $(cat /proc/cmdline); do
     nlxtp.heartbeat_ms=*) heartbeat="${arg#nlxtp.heartbeat_ms=}" ;;
   esac
 done
-echo "nlxtp-init: booted"
+echo "nlxtp-init: booted; starting the daemon at uptime $(cut -d' ' -f1 /proc/uptime)"
 /bin/nlxtp-guest daemon --label NLXTP --mount-point /mnt/nlXTP --heartbeat-ms "$heartbeat"
 echo "nlxtp-init: daemon exited with $?"
 sync

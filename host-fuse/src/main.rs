@@ -142,6 +142,42 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Mount every VM's shared area under one directory (FUSE): MOUNTPOINT/NAME/ per VM.
+    ///
+    /// Read-only while a VM runs; read-write while it is stopped (and for containers),
+    /// with changes committed atomically at close, fsync and unmount. NAME/.nlxtp/status.json
+    /// shows the run's status. SIGHUP re-reads --config. Runs in the foreground until
+    /// `nlxtp umount`, SIGINT or SIGTERM.
+    Mount {
+        /// An existing directory to mount on.
+        mountpoint: PathBuf,
+        /// A VM as NAME=TARGET (a disk image or a container directory); repeat for more.
+        #[arg(long = "vm", value_name = "NAME=TARGET")]
+        vms: Vec<String>,
+        /// A TOML file with a [vms] table of NAME = "TARGET" lines (re-read on SIGHUP).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Mount in the background and return once mounted.
+        #[arg(long)]
+        daemon: bool,
+        /// Let users other than the one mounting use the view.
+        #[arg(long)]
+        allow_other: bool,
+        /// Where staged changes are kept (default: the temporary directory).
+        #[arg(long, value_name = "DIR")]
+        stage_dir: Option<PathBuf>,
+    },
+    /// Commit everything pending and unmount a view made by `nlxtp mount`.
+    ///
+    /// Refuses (busy) while files are open, naming them. A view whose mount process died
+    /// ("transport endpoint is not connected") is cleaned up.
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Detach now even with files open; what they write is committed as they close.
+        #[arg(long)]
+        lazy: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -190,13 +226,15 @@ struct WaitArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match cli.verbose {
-        0 => "warn",
-        1 => "info,nlxtp_host=debug",
-        _ => "debug",
+    // A fixed level, not an EnvFilter: `nlxtp status` is called in tight loops and
+    // parsing a filter costs more than the status read itself.
+    let level = match cli.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
     };
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(io::stderr)
         .without_time()
         .init();
@@ -397,6 +435,28 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             } else {
                 Ok(ExitCode::SUCCESS)
             }
+        }
+        Command::Mount {
+            mountpoint,
+            vms,
+            config,
+            daemon,
+            allow_other,
+            stage_dir,
+        } => {
+            nlxtp_host::fuse::mount(&nlxtp_host::fuse::MountOptions {
+                mountpoint,
+                vms,
+                config,
+                daemon,
+                allow_other,
+                stage_dir,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Umount { mountpoint, lazy } => {
+            eprintln!("nlxtp: {}", nlxtp_host::fuse::umount(&mountpoint, lazy)?);
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -189,7 +189,8 @@ pub fn status(area: &(impl SharedArea + ?Sized)) -> Result<StatusReport, StatusE
             "vfat-image"
         },
         vm_running: area.is_busy()?,
-        upload_present: exists(area, layout::START_SCRIPT)?,
+        // A record means the guest has seen an upload; only without one is it worth a look.
+        upload_present: record.is_some() || exists(area, layout::START_SCRIPT)?,
         record: record.as_ref().map(RecordView::new),
         monitor,
         legacy,

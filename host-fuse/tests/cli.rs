@@ -1,0 +1,242 @@
+//! The `nlxtp` command as a user runs it: real processes, real directories and images,
+//! snapshots of what a person and a script read.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use nlxtp_core::record::STATUS_SLOT_LEN;
+use nlxtp_core::slots::STATUS_FILE_LEN;
+use nlxtp_core::{BootId, OutputInfo, RunId, RunState, StatusRecord, StatusWriter};
+
+const NLXTP: &str = env!("CARGO_BIN_EXE_nlxtp");
+
+fn nlxtp(args: &[&str], state: &Path) -> Output {
+    Command::new(NLXTP)
+        .args(args)
+        .env("XDG_STATE_HOME", state)
+        .output()
+        .unwrap()
+}
+
+/// Writes a status file as a guest's monitor would.
+fn write_status(area: &Path, state: RunState, interval_ms: u32) {
+    let mut rec = StatusRecord {
+        run_id: RunId::from_hex("0123456789abcdef0123456789abcdef").unwrap(),
+        boot_id: BootId([0x11; 16]),
+        state,
+        heartbeat: 7,
+        heartbeat_interval_ms: interval_ms,
+        stdout: OutputInfo {
+            bytes: 1234,
+            truncated: false,
+        },
+        stderr: OutputInfo {
+            bytes: 99,
+            truncated: true,
+        },
+        started_unix: Some(1_700_000_000),
+        updated_unix: 1_700_000_010,
+        finished_unix: state.is_terminal().then_some(1_700_000_010),
+        ..Default::default()
+    };
+    rec.custom.push_str("step 2/3: compiling").unwrap();
+    let mut file = vec![0u8; STATUS_FILE_LEN];
+    let mut slot = vec![0u8; STATUS_SLOT_LEN];
+    let mut writer = StatusWriter::new();
+    for _ in 0..3 {
+        let at = writer.encode(&mut rec, &mut slot).unwrap();
+        file[at..at + STATUS_SLOT_LEN].copy_from_slice(&slot);
+    }
+    std::fs::create_dir_all(area.join("nlxtp")).unwrap();
+    std::fs::write(area.join("nlxtp/status.bin"), file).unwrap();
+    std::fs::write(area.join("auto_exec.sh"), "echo hi\n").unwrap();
+}
+
+fn text(out: &Output, dir: &Path) -> String {
+    String::from_utf8_lossy(&out.stdout).replace(&dir.display().to_string(), "[DIR]")
+}
+
+#[test]
+fn status_text_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let area = dir.path().join("area");
+    write_status(&area, RunState::Exited(3), 2_000);
+    let out = nlxtp(&["status", area.to_str().unwrap()], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    insta::assert_snapshot!("status_text_exited", text(&out, dir.path()));
+    let out = nlxtp(&["status", "--json", area.to_str().unwrap()], dir.path());
+    insta::assert_snapshot!("status_json_exited", text(&out, dir.path()));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["record"]["exit_code"], 3);
+}
+
+#[test]
+fn status_of_a_running_guest_says_alive_then_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let area = dir.path().join("area");
+    // Interval 100 ms: lost after 3 x 100 ms + 2 s of no change.
+    write_status(&area, RunState::Running, 100);
+    let first = nlxtp(&["status", area.to_str().unwrap()], dir.path());
+    insta::assert_snapshot!("status_text_first_look", text(&first, dir.path()));
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let later = nlxtp(&["status", "--json", area.to_str().unwrap()], dir.path());
+    let json: serde_json::Value = serde_json::from_slice(&later.stdout).unwrap();
+    assert_eq!(json["monitor"]["monitor"], "lost", "{json}");
+}
+
+#[test]
+fn wait_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, Option<RunState>, &[&str], i32); 5] = [
+        ("exited", Some(RunState::Exited(3)), &[], 3),
+        ("signaled", Some(RunState::Signaled(9)), &[], 137),
+        (
+            "aborted",
+            Some(RunState::Aborted(nlxtp_core::AbortReason::GuestRestarted)),
+            &[],
+            126,
+        ),
+        (
+            "timeout",
+            Some(RunState::Running),
+            &["--timeout", "0.5"],
+            124,
+        ),
+        ("no-upload", None, &[], 127),
+    ];
+    for (name, state, extra, code) in cases {
+        let area = dir.path().join(name);
+        std::fs::create_dir_all(&area).unwrap();
+        if let Some(state) = state {
+            // A long interval, so "running" stays alive for the timeout case.
+            write_status(&area, state, 60_000);
+        }
+        let mut args = vec!["wait", "--quiet", area.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = nlxtp(&args, dir.path());
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A monitor that stops writing: lost after 3 x 100 ms + 2 s.
+    let area = dir.path().join("lost");
+    write_status(&area, RunState::Running, 100);
+    let out = nlxtp(
+        &[
+            "wait",
+            "--quiet",
+            area.to_str().unwrap(),
+            "--interval",
+            "0.1",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(126));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("monitor stopped writing"));
+}
+
+#[test]
+fn hostile_archives_get_clear_errors_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("shared.img");
+    assert!(nlxtp(
+        &["create-disk", image.to_str().unwrap(), "--size", "8M"],
+        dir.path()
+    )
+    .status
+    .success());
+    let before = std::fs::read(&image).unwrap();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Symlink);
+    header.set_size(0);
+    header.set_mode(0o777);
+    builder
+        .append_link(&mut header, "auto_exec.sh", "/etc/shadow")
+        .unwrap();
+    let archive = dir.path().join("evil.tar");
+    std::fs::write(&archive, builder.into_inner().unwrap()).unwrap();
+    let out = nlxtp(
+        &["upload", image.to_str().unwrap(), archive.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!("upload_symlink_error", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        std::fs::read(&image).unwrap(),
+        before,
+        "a refused upload changes nothing"
+    );
+    std::fs::write(&archive, b"this is not an archive at all, just text").unwrap();
+    let out = nlxtp(
+        &["upload", image.to_str().unwrap(), archive.to_str().unwrap()],
+        dir.path(),
+    );
+    insta::assert_snapshot!("upload_garbage_error", String::from_utf8_lossy(&out.stderr));
+    let out = nlxtp(
+        &["status", dir.path().join("missing.img").to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+}
+
+#[test]
+fn exec_upload_download_round_trip_on_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("shared.img");
+    let img = image.to_str().unwrap();
+    assert!(nlxtp(
+        &["create-disk", img, "--size", "16M", "--fat", "16"],
+        dir.path()
+    )
+    .status
+    .success());
+    let out = nlxtp(
+        &[
+            "exec",
+            img,
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            "echo 'it''s fine' > out.txt",
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["run_id"].as_str().unwrap().len(), 32);
+    for name in ["out.tar", "out.tar.gz", "out.tar.zst"] {
+        let path = dir.path().join(name);
+        let out = nlxtp(&["download", img, path.to_str().unwrap()], dir.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listing = Command::new("tar").arg("-taf").arg(&path).output().unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        assert!(
+            listing.contains("auto_exec.sh") && listing.contains("nlxtp/manifest.bin"),
+            "{name}: {listing}"
+        );
+    }
+    // mtools reads what nlxtp wrote.
+    let script = Command::new("mtype")
+        .args(["-i", img, "::auto_exec.sh"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&script.stdout).contains("sh -c"));
+}
