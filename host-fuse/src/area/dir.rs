@@ -9,9 +9,10 @@
 //! directory fd reached from it) with `openat2` and `RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV`: the kernel refuses any
 //! symbolic link, `..` escape or mount crossing on the way, atomically with the lookup.
-//! Nothing here resolves `..`, and no path is looked up twice to act on it, so a guest
-//! that swaps a directory for a symlink in the middle of a walk gets the walk refused
-//! (or sees its own files), never a byte from outside the area.
+//! Nothing here resolves `..`, and what a lookup returns is checked on the fd it opened,
+//! never by a second lookup, so a guest that swaps a directory for a symlink in the
+//! middle of a walk gets the walk refused (or sees its own files), never a byte from
+//! outside the area.
 //!
 //! # What is opened
 //!
@@ -51,20 +52,21 @@
 //!    fds. The removal reads at most ten million names and passes over the root at most
 //!    a thousand times, so a guest that refills the area as fast as the host empties it
 //!    ends the upload with an error.
-//! 4. Check the free space, create the directories, then write the files in the order
-//!    given. Files are created with `O_CREAT | O_EXCL` beneath the root, so a name the
-//!    guest planted meanwhile is an error, never a write through it. Each new file and
-//!    directory gets the owner of the area's root (in a container with a user namespace
-//!    that is the container's root, so the guest can use them), and the mode asked for
-//!    without the setuid, setgid and sticky bits (directories get theirs last, so a
-//!    read-only directory is still filled).
+//! 4. Check the free space (an upload that does not fit fails here, leaving the area
+//!    empty), create the directories, then write the files in the order given. Files
+//!    are created with `O_CREAT | O_EXCL` beneath the root, so a name the guest planted
+//!    meanwhile is an error, never a write through it. Each new file and directory gets
+//!    the owner of the area's root (in a container with a user namespace that is the
+//!    container's root, so the guest can use them), and the mode asked for without the
+//!    setuid, setgid and sticky bits (directories get theirs last, so a read-only
+//!    directory is still filled).
 //! 5. `syncfs`: every file and the manifest are on disk before the script can appear.
 //! 6. Write `auto_exec.sh` to a temporary name in the root, `fsync` it, rename it into
 //!    place, `fsync` the root.
 //!
-//! A crash (or an error) at any point therefore leaves either no `auto_exec.sh`, or the
-//! complete new one with the complete manifest and every other file of the upload
-//! beside it, on disk. A guest daemon watching with inotify sees the script appear once,
+//! A crash (or an error) at any point therefore leaves the old area as it was (before
+//! step 2), no `auto_exec.sh`, or the complete new one with the complete manifest and
+//! every other file of the upload beside it, on disk. A guest daemon watching with inotify sees the script appear once,
 //! by a rename (`IN_MOVED_TO`), never created empty and then filled. What a crash before
 //! step 6 leaves besides is a partial set of files: old ones partly removed, or new ones
 //! partly written (and, perhaps, the temporary script or a `.nlxtp-trash-*` directory,
@@ -364,7 +366,8 @@ impl ContainerDir {
         Ok((file, u64::try_from(stat.st_size).unwrap_or(0)))
     }
 
-    /// Opens the directory at `path` (the root for `None`) to create or change entries.
+    /// Opens the directory at `path` (the root for `None`) that the upload made, to
+    /// create or change entries in it.
     fn open_dir(&self, path: Option<&AreaPath>) -> Result<OwnedFd, AreaError> {
         let Some(path) = path else {
             return self.reopen_root();
@@ -375,13 +378,14 @@ impl ContainerDir {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
             Mode::empty(),
         )
-        .map_err(|e| match e {
-            // Something else than a directory stands there now: the guest raced us.
-            Errno::NOTDIR => AreaError::NotRegular {
-                path: path.clone(),
-                kind: "file where a directory was made",
-            },
-            e => self.lookup_error(e, path),
+        .map_err(|e| {
+            let source = match e {
+                Errno::NOENT | Errno::NOTDIR | Errno::LOOP | Errno::XDEV => io::Error::other(
+                    format!("the guest replaced or removed it during the upload ({e})"),
+                ),
+                e => e.into(),
+            };
+            AreaError::io("open the upload's directory", &self.host(path), source)
         })
     }
 
