@@ -462,6 +462,75 @@ fn fifos_sockets_and_devices_never_block_or_get_opened() {
 }
 
 #[test]
+fn names_an_area_path_cannot_hold_are_skipped() {
+    use std::os::unix::ffi::OsStrExt;
+    let fx = Fixture::new();
+    let latin1 = fx.area.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    fs::write(&latin1, b"not utf-8").unwrap();
+    fs::write(fx.area.join("ok"), b"ok").unwrap();
+    let area = fx.open();
+    let (files, skipped) = walk_bytes(&area).unwrap();
+    assert_eq!(files.keys().collect::<Vec<_>>(), ["ok"]);
+    assert_eq!(skipped.bad_names, 1);
+    // An upload removes it all the same.
+    area.replace(vec![upload("auto_exec.sh", b"x", 0o755)])
+        .unwrap();
+    assert_eq!(names(&fx.area), ["auto_exec.sh"]);
+}
+
+/// Unmounts, also when the test fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn mount_points_inside_the_area_are_never_entered() {
+    let fx = Fixture::new();
+    let m = fx.area.join("m");
+    fs::create_dir(&m).unwrap();
+    fs::write(m.join("under"), b"below the mount").unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "nlxtp-test"])
+        .arg(&m)
+        .status()
+        .expect("mount(8) runs (util-linux)");
+    assert!(
+        status.success(),
+        "mount -t tmpfs failed: the tests need root"
+    );
+    let _guard = Unmount(m.clone());
+    fs::write(m.join("mounted"), SECRET).unwrap();
+    fs::write(fx.area.join("plain"), b"plain").unwrap();
+    let area = fx.open();
+
+    let (files, skipped) = walk_bytes(&area).unwrap();
+    assert_eq!(files.keys().collect::<Vec<_>>(), ["plain"]);
+    assert_eq!(skipped.mounts, 1);
+    match area.read_file(&path("m/mounted"), 100) {
+        Err(AreaError::NotRegular { kind, .. }) => assert_eq!(kind, "mount point"),
+        other => panic!("{other:?}"),
+    }
+    // An upload does not remove what is mounted: it stops with an error.
+    let err = area
+        .replace(vec![upload("auto_exec.sh", b"x", 0o755)])
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("could not remove the mount point"),
+        "{err}"
+    );
+    assert_eq!(fs::read(m.join("mounted")).unwrap(), SECRET);
+    assert!(!fx.area.join("auto_exec.sh").exists());
+}
+
+#[test]
 fn files_the_host_may_not_read_fail_clearly() {
     let fx = Fixture::new();
     let area = Arc::new(fx.open());
