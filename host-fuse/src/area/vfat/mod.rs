@@ -15,6 +15,7 @@ mod dir;
 mod fat;
 mod geometry;
 mod lock;
+mod page_cache;
 mod status;
 mod volume;
 mod write;

@@ -33,6 +33,7 @@ use nlxtp_core::layout::{DEFAULT_VOLUME_LABEL, START_SCRIPT};
 
 use super::geometry::{FatType, Geometry};
 use super::lock::ImageWriteGuard;
+use super::page_cache::PageCached;
 use super::volume::{read_geometry, Image, Volume};
 use crate::area::{AreaError, AreaPath, UploadData, UploadFile};
 
@@ -270,8 +271,10 @@ fn fill(file: &mut File, plan: Plan, temp: &Path) -> Result<(), AreaError> {
     rewind(file)?;
     let io_err = |what: &'static str| move |e: io::Error| AreaError::io(what, temp, e);
     let options = FsOptions::new().time_provider(&UTC);
+    // fatfs reads and writes a field at a time: give it a page cache.
+    let mut buffered = PageCached::new(&mut *file).map_err(io_err("inspect"))?;
     let fs = guarded("mounted the new image", || {
-        FileSystem::new(&mut *file, options)
+        FileSystem::new(&mut buffered, options)
     })?
     .map_err(io_err("mount the new image"))?;
     let stats =
@@ -315,6 +318,7 @@ fn fill(file: &mut File, plan: Plan, temp: &Path) -> Result<(), AreaError> {
     }
     drop(root);
     guarded("unmounted the new image", || fs.unmount())?.map_err(io_err("finish"))?;
+    buffered.finish().map_err(io_err("finish"))?;
     Ok(())
 }
 
