@@ -357,3 +357,49 @@ fn a_script_without_a_manifest_gets_one_and_runs_once() {
         "ran\n"
     );
 }
+
+#[test]
+fn a_full_shared_area_cuts_the_output_and_keeps_the_final_record() {
+    let mut area = Area::new();
+    // A 256 KiB tmpfs as the shared area: the script's output fills it.
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=256k",
+            "nlxtp-full",
+            area.dir().to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            harness::kill_processes_in(&self.0);
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(area.dir());
+    area.upload_script("i=0; while [ $i -lt 3000 ]; do echo 0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789; i=$((i+1)); done\necho still-running >&2\nexit 5\n");
+    let out = area.daemon_once(&[]);
+    let rec = area.wait_done(30);
+    assert_eq!(
+        rec.state,
+        RunState::Exited(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(rec.stdout.truncated, "the cut is recorded");
+    let on_disk = fs::metadata(area.path(layout::STDOUT_FILE)).unwrap().len();
+    assert_eq!(
+        rec.stdout.bytes, on_disk,
+        "the record counts exactly what reached the disk"
+    );
+    assert!(on_disk < 300_000);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("output capture stopped"));
+}
