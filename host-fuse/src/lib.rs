@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod area;
+pub mod fuse;
 pub mod ops;
 
 pub use nlxtp_core as protocol;

@@ -1,0 +1,153 @@
+//! Which VMs a mount shows: `--vm NAME=TARGET` arguments and a TOML file.
+//!
+//! ```toml
+//! # vms.toml: one line per VM; a relative TARGET is taken from this file's directory.
+//! [vms]
+//! web1 = "/var/lib/nlxtp/web1.img"
+//! ct2 = "/var/lib/lxc/ct2/rootfs/mnt/nlXTP"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::MountError;
+
+/// One VM of a mount: the directory name it gets and its shared area.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// The name of its directory under the mount point.
+    pub name: String,
+    /// Its disk image or container directory.
+    pub target: PathBuf,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    vms: BTreeMap<String, PathBuf>,
+}
+
+/// Checks that `name` can be a directory name of the view.
+///
+/// # Errors
+/// [`MountError::BadName`] saying why not.
+pub fn check_name(name: &str) -> Result<(), MountError> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > 255 {
+        Some("it is longer than 255 bytes")
+    } else if name.contains('/') || name.contains('\0') {
+        Some("it contains '/' or a NUL byte")
+    } else if name.starts_with('.') {
+        Some("it starts with '.' (reserved for the view's own files)")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(MountError::BadName {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Parses one `NAME=TARGET` argument.
+///
+/// # Errors
+/// [`MountError::BadVmArg`] without `=`, [`MountError::BadName`] for a bad name.
+pub fn parse_vm_arg(arg: &str) -> Result<VmSpec, MountError> {
+    let (name, target) = arg.split_once('=').ok_or_else(|| MountError::BadVmArg {
+        arg: arg.to_owned(),
+    })?;
+    check_name(name)?;
+    if target.is_empty() {
+        return Err(MountError::BadVmArg {
+            arg: arg.to_owned(),
+        });
+    }
+    Ok(VmSpec {
+        name: name.to_owned(),
+        target: PathBuf::from(target),
+    })
+}
+
+/// Reads the VMs listed in the config file at `path`.
+///
+/// # Errors
+/// [`MountError::Config`] when it cannot be read or parsed, [`MountError::BadName`].
+pub fn read_config(path: &Path) -> Result<Vec<VmSpec>, MountError> {
+    let text = std::fs::read_to_string(path).map_err(|e| MountError::Config {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let file: ConfigFile = toml::from_str(&text).map_err(|e| MountError::Config {
+        path: path.to_owned(),
+        reason: e.message().to_owned(),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    file.vms
+        .into_iter()
+        .map(|(name, target)| {
+            check_name(&name)?;
+            Ok(VmSpec {
+                name,
+                target: base.join(target),
+            })
+        })
+        .collect()
+}
+
+/// The VMs of `cli` followed by those of `config`; a name given twice is an error.
+///
+/// # Errors
+/// As [`read_config`], and [`MountError::DuplicateName`].
+pub fn collect(cli: &[VmSpec], config: Option<&Path>) -> Result<Vec<VmSpec>, MountError> {
+    let mut all = cli.to_vec();
+    if let Some(path) = config {
+        all.extend(read_config(path)?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for spec in &all {
+        if !seen.insert(spec.name.as_str()) {
+            return Err(MountError::DuplicateName {
+                name: spec.name.clone(),
+            });
+        }
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_args_and_names() {
+        let spec = parse_vm_arg("web1=/x/y.img").unwrap();
+        assert_eq!(spec.name, "web1");
+        assert_eq!(spec.target, PathBuf::from("/x/y.img"));
+        assert_eq!(parse_vm_arg("a=b=c").unwrap().target, PathBuf::from("b=c"));
+        for bad in ["noequals", "=x", "a/b=x", ".hidden=x", "a="] {
+            assert!(parse_vm_arg(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_file_relative_targets_and_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vms.toml");
+        std::fs::write(&path, "[vms]\nb = \"b.img\"\na = \"/abs/a.img\"\n").unwrap();
+        let specs = read_config(&path).unwrap();
+        assert_eq!(specs[0].name, "a");
+        assert_eq!(specs[0].target, PathBuf::from("/abs/a.img"));
+        assert_eq!(specs[1].target, dir.path().join("b.img"));
+        let cli = vec![parse_vm_arg("a=/other.img").unwrap()];
+        let err = collect(&cli, Some(&path)).unwrap_err();
+        assert!(matches!(err, MountError::DuplicateName { .. }), "{err}");
+        std::fs::write(&path, "[vm]\n").unwrap();
+        let err = read_config(&path).unwrap_err().to_string();
+        assert!(err.contains("vms.toml"), "{err}");
+    }
+}

@@ -1,0 +1,238 @@
+//! The FUSE view: every VM's shared area under one mount point.
+//!
+//! `nlxtp mount MOUNTPOINT --vm NAME=TARGET ...` serves `MOUNTPOINT/NAME/` for each VM,
+//! through [`SharedArea`](crate::area::SharedArea) only (no second way into an image or
+//! directory). The contract:
+//!
+//! - **Reading.** A file's content is read once, at open, in one
+//!   [`read_file`](crate::area::SharedArea::read_file), and every read of that open file
+//!   is served from it: a reader never sees a mix of two guest writes. The status file
+//!   is read again while a slot is torn (a guest write in progress), for up to a second.
+//!   `NAME/.nlxtp/status.json` is [`ops::status`](crate::ops::status) as JSON, made at
+//!   each open; `NAME/.nlxtp/view.json` says whether the view is writable and whether
+//!   anything is uncommitted.
+//! - **Read-only while a VM runs.** While QEMU holds a VM's image (its lock bytes), the
+//!   VM's files show without write bits and every change fails with `EROFS`.
+//! - **Staged writes.** The first change to a stopped VM's area takes the image's
+//!   [`ImageWriteGuard`](crate::area::vfat::ImageWriteGuard) (so no QEMU starts on it
+//!   meanwhile) and copies the area into unnamed temporary files (the stage). Changes go
+//!   to the stage. A **commit** writes the whole stage with one
+//!   [`replace`](crate::area::SharedArea::replace), which swaps the image atomically: a
+//!   crash, a `SIGKILL` included, leaves the old content or the new. Commits happen at
+//!   `close` of a file written through the view (so `cp` returns after the image holds
+//!   the copy), at `fsync` of a file or directory, after 250 ms of quiet for changes made
+//!   without an open file (`mkdir`, `rm`, `mv`, `truncate`), and at unmount. After a
+//!   commit with no file open for writing, the stage and the guard are dropped and the
+//!   VM may start. Known gap: `replace` takes the guard itself, so the view lets go of
+//!   its own for the moment between the two; a QEMU started in exactly that moment
+//!   makes the commit fail with `EBUSY` and drops the stage (nothing is half-written).
+//! - **A new start script starts a new run.** When `auto_exec.sh` is written through the
+//!   view (created, written, truncated or renamed into place) and the manifest was not,
+//!   the commit is an upload as docs/wire-format.md section 1 describes it: the last
+//!   run's manifest, status and output files are dropped and a fresh manifest with a new
+//!   run id is written (taking over the last manifest's timeout, heartbeat and output
+//!   cap), so the guest runs the script exactly once at its next boot (a container: at
+//!   once) instead of taking it for the finished run. Writing `nlxtp/manifest.bin`
+//!   through the view in the same commit keeps that manifest as it is.
+//! - **Containers.** A container directory is written the same way, but only while no
+//!   run is going on in it (`EBUSY` otherwise, as an upload without `--force`); a commit
+//!   that starts a run ends the stage, since the guest writes from then on.
+//! - **vFAT rules.** Names that differ only in case are refused with `EEXIST`; `chmod`
+//!   that would change the bits is refused with `EPERM` (vFAT keeps none), as Linux's
+//!   own vfat does.
+//! - **Reload.** `SIGHUP` re-reads the config file: VMs no longer listed are removed
+//!   (after committing; a VM with open files stays until the next reload), new ones are
+//!   added, the others are untouched.
+//! - **Unmount.** `nlxtp umount` (over a control socket) and `SIGINT`/`SIGTERM`: if files
+//!   are open the mount stays and the answer names them (path, pid, process); else
+//!   everything pending is committed and the mount goes. `--lazy` detaches at once and
+//!   commits what open files write when they are closed. A commit that fails keeps the
+//!   mount. A mount whose process died is detached by `nlxtp umount` with a message.
+
+mod config;
+mod fs;
+mod run;
+mod stage;
+mod view;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use config::{check_name, parse_vm_arg, read_config, VmSpec};
+
+use crate::area::AreaError;
+
+/// What `nlxtp mount` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct MountOptions {
+    /// Where to mount (an existing directory).
+    pub mountpoint: PathBuf,
+    /// `NAME=TARGET` for each VM given on the command line.
+    pub vms: Vec<String>,
+    /// A TOML file listing more VMs (`[vms]` table of `NAME = "TARGET"`), re-read on
+    /// `SIGHUP`.
+    pub config: Option<PathBuf>,
+    /// Run the mount process in the background and return once it is mounted.
+    pub daemon: bool,
+    /// Let other users than the one mounting use the view.
+    pub allow_other: bool,
+    /// Where staged changes are kept (default: the system's temporary directory).
+    pub stage_dir: Option<PathBuf>,
+}
+
+/// Why `nlxtp mount` failed. Nothing is mounted then.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MountError {
+    /// A `--vm` argument is not `NAME=TARGET`.
+    #[error("{arg:?} is not NAME=TARGET: write --vm web1=/path/to/web1.img")]
+    BadVmArg {
+        /// The argument.
+        arg: String,
+    },
+    /// A VM name cannot be a directory of the view.
+    #[error("the VM name {name:?} cannot be used because {reason}: choose another name")]
+    BadName {
+        /// The name.
+        name: String,
+        /// Why not.
+        reason: &'static str,
+    },
+    /// Two VMs have the same name.
+    #[error("the VM name {name:?} is given twice: give each VM its own name")]
+    DuplicateName {
+        /// The name.
+        name: String,
+    },
+    /// The config file cannot be read or parsed.
+    #[error("cannot use the config file {} ({reason}): fix it; it holds a [vms] table of NAME = \"TARGET\" lines", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A VM's shared area cannot be opened.
+    #[error("cannot open the shared area of VM {name}: fix its TARGET (a disk image or a container directory)")]
+    Target {
+        /// The VM.
+        name: String,
+        /// Why.
+        #[source]
+        source: AreaError,
+    },
+    /// The mount point is unusable.
+    #[error("cannot mount on {} ({reason}): give an existing, empty directory", path.display())]
+    MountPoint {
+        /// The mount point.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The mount point is a mount whose process died.
+    #[error("{} is a stale mount (its mount process died): run nlxtp umount {} first", path.display(), path.display())]
+    Stale {
+        /// The mount point.
+        path: PathBuf,
+    },
+    /// A mount process already serves this mount point.
+    #[error("{} is already an nlxtp mount: unmount it first (nlxtp umount {})", path.display(), path.display())]
+    AlreadyMounted {
+        /// The mount point.
+        path: PathBuf,
+    },
+    /// The FUSE mount itself failed.
+    #[error("mounting the view on {} failed: check that /dev/fuse and fusermount3 exist (apt-get install fuse3) and that you may mount there", path.display())]
+    Fuse {
+        /// The mount point.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The control socket (or a thread) could not be set up.
+    #[error("cannot set up the control socket {}: check that its directory is writable (or set NLXTP_RUNTIME_DIR)", path.display())]
+    Control {
+        /// The socket.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The background mount process did not come up.
+    #[error("the background mount did not start ({reason}): run it without --daemon to see why")]
+    Daemon {
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Why `nlxtp umount` did not unmount.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UmountError {
+    /// Nothing is mounted there.
+    #[error("{} is not mounted: check the path", path.display())]
+    NotMounted {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Something else than the nlxtp view is mounted there.
+    #[error("{} is a {fstype} mount, not an nlxtp view: unmount it with umount", path.display())]
+    NotOurs {
+        /// The path.
+        path: PathBuf,
+        /// Its filesystem type.
+        fstype: String,
+    },
+    /// Files are open (or in use) under the mount.
+    #[error("{} is busy and stays mounted: close these (or pass --lazy to detach now and commit as they close): {details}", path.display())]
+    Busy {
+        /// The mount point.
+        path: PathBuf,
+        /// What is open, one per line.
+        details: String,
+    },
+    /// The mount process could not commit or unmount.
+    #[error("{} stays mounted: {details}", path.display())]
+    Failed {
+        /// The mount point.
+        path: PathBuf,
+        /// What went wrong.
+        details: String,
+    },
+    /// A system call failed.
+    #[error("could not {action} {}: fix the cause below and retry", path.display())]
+    Io {
+        /// What was tried.
+        action: &'static str,
+        /// The mount point.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Mounts the view and serves it until it is unmounted (or, with
+/// [`MountOptions::daemon`], starts a background process that does and returns once it
+/// is mounted). Prints one line to standard output when the mount is ready.
+///
+/// # Errors
+/// [`MountError`]; nothing is mounted then.
+pub fn mount(options: &MountOptions) -> Result<(), MountError> {
+    if options.daemon {
+        run::spawn_daemon(options)
+    } else {
+        run::serve(options)
+    }
+}
+
+/// Unmounts the view at `mountpoint` after its mount process has committed everything;
+/// returns what happened, for the user. A mount whose process died is detached.
+///
+/// # Errors
+/// [`UmountError::Busy`] when files are open (unless `lazy`), and the others.
+pub fn umount(mountpoint: &std::path::Path, lazy: bool) -> Result<String, UmountError> {
+    run::umount(mountpoint, lazy)
+}
