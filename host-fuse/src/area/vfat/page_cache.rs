@@ -3,7 +3,6 @@
 //! upload of 20 MB in 500 files took five million `read` calls. Bounded: when it holds
 //! [`MAX_CACHED`] bytes it writes back what changed and starts afresh.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -20,7 +19,10 @@ struct Page {
 /// `file` seen through the cache until [`PageCached::finish`].
 pub struct PageCached<'a> {
     file: &'a mut File,
-    pages: HashMap<u64, Page>,
+    /// Indexed by page number: fatfs reads a few bytes at a time, so a lookup must be
+    /// an index, not a hash.
+    pages: Vec<Option<Page>>,
+    cached: u64,
     pos: u64,
     len: u64,
 }
@@ -29,9 +31,11 @@ impl<'a> PageCached<'a> {
     /// A cache over `file`, empty.
     pub fn new(file: &'a mut File) -> io::Result<Self> {
         let len = file.metadata()?.len();
+        let count = len.div_ceil(PAGE) as usize;
         Ok(PageCached {
             file,
-            pages: HashMap::new(),
+            pages: (0..count).map(|_| None).collect(),
+            cached: 0,
             pos: 0,
             len,
         })
@@ -43,36 +47,35 @@ impl<'a> PageCached<'a> {
     }
 
     fn write_back(&mut self) -> io::Result<()> {
-        let mut dirty: Vec<(&u64, &mut Page)> =
-            self.pages.iter_mut().filter(|(_, p)| p.dirty).collect();
-        dirty.sort_by_key(|(at, _)| **at);
-        for (at, page) in dirty {
-            self.file.write_all_at(&page.bytes, *at * PAGE)?;
-            page.dirty = false;
+        for (at, slot) in self.pages.iter_mut().enumerate() {
+            if let Some(page) = slot.as_mut().filter(|p| p.dirty) {
+                self.file.write_all_at(&page.bytes, at as u64 * PAGE)?;
+                page.dirty = false;
+            }
         }
         Ok(())
     }
 
-    /// The page holding `pos`, read in if needed.
+    /// The page with this number, read in if needed.
     fn page(&mut self, index: u64) -> io::Result<&mut Page> {
-        if !self.pages.contains_key(&index) {
-            if self.pages.len() as u64 * PAGE >= MAX_CACHED {
+        let at = index as usize;
+        if self.pages[at].is_none() {
+            if self.cached >= MAX_CACHED {
                 self.write_back()?;
-                self.pages.clear();
+                self.pages.iter_mut().for_each(|slot| *slot = None);
+                self.cached = 0;
             }
             let start = index * PAGE;
             let want = PAGE.min(self.len.saturating_sub(start)) as usize;
             let mut bytes = vec![0u8; want];
             self.file.read_exact_at(&mut bytes, start)?;
-            self.pages.insert(
-                index,
-                Page {
-                    bytes,
-                    dirty: false,
-                },
-            );
+            self.cached += PAGE;
+            self.pages[at] = Some(Page {
+                bytes,
+                dirty: false,
+            });
         }
-        Ok(self.pages.get_mut(&index).expect("inserted above"))
+        Ok(self.pages[at].as_mut().expect("filled above"))
     }
 }
 
