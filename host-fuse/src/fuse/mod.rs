@@ -8,7 +8,7 @@
 //!   [`read_file`](crate::area::SharedArea::read_file), and every read of that open file
 //!   is served from it: a reader never sees a mix of two guest writes. The status file
 //!   is read again while a slot is torn (a guest write in progress), for up to a second.
-//!   `NAME/.nlxtp/status.json` is [`ops::status`](crate::ops::status) as JSON, made at
+//!   `NAME/.nlxtp/status.json` is [`ops::status()`](crate::ops::status()) as JSON, made at
 //!   each open; `NAME/.nlxtp/view.json` says whether the view is writable and whether
 //!   anything is uncommitted.
 //! - **Read-only while a VM runs.** While QEMU holds a VM's image (its lock bytes), the

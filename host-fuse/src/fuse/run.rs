@@ -93,16 +93,14 @@ fn unescape(field: &str) -> String {
 pub(crate) fn mounted(mountpoint: &Path) -> Option<(String, String)> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = mountpoint.to_string_lossy();
-    text.lines()
-        .filter_map(|line| {
-            let (head, tail) = line.split_once(" - ")?;
-            let point = unescape(head.split(' ').nth(4)?);
-            let mut fields = tail.split(' ');
-            let fstype = fields.next()?.to_owned();
-            let source = unescape(fields.next().unwrap_or(""));
-            (point == want).then_some((fstype, source))
-        })
-        .last()
+    text.lines().rev().find_map(|line| {
+        let (head, tail) = line.split_once(" - ")?;
+        let point = unescape(head.split(' ').nth(4)?);
+        let mut fields = tail.split(' ');
+        let fstype = fields.next()?.to_owned();
+        let source = unescape(fields.next().unwrap_or(""));
+        (point == want).then_some((fstype, source))
+    })
 }
 
 /// Whether a mount of this type and source is an nlxtp view.

@@ -407,9 +407,18 @@ impl View {
 
     /// The area as the view shows it now: the stage, or a listing fresh enough.
     fn tree<'a>(&self, vm: &Vm, st: &'a mut VmState) -> Result<&'a Tree, Errno> {
-        if st.stage.is_some() {
-            return Ok(&st.stage.as_ref().expect("checked").tree);
+        if st.stage.is_none() {
+            self.refresh_listing(vm, st)?;
         }
+        match (&st.stage, &st.listing) {
+            (Some(stage), _) => Ok(&stage.tree),
+            (None, Some((tree, ..))) => Ok(tree),
+            (None, None) => Err(Errno::EIO),
+        }
+    }
+
+    /// Lists the area again if the listing is older than its image or its time to live.
+    fn refresh_listing(&self, vm: &Vm, st: &mut VmState) -> Result<(), Errno> {
         let key = if vm.is_dir {
             None
         } else {
@@ -432,7 +441,7 @@ impl View {
                 .ok();
             st.listing = Some((tree, key, Instant::now()));
         }
-        Ok(&st.listing.as_ref().expect("just set").0)
+        Ok(())
     }
 
     /// Whether the VM's files are read-only now (a running VM holds the image).
