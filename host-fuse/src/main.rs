@@ -154,7 +154,7 @@ enum Command {
         /// A VM as NAME=TARGET (a disk image or a container directory); repeat for more.
         #[arg(long = "vm", value_name = "NAME=TARGET")]
         vms: Vec<String>,
-        /// A TOML file with a [vms] table of NAME = "TARGET" lines (re-read on SIGHUP).
+        /// A TOML file whose vms table lists NAME = "TARGET" lines (re-read on SIGHUP).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Mount in the background and return once mounted.
