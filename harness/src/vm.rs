@@ -33,10 +33,18 @@ impl GuestSetup {
     /// # Errors
     /// When the kernel, the guest binary, the initramfs or the disk cannot be made.
     pub fn new(disk_mib: u64) -> Result<GuestSetup> {
+        Self::with_fat(disk_mib, None)
+    }
+
+    /// As [`GuestSetup::new`], with the FAT type chosen (12, 16 or 32).
+    ///
+    /// # Errors
+    /// As [`GuestSetup::new`].
+    pub fn with_fat(disk_mib: u64, fat_bits: Option<u8>) -> Result<GuestSetup> {
         let dir = tempfile::Builder::new().prefix("nlxtp-vm-").tempdir()?;
         let (kernel, initramfs) = crate::initramfs::guest_initramfs(dir.path())?;
         let disk = dir.path().join("shared.img");
-        create_image(&disk, disk_mib << 20, None, None)
+        create_image(&disk, disk_mib << 20, fat_bits, None)
             .context("could not create the shared disk")?;
         Ok(GuestSetup {
             dir,

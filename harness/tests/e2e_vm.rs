@@ -330,3 +330,39 @@ fn original_implementation_archive_works_unchanged() {
     assert_eq!(files["output.txt"], b"SOME INPUT\n");
     assert_eq!(files["nlxtp/stdout.txt"], b"finished\n");
 }
+
+/// FAT12 and FAT32 disks, written by the guest's Linux kernel and read back by the host
+/// (the other tests use FAT16): long names, nested directories, a larger file.
+#[test]
+fn fat12_and_fat32_written_by_a_linux_guest() {
+    for (mib, fat) in [(4, 12), (64, 32)] {
+        let mut setup = GuestSetup::with_fat(mib, Some(fat)).unwrap();
+        let script = "mkdir -p \"$archive_dir/A Long Directory Name/nested\"\nseq 1 20000 > \"$archive_dir/A Long Directory Name/nested/numbers with spaces.txt\"\narchive_setstatus \"fat ok\"\n";
+        upload(&setup, &[("auto_exec.sh", script.as_bytes(), 0o755)]);
+        let mut vm = setup.boot(false).unwrap();
+        vm.wait_exit(RUN_DEADLINE).unwrap();
+        let rec = wait_until(&setup.area(), |r| r.state.is_terminal());
+        assert_eq!(
+            (rec.state, rec.custom.as_str()),
+            (RunState::Exited(0), "fat ok"),
+            "FAT{fat}"
+        );
+        let files = download(&setup);
+        let expected: String = (1..=20000).map(|i| format!("{i}\n")).collect();
+        assert_eq!(
+            files["A Long Directory Name/nested/numbers with spaces.txt"],
+            expected.as_bytes(),
+            "FAT{fat}"
+        );
+        let fsck = std::process::Command::new("fsck.vfat")
+            .arg("-n")
+            .arg(setup.disk())
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "FAT{fat}: {}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+    }
+}
