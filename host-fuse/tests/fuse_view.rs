@@ -924,3 +924,72 @@ fn sighup_reload_adds_and_removes_vms_and_daemon_mode() {
     assert!(!is_mounted(&s.mnt()));
     drop(guard);
 }
+
+/// A container-style directory: a simulated monitor rewrites the status slots in place
+/// while status.json is read; the view refuses writes while the run goes on and takes
+/// them once it has ended, keeping the status file as it is.
+#[test]
+fn container_directory_status_and_writes() {
+    let s = Scratch::new();
+    let area = s.path("ct");
+    fs::create_dir_all(area.join("nlxtp")).unwrap();
+    fs::write(area.join(START_SCRIPT), b"#!/bin/sh\nsleep 1\n").unwrap();
+    let mut rec = common::record(4, RunState::Running, "step 1");
+    let first = common::status_file(1, &rec);
+    fs::write(area.join(STATUS_FILE), &first).unwrap();
+    let m = s.mount(&["--vm", &format!("ct={}", area.display())]);
+    let vm = m.vm("ct");
+    assert_eq!(json(&vm.join(".nlxtp/view.json"))["backend"], "directory");
+
+    let status = File::options()
+        .write(true)
+        .open(area.join(STATUS_FILE))
+        .unwrap();
+    let mut writer = StatusWriter::resume(&first);
+    let mut slot = vec![0u8; STATUS_SLOT_LEN];
+    let mut write_record = |rec: &mut nlxtp_core::StatusRecord| {
+        rec.custom.clear();
+        let text = format!("step {}", writer.next_sequence());
+        rec.custom.push_str(&text).unwrap();
+        let at = writer.encode(rec, &mut slot).unwrap() as u64;
+        status.write_all_at(&slot, at).unwrap();
+        status.sync_data().unwrap();
+    };
+    for _ in 0..5 {
+        write_record(&mut rec);
+        let report = json(&vm.join(".nlxtp/status.json"));
+        let seq = report["record"]["sequence"].as_u64().unwrap();
+        assert_eq!(report["record"]["custom"], format!("step {seq}"));
+        assert_eq!(report["record"]["state"], "running");
+    }
+    assert_eq!(
+        errno_of(fs::write(vm.join("drop.txt"), b"x")),
+        nix::libc::EBUSY
+    );
+
+    rec.state = RunState::Exited(0);
+    write_record(&mut rec);
+    let done = fs::read(area.join(STATUS_FILE)).unwrap();
+    assert_eq!(
+        json(&vm.join(".nlxtp/status.json"))["record"]["state"],
+        "exited"
+    );
+    fs::write(vm.join("drop.txt"), b"dropped in").unwrap();
+    assert_eq!(fs::read(area.join("drop.txt")).unwrap(), b"dropped in");
+    assert_eq!(
+        fs::read(area.join(STATUS_FILE)).unwrap(),
+        done,
+        "the run's status stays"
+    );
+    assert_eq!(
+        fs::read(area.join(START_SCRIPT)).unwrap(),
+        b"#!/bin/sh\nsleep 1\n"
+    );
+    let out = s.umount(false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(m);
+}
