@@ -91,6 +91,12 @@ impl Scratch {
             .unwrap()
     }
 
+    fn umount_ok(&self, lazy: bool) {
+        let out = self.umount(lazy);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "nlxtp umount failed: {err}");
+    }
+
     fn umount(&self, lazy: bool) -> Output {
         let mnt = self.mnt();
         let mut args = vec!["umount", mnt.to_str().unwrap()];
@@ -520,12 +526,7 @@ fn writes_while_stopped_are_committed_and_a_new_script_gets_a_manifest() {
     );
     assert_eq!(area_file(&img, "keep.txt"), b"kept");
     common::assert_fsck_clean(&img);
-    let out = s.umount(false);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.umount_ok(false);
     drop(m);
 }
 
@@ -605,12 +606,7 @@ fn umount_refuses_while_files_are_open_and_lazy_finishes_later() {
     );
     assert!(is_mounted(&m.mountpoint));
     drop(reader);
-    let out = s.umount(false);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.umount_ok(false);
     assert!(m.wait_exit(Duration::from_secs(10)).success());
     assert!(!is_mounted(&m.mountpoint));
     drop(m);
@@ -619,12 +615,7 @@ fn umount_refuses_while_files_are_open_and_lazy_finishes_later() {
     let mut m = s.mount(&["--vm", &format!("u={}", img.display())]);
     let mut writer = File::create(m.vm("u").join("late.txt")).unwrap();
     writer.write_all(b"first ").unwrap();
-    let out = s.umount(true);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.umount_ok(true);
     assert!(!is_mounted(&m.mountpoint));
     assert!(
         m.child.try_wait().unwrap().is_none(),
@@ -888,12 +879,7 @@ fn sighup_reload_adds_and_removes_vms_and_daemon_mode() {
     m.signal(Signal::SIGHUP);
     sleep(Duration::from_millis(200));
     assert_eq!(names(&m.mountpoint), ["b", "c"]);
-    let out = s.umount(false);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.umount_ok(false);
     drop(m);
 
     // --daemon returns once mounted; umount ends the background process.
@@ -915,12 +901,7 @@ fn sighup_reload_adds_and_removes_vms_and_daemon_mode() {
         mountpoint: s.mnt(),
     };
     assert_eq!(fs::read(s.mnt().join("b/b.txt")).unwrap(), b"b");
-    let out = s.umount(false);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.umount_ok(false);
     assert!(!is_mounted(&s.mnt()));
     drop(guard);
 }
@@ -985,11 +966,6 @@ fn container_directory_status_and_writes() {
         fs::read(area.join(START_SCRIPT)).unwrap(),
         b"#!/bin/sh\nsleep 1\n"
     );
-    let out = s.umount(false);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.umount_ok(false);
     drop(m);
 }

@@ -210,6 +210,22 @@ pub(crate) struct Stage {
 }
 
 impl Stage {
+    /// A stage showing `tree`, with nothing pending.
+    pub(crate) fn new(tree: Tree, guard: Option<ImageWriteGuard>, epoch: u64) -> Stage {
+        Stage {
+            epoch,
+            tree,
+            guard,
+            changed: 0,
+            committed: 0,
+            failed: None,
+            last_change: Instant::now(),
+            writers: 0,
+            script_touched: false,
+            manifest_by_user: false,
+        }
+    }
+
     /// A copy of everything in `area`, staged in unnamed files in `dir`.
     pub(crate) fn copy_of(
         area: &dyn SharedArea,
@@ -234,18 +250,7 @@ impl Stage {
             tree.insert(entry.path.as_str().to_owned(), node);
             Ok(())
         })?;
-        Ok(Stage {
-            epoch,
-            tree,
-            guard,
-            changed: 0,
-            committed: 0,
-            failed: None,
-            last_change: Instant::now(),
-            writers: 0,
-            script_touched: false,
-            manifest_by_user: false,
-        })
+        Ok(Stage::new(tree, guard, epoch))
     }
 
     pub(crate) fn dirty(&self) -> bool {
@@ -378,18 +383,7 @@ mod tests {
             mode: 0o644,
             data: Data::Staged(StagedFile::with_bytes(dir.path(), b).unwrap()),
         };
-        let mut stage = Stage {
-            epoch: 1,
-            tree: Tree::new(),
-            guard: None,
-            changed: 0,
-            committed: 0,
-            failed: None,
-            last_change: Instant::now(),
-            writers: 0,
-            script_touched: false,
-            manifest_by_user: false,
-        };
+        let mut stage = Stage::new(Tree::new(), None, 1);
         stage.tree.insert("nlxtp".into(), Node::Dir { mode: 0o755 });
         stage
             .tree
