@@ -226,18 +226,20 @@ struct WaitArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A fixed level, not an EnvFilter: `nlxtp status` is called in tight loops and
-    // parsing a filter costs more than the status read itself.
-    let level = match cli.verbose {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
-        _ => tracing::Level::DEBUG,
-    };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(io::stderr)
-        .without_time()
-        .init();
+    // Logging only when asked for: `nlxtp status` is called in tight loops, and setting
+    // up a subscriber costs more than the status read itself.
+    if cli.verbose > 0 {
+        let level = if cli.verbose == 1 {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::DEBUG
+        };
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(io::stderr)
+            .without_time()
+            .init();
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(failure) => {

@@ -158,8 +158,11 @@ pub fn status(area: &(impl SharedArea + ?Sized)) -> Result<StatusReport, StatusE
     let previous = memory.as_ref().and_then(LivenessMemory::load);
     let mut liveness = Liveness::resume(LivenessPolicy::default(), previous);
     let verdict = liveness.observe(boottime_ms(), record.as_ref());
+    // Written only when the record changed: a status call in a tight loop writes nothing.
     if let (Some(memory), Some(seen)) = (&memory, liveness.last_change()) {
-        memory.store(seen);
+        if previous != Some(seen) {
+            memory.store(seen);
+        }
     }
     let first_look = previous.is_none() || previous != liveness.last_change();
     let monitor = match verdict {
