@@ -297,6 +297,14 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
 }
 
+/// Waits until the VM directory `vm` has nothing uncommitted (a burst's commit is made
+/// once it is quiet).
+fn wait_committed(vm: &Path) {
+    wait_for("the changes are committed", Duration::from_secs(5), || {
+        json(&vm.join(".nlxtp/view.json"))["uncommitted_changes"] == false
+    });
+}
+
 #[test]
 fn two_vms_list_read_and_status_json() {
     let s = Scratch::new();
@@ -480,11 +488,13 @@ fn writes_while_stopped_are_committed_and_a_new_script_gets_a_manifest() {
         || !qemu_holds_image(&img).unwrap(),
     );
 
-    // A job dropped in with cp -r.
+    // A job dropped in with cp -r: one burst, committed together.
     let job = s.path("job");
     fs::create_dir_all(job.join("lib")).unwrap();
     fs::write(job.join("lib/helper.sh"), b"echo helper\n").unwrap();
-    fs::write(job.join("input.txt"), b"input\n").unwrap();
+    for i in 0..40 {
+        fs::write(job.join(format!("input{i}.txt")), format!("input {i}\n")).unwrap();
+    }
     let out = Command::new("cp")
         .arg("-r")
         .arg(&job)
@@ -496,15 +506,20 @@ fn writes_while_stopped_are_committed_and_a_new_script_gets_a_manifest() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_for(
-        "the copied tree is committed",
-        Duration::from_secs(5),
-        || area_paths(&img).contains(&"job/lib/helper.sh".to_string()),
-    );
+    wait_committed(&vm);
     assert_eq!(common::mtype(&img, "job/lib/helper.sh"), b"echo helper\n");
+    assert_eq!(common::mtype(&img, "job/input39.txt"), b"input 39\n");
+    assert_eq!(
+        area_paths(&img)
+            .iter()
+            .filter(|p| p.starts_with("job/"))
+            .count(),
+        42
+    );
 
     // A new start script: the commit is an upload with a fresh run id.
     fs::write(vm.join(START_SCRIPT), b"#!/bin/sh\necho new\n").unwrap();
+    wait_committed(&vm);
     assert_eq!(area_file(&img, START_SCRIPT), b"#!/bin/sh\necho new\n");
     let manifest = Manifest::decode(&area_file(&img, MANIFEST_FILE)).unwrap();
     assert_ne!(manifest.run_id, Manifest::default().run_id);
@@ -685,8 +700,10 @@ fn sigkill_at_any_moment_leaves_the_old_or_the_new_image() {
             std::thread::spawn(move || {
                 let mut n = first;
                 while !stop.load(Ordering::SeqCst) {
-                    // Each write ends in a commit (close); errors start once the process is gone.
-                    if fs::write(&path, version(n)).is_err() {
+                    // Each write ends in a commit (fsync); errors start once the process is gone.
+                    let written = File::create(&path)
+                        .and_then(|mut f| f.write_all(&version(n)).and_then(|()| f.sync_all()));
+                    if written.is_err() {
                         break;
                     }
                     n += 1;

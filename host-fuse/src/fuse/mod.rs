@@ -19,11 +19,14 @@
 //!   to the stage. A **commit** writes the whole stage with one
 //!   [`replace`](crate::area::SharedArea::replace), which swaps the image atomically: a
 //!   crash, a `SIGKILL` included, leaves the old content or the new. Commits happen at
-//!   `close` of a file written through the view (so `cp` returns after the image holds
-//!   the copy), at `fsync` of a file or directory, after 250 ms of quiet for changes made
-//!   without an open file (`mkdir`, `rm`, `mv`, `truncate`), and at unmount. After a
-//!   commit with no file open for writing, the stage and the guard are dropped and the
-//!   VM may start. Known gap: `replace` takes the guard itself, so the view lets go of
+//!   `close` of a file written through the view (so `cp` of a file returns after the
+//!   image holds it), at `fsync` of a file or directory, and at unmount; changes made
+//!   without an open file (`mkdir`, `rm`, `mv`, `truncate`), and closes that come within
+//!   200 ms of the VM's last commit (a burst, such as `cp -r` of many files), are
+//!   committed together once no change has come for 250 ms, so a burst costs a few
+//!   commits instead of one per file. After a commit with no file open for writing, the
+//!   stage and the guard are dropped and the VM may start: until then no VM starts on
+//!   half a job. Known gap: `replace` takes the guard itself, so the view lets go of
 //!   its own for the moment between the two; a QEMU started in exactly that moment
 //!   makes the commit fail with `EBUSY` and drops the stage (nothing is half-written).
 //! - **A new start script starts a new run.** When `auto_exec.sh` is written through the

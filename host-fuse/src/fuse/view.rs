@@ -40,6 +40,9 @@ const RELIST_INTERVAL: Duration = Duration::from_millis(100);
 const BUSY_TTL: Duration = Duration::from_millis(500);
 /// Changes without an open file (mkdir, rm, mv) are committed after this much quiet.
 pub(crate) const QUIET_BEFORE_COMMIT: Duration = Duration::from_millis(250);
+/// A close this soon after the VM's last commit is part of a burst (`cp -r`, a file
+/// after another): its commit joins the burst's, made once it is quiet.
+pub(crate) const BURST: Duration = Duration::from_millis(200);
 
 /// File or directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +224,8 @@ struct VmState {
     mtime: Option<SystemTime>,
     last_error: Option<String>,
     last_run: Option<String>,
+    /// When the last commit ended.
+    last_commit: Option<Instant>,
 }
 
 /// What changes when anything writes the image: its inode, size and times.
@@ -668,6 +673,7 @@ impl View {
                 stage.script_touched = false;
                 stage.manifest_by_user = false;
                 st.last_error = None;
+                st.last_commit = Some(Instant::now());
                 if let Some(run) = run {
                     tracing::info!("{}: committed a new start script, run {run}", vm.name);
                     st.last_run = Some(run.to_string());
@@ -955,11 +961,23 @@ impl View {
         Ok((Arc::clone(&handle.vm), write))
     }
 
+    /// Commits now, unless this is part of a burst of changes (see [`BURST`]): then the
+    /// background commit takes it once the burst is quiet.
+    fn commit_unless_burst(&self, vm: &Vm, st: &mut VmState) -> Result<(), Errno> {
+        if st.last_commit.is_some_and(|t| t.elapsed() < BURST) {
+            return Ok(());
+        }
+        self.commit(vm, st)
+    }
+
     /// `close` of one descriptor (`flush`): commits when the file was open for writing,
-    /// so that `cp` returns only once the image holds the copy.
+    /// so that `cp` of a file returns only once the image holds it.
     pub(crate) fn flush(&self, fh: u64) -> Result<(), Errno> {
         match self.handle_vm(fh)? {
-            (vm, true) => self.commit_vm(&vm),
+            (vm, true) => {
+                let mut st = lock(&vm.state);
+                self.commit_unless_burst(&vm, &mut st)
+            }
             _ => Ok(()),
         }
     }
@@ -994,7 +1012,7 @@ impl View {
             Some(stage) if stage.epoch == epoch => {
                 stage.writers -= 1;
                 if stage.dirty() {
-                    self.commit(&vm, &mut st)
+                    self.commit_unless_burst(&vm, &mut st)
                 } else {
                     if stage.writers == 0 {
                         st.stage = None;
