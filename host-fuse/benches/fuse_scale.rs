@@ -120,6 +120,58 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// Writes through the view into a 64 MiB image: one file (its close commits), and
+/// `cp -r` of 200 small files (a burst, committed together once quiet).
+fn commit_costs(dir: &Path, mnt: &Path, runtime: &Path) -> Vec<(String, Duration)> {
+    let img = dir.join("big.img");
+    create_image(&img, 64 << 20, None, None).unwrap();
+    let job = dir.join("job");
+    std::fs::create_dir_all(&job).unwrap();
+    for i in 0..200 {
+        std::fs::write(job.join(format!("f{i}.txt")), format!("file {i}\n")).unwrap();
+    }
+    let (m, _) = Mount::start(mnt, runtime, &[("big".into(), img)]);
+    let vm = mnt.join("big");
+    let committed = || {
+        let view = std::fs::read_to_string(vm.join(".nlxtp/view.json")).unwrap();
+        view.contains("\"uncommitted_changes\": false")
+    };
+    let mut one = Vec::new();
+    for i in 0..ROUNDS {
+        std::thread::sleep(Duration::from_millis(300)); // not part of a burst
+        let start = Instant::now();
+        std::fs::write(vm.join(format!("one{i}.txt")), b"one file\n").unwrap();
+        one.push(start.elapsed());
+        assert!(committed());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let out = Command::new("cp")
+        .arg("-r")
+        .arg(&job)
+        .arg(vm.join("job"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cp = start.elapsed();
+    while !committed() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let all = start.elapsed();
+    m.stop();
+    vec![
+        (
+            "write one file into a 64 MiB image, close returns committed (median)".into(),
+            median(one),
+        ),
+        (
+            "`cp -r` of 200 small files into a 64 MiB image: cp returns".into(),
+            cp,
+        ),
+        ("`cp -r` of 200 small files: until committed".into(), all),
+    ]
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks benches for their tests; there are none
@@ -190,6 +242,8 @@ fn main() {
         m.stop();
     }
 
+    let commits = commit_costs(dir.path(), &mnt, &runtime);
+
     println!();
     println!("| measure ({ROUNDS} mounts; ls: {LS_RUNS} runs each) | value |");
     println!("|---|---|");
@@ -230,6 +284,9 @@ fn main() {
         "| `ls -l` of one VM's directory, first (median over {VMS} VMs) | {} |",
         ms(median(vm_ls))
     );
+    for (what, took) in commits {
+        println!("| {what} | {} |", ms(took));
+    }
     println!("| mount process RSS, 1 VM | {one_rss} KiB |");
     println!("| mount process RSS, {VMS} VMs, root listed | {rss_root} KiB |");
     println!("| mount process RSS, {VMS} VMs, every VM's directory listed | {rss_all} KiB |");
