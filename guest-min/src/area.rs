@@ -131,24 +131,14 @@ impl Area {
         let at = writer.encode(record, &mut slot).map_err(|_| Errno::INVAL)?;
         file[at..at + STATUS_SLOT_LEN].copy_from_slice(&slot);
         self.replace_file(STATUS_TMP, layout::STATUS_FILE, &file)?;
-        let fd = fs::openat(
-            &self.dir,
-            layout::STATUS_FILE,
-            OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-        )?;
+        let fd = self.open_status_rw()?;
         Ok(StatusFile { fd, writer })
     }
 
     /// Opens the existing status file to continue it (after a reboot, or to close a run
     /// whose monitor died).
     pub fn open_status(&self) -> Result<StatusFile, Errno> {
-        let fd = fs::openat(
-            &self.dir,
-            layout::STATUS_FILE,
-            OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-        )?;
+        let fd = self.open_status_rw()?;
         let mut buf = [0u8; STATUS_FILE_LEN + 1];
         let len = read_fd(fd.as_fd(), &mut buf)?;
         if len != STATUS_FILE_LEN {
@@ -158,6 +148,15 @@ impl Area {
             writer: StatusWriter::resume(&buf[..len]),
             fd,
         })
+    }
+
+    fn open_status_rw(&self) -> Result<OwnedFd, Errno> {
+        fs::openat(
+            &self.dir,
+            layout::STATUS_FILE,
+            OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
     }
 
     /// Creates (truncating) a capture file for the script's output.
