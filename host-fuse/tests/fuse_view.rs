@@ -641,6 +641,17 @@ fn umount_refuses_while_files_are_open_and_lazy_finishes_later() {
     assert!(m.wait_exit(Duration::from_secs(10)).success());
     assert_eq!(area_file(&img, "late.txt"), b"first second");
     common::assert_fsck_clean(&img);
+
+    // Detached with a file that stays open: SIGTERM ends it, keeping what was written.
+    let mut m = s.mount(&["--vm", &format!("u={}", img.display())]);
+    let mut writer = File::create(m.vm("u").join("kept.txt")).unwrap();
+    writer.write_all(b"written before the end").unwrap();
+    s.umount_ok(true);
+    m.signal(Signal::SIGTERM);
+    assert!(m.wait_exit(Duration::from_secs(10)).success());
+    assert_eq!(area_file(&img, "kept.txt"), b"written before the end");
+    assert!(writer.write_all(b"more").is_err(), "the view is gone");
+    common::assert_fsck_clean(&img);
 }
 
 #[test]

@@ -476,6 +476,7 @@ pub(crate) fn serve(opts: &MountOptions) -> Result<(), MountError> {
     ));
 
     let mut ending = false;
+    let mut session_ended = false;
     let result = loop {
         let Ok(event) = rx.recv() else {
             break Ok(());
@@ -485,7 +486,14 @@ pub(crate) fn serve(opts: &MountOptions) -> Result<(), MountError> {
                 Ok(report) => tracing::warn!("reloaded: {report}"),
                 Err(e) => tracing::error!("reload failed, nothing changed: {e}"),
             },
-            Event::Signal(_) if ending => {}
+            // Detached (--lazy) and still serving open files: a signal ends it now; what
+            // was written is committed, and the open files then fail.
+            Event::Signal(signal) if ending => {
+                tell(&format!(
+                    "signal {signal}: ending with files still open; committing what they wrote"
+                ));
+                break Ok(());
+            }
             Event::Signal(signal) => match unmount(&view, &mountpoint, false) {
                 Outcome::Unmounted(m) | Outcome::Detached(m) => {
                     tell(&format!("signal {signal}: {m}"));
@@ -522,12 +530,17 @@ pub(crate) fn serve(opts: &MountOptions) -> Result<(), MountError> {
                 };
                 let _ = reply.send(answer);
             }
-            Event::SessionEnded(result) => break result,
+            Event::SessionEnded(result) => {
+                session_ended = true;
+                break result;
+            }
         }
     };
     stop_ticks.store(true, Ordering::SeqCst);
     let _ = ticker.join();
-    let _ = session_thread.join();
+    if session_ended {
+        let _ = session_thread.join();
+    }
     let failed = view.commit_all();
     let _ = std::fs::remove_file(&socket);
     for f in &failed {

@@ -970,12 +970,16 @@ impl View {
         self.commit(vm, st)
     }
 
-    /// `close` of one descriptor (`flush`): commits when the file was open for writing,
-    /// so that `cp` of a file returns only once the image holds it.
+    /// `close` of one descriptor (`flush`): commits when the file was open for writing
+    /// and no other file is (so `cp` of a file returns only once the image holds it, and
+    /// a close never commits another file caught half-written).
     pub(crate) fn flush(&self, fh: u64) -> Result<(), Errno> {
         match self.handle_vm(fh)? {
             (vm, true) => {
                 let mut st = lock(&vm.state);
+                if st.stage.as_ref().is_some_and(|s| s.writers > 1) {
+                    return Ok(());
+                }
                 self.commit_unless_burst(&vm, &mut st)
             }
             _ => Ok(()),
@@ -996,8 +1000,8 @@ impl View {
         }
     }
 
-    /// The last close of an open file: commits, and ends the stage when nothing else is
-    /// open for writing and nothing is pending.
+    /// The last close of an open file: when no other file is open for writing, commits
+    /// what is pending, or ends the stage if nothing is.
     pub(crate) fn release(&self, fh: u64) -> Result<(), Errno> {
         let handle = lock(&self.handles).open.remove(&fh).ok_or(Errno::EBADF)?;
         let HandleKind::Staged {
@@ -1011,13 +1015,14 @@ impl View {
         match st.stage.as_mut() {
             Some(stage) if stage.epoch == epoch => {
                 stage.writers -= 1;
-                if stage.dirty() {
-                    self.commit_unless_burst(&vm, &mut st)
-                } else {
-                    if stage.writers == 0 {
+                match (stage.writers, stage.dirty()) {
+                    (0, true) => self.commit_unless_burst(&vm, &mut st),
+                    (0, false) => {
                         st.stage = None;
+                        Ok(())
                     }
-                    Ok(())
+                    // Another file is still open for writing: its close commits.
+                    _ => Ok(()),
                 }
             }
             _ => Ok(()),
