@@ -16,6 +16,10 @@ use nlxtp_core::StatusRecord;
 use super::status::{wait, WaitOutcome};
 use crate::area::{AreaError, AreaPath, SharedArea, StatusError};
 
+/// The largest capture file [`Follower::finish`] reads: the guest decides its size, and
+/// it is read whole into memory (a guest's default cap is 16 MiB).
+pub const MAX_CAPTURE_READ: u64 = 1 << 30;
+
 /// Which output to follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Streams {
@@ -94,12 +98,14 @@ impl Follower {
                 return;
             }
             let at = index(block.stream);
-            let end = block.offset + block.payload.len() as u64;
             if block.offset > self.next[at] {
                 // A hole in the stream: a hostile or broken guest. Stop live output.
                 self.behind = true;
                 return;
             }
+            // Only now: a guest's offset near u64::MAX would overflow. `next` grows by
+            // payloads taken, so `offset <= next` keeps this sum small.
+            let end = block.offset + block.payload.len() as u64;
             if end > self.next[at] {
                 let skip = (self.next[at] - block.offset) as usize;
                 if self.streams.wants(block.stream) {
@@ -127,8 +133,8 @@ impl Follower {
             if !self.streams.wants(stream) {
                 continue;
             }
-            let bytes = match area.read_file(&AreaPath::new(path).expect("protocol path"), u64::MAX)
-            {
+            let capture = AreaPath::new(path).expect("protocol path");
+            let bytes = match area.read_file(&capture, MAX_CAPTURE_READ) {
                 Ok(bytes) => bytes,
                 Err(AreaError::NotFound { .. }) => continue,
                 Err(e) => return Err(e),
