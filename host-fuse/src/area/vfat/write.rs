@@ -74,6 +74,12 @@ fn bad_vfat_name(name: &str) -> Option<String> {
         .map(|c| format!("the character {c:?}, which vFAT cannot hold"))
 }
 
+/// A name as vFAT compares it, for collisions: fatfs matches names upper-cased (so
+/// "straße" opens "STRASSE"), the reader lower-cased; folding both ways catches both.
+fn fold(name: &str) -> String {
+    name.to_uppercase().to_lowercase()
+}
+
 impl Plan {
     fn new(files: Vec<UploadFile>) -> Result<Self, AreaError> {
         // Every path and each of its parents, keyed by the case-folded path.
@@ -99,12 +105,12 @@ impl Plan {
                 .map(|p| (p, true))
                 .chain([(path.clone(), is_dir)])
             {
-                match seen.get(&p.as_str().to_lowercase()) {
+                match seen.get(&fold(p.as_str())) {
                     None => {
                         if dir {
                             dirs.insert((p.components().count(), p.as_str().to_owned()), p.clone());
                         }
-                        seen.insert(p.as_str().to_lowercase(), (p, dir));
+                        seen.insert(fold(p.as_str()), (p, dir));
                     }
                     // A parent shared by several files, or a directory named twice.
                     Some((other, true)) if dir && *other == p => {}
@@ -471,6 +477,7 @@ mod tests {
     fn rejects_what_vfat_cannot_hold() {
         for (paths, needle) in [
             (&["a/B.txt", "a/b.TXT"][..], "would be the same file"),
+            (&["straße", "STRASSE"], "would be the same file"),
             (&["Dir/x", "dir/y"], "would be the same file"),
             (&["x", "x"], "would be the same file"),
             (&["x", "x/y"], "both a file and a directory"),
