@@ -159,6 +159,38 @@ pub struct ParsedUpload {
 /// Files larger than this are spooled to an unnamed temporary file instead of memory.
 const SPOOL_ABOVE: u64 = 1 << 20;
 
+/// Bytes the tar reader may take beyond a member's declared data before the next member:
+/// padding, the next header and its extension headers (GNU long names, PAX). The `tar`
+/// crate reads extension headers whole into memory and skips unread data by reading
+/// through it, so without this bound a header declaring a terabyte would be read or
+/// skipped in full (a decompression bomb makes that cheap to send).
+const HEADER_BUDGET: u64 = 128 << 10;
+
+/// Bytes read after the archive's end blocks, to reach the compressed stream's own
+/// check (gzip CRC, zstd checksum), at most.
+const TRAILER_BUDGET: u64 = 1 << 20;
+
+/// A reader that fails once it has given out its budget, which the caller sets.
+struct Budget<R> {
+    inner: R,
+    left: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left.get();
+        if left == 0 && !buf.is_empty() {
+            return Err(io::Error::other(
+                "an archive header, or data after the archive's end, is larger than the host reads",
+            ));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left.set(left - n as u64);
+        Ok(n)
+    }
+}
+
 /// Reads and checks an upload archive from `source`.
 ///
 /// `require_script`: refuse an archive without `auto_exec.sh` at its root.
@@ -182,7 +214,11 @@ pub fn read_upload(
             zstd::Decoder::with_buffer(buffered).map_err(|source| ArchiveError::Read { source })?,
         ),
     };
-    let mut archive = tar::Archive::new(decoded);
+    let budget = std::rc::Rc::new(std::cell::Cell::new(HEADER_BUDGET));
+    let mut archive = tar::Archive::new(Budget {
+        inner: decoded,
+        left: budget.clone(),
+    });
     let mut parsed = ParsedUpload {
         files: Vec::new(),
         dropped: Vec::new(),
@@ -207,6 +243,17 @@ pub fn read_upload(
                 limit: limits.max_entries,
             });
         }
+        // Every member's data counts, also of members skipped below: the next member is
+        // reached by reading through it. The size is the one the tar crate reads (a PAX
+        // size overrides the header's).
+        let size = entry.size();
+        if parsed.total_bytes.saturating_add(size) > limits.max_total_bytes {
+            return Err(ArchiveError::TooLarge {
+                limit: limits.max_total_bytes,
+            });
+        }
+        parsed.total_bytes += size;
+        budget.set(size.saturating_add(HEADER_BUDGET));
         let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
         use tar::EntryType as T;
@@ -273,23 +320,22 @@ pub fn read_upload(
             });
             continue;
         }
-        let size = entry
-            .header()
-            .size()
-            .map_err(|source| ArchiveError::Read { source })?;
-        if parsed.total_bytes.saturating_add(size) > limits.max_total_bytes {
-            return Err(ArchiveError::TooLarge {
-                limit: limits.max_total_bytes,
-            });
-        }
-        parsed.total_bytes += size;
-        if layout::RUN_FILES.contains(&path.as_str()) {
+        // In any case: on vFAT, nlxtp/STATUS.BIN is the status file a host reads.
+        if layout::RUN_FILES
+            .iter()
+            .any(|run_file| run_file.eq_ignore_ascii_case(path.as_str()))
+        {
             parsed.dropped.push(path.as_str().to_owned());
             continue;
         }
         let data = read_member(&mut entry, size).map_err(|source| ArchiveError::Read { source })?;
         parsed.files.push(UploadFile { path, data, mode });
     }
+    // The compressed stream's own check (gzip CRC, zstd checksum) comes after the end
+    // blocks: read on to it, so a truncated or damaged archive is refused.
+    budget.set(TRAILER_BUDGET);
+    io::copy(&mut archive.into_inner(), &mut io::sink())
+        .map_err(|source| ArchiveError::Read { source })?;
     let has_script = parsed
         .files
         .iter()
