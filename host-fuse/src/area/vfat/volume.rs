@@ -412,6 +412,18 @@ impl Volume {
                         limit: limits.max_total_bytes,
                     });
                 }
+                // Each file's chain holds its size, so files holding more than the data
+                // region share clusters: a guest multiplying what a download reads.
+                let region =
+                    u64::from(self.geometry.clusters) * u64::from(self.geometry.cluster_size);
+                if state.bytes > region {
+                    return Err(AreaError::Corrupt {
+                        what: format!(
+                            "the files hold {} bytes, more than the volume's {region}: files share (cross-link) clusters",
+                            state.bytes
+                        ),
+                    });
+                }
                 let entry = Entry {
                     path,
                     kind: EntryKind::File,
