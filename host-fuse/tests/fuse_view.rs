@@ -109,7 +109,9 @@ impl Scratch {
     /// Starts `nlxtp mount MNT ARGS...` and waits for its ready line.
     fn mount(&self, args: &[&str]) -> Mounted {
         let mnt = self.mnt();
+        let log = File::create(self.path("mount.log")).unwrap();
         let mut child = Command::new(NLXTP)
+            .arg("-vv")
             .arg("mount")
             .arg(&mnt)
             .args(args)
@@ -118,7 +120,7 @@ impl Scratch {
             .env("NLXTP_RUNTIME_DIR", self.path("run"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(log)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -131,6 +133,7 @@ impl Scratch {
         let mut mounted = Mounted {
             child,
             mountpoint: mnt,
+            log: Some(self.path("mount.log")),
         };
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(line) if line.contains("mounted") => {}
@@ -144,10 +147,12 @@ impl Scratch {
     }
 }
 
-/// A running mount process; dropping it cleans up whatever is left.
+/// A running mount process; dropping it cleans up whatever is left, and shows the
+/// process's messages if the test failed.
 struct Mounted {
     child: Child,
     mountpoint: PathBuf,
+    log: Option<PathBuf>,
 }
 
 impl Mounted {
@@ -180,11 +185,10 @@ impl Mounted {
     fn stderr_after_exit(&mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        err
+        self.log
+            .as_ref()
+            .and_then(|l| fs::read_to_string(l).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -198,6 +202,11 @@ impl Drop for Mounted {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            if let Some(text) = self.log.as_ref().and_then(|l| fs::read_to_string(l).ok()) {
+                eprintln!("--- messages of the mount process ---\n{text}");
+            }
+        }
     }
 }
 
@@ -229,6 +238,25 @@ impl Qemu {
         Qemu { child }
     }
 
+    /// Whether QEMU itself holds an OFD lock on `image` (its /proc fdinfo says so). A
+    /// lock seen on the path alone could be a moment's leftover of this multi-threaded
+    /// test process: a child forked by another test holds copies of its descriptors
+    /// until it execs.
+    fn locks(&self, image: &Path) -> bool {
+        let pid = self.child.id();
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
+        };
+        fds.flatten().any(|fd| {
+            fs::read_link(fd.path()).is_ok_and(|t| t == image)
+                && fs::read_to_string(format!(
+                    "/proc/{pid}/fdinfo/{}",
+                    fd.file_name().to_string_lossy()
+                ))
+                .is_ok_and(|info| info.contains("OFDLCK"))
+        })
+    }
+
     fn wait_locked(&mut self, image: &Path) {
         wait_for("QEMU locks the image", Duration::from_secs(20), || {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -236,8 +264,21 @@ impl Qemu {
                 let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
                 panic!("QEMU exited early: {status}: {err}");
             }
-            qemu_holds_image(image).unwrap()
+            self.locks(image)
         });
+    }
+
+    /// Fails, with QEMU's messages, unless it still runs and holds the image.
+    fn assert_holds(&mut self, image: &Path) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            let mut err = String::new();
+            let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("QEMU exited: {status}: {err}");
+        }
+        assert!(
+            qemu_holds_image(image).unwrap(),
+            "QEMU runs but holds no lock"
+        );
     }
 
     /// Waits for QEMU to exit by itself; its status and standard error.
@@ -554,16 +595,17 @@ fn a_running_qemu_makes_the_view_read_only_and_pending_changes_keep_qemu_out() {
     let m = s.mount(&["--vm", &format!("q={}", img.display())]);
     let vm = m.vm("q");
     assert_eq!(fs::read(vm.join("f.txt")).unwrap(), b"original");
+    qemu.assert_holds(&img);
     let mode = fs::metadata(vm.join("f.txt")).unwrap().permissions().mode();
     assert_eq!(
         mode & 0o222,
         0,
         "no write bits while QEMU holds the image: {mode:o}"
     );
-    assert_eq!(
-        errno_of(fs::write(vm.join("new.txt"), b"x")),
-        nix::libc::EROFS
-    );
+    qemu.assert_holds(&img);
+    let written = errno_of(fs::write(vm.join("new.txt"), b"x"));
+    qemu.assert_holds(&img);
+    assert_eq!(written, nix::libc::EROFS);
     assert_eq!(
         errno_of(OpenOptions::new().write(true).open(vm.join("f.txt"))),
         nix::libc::EROFS
@@ -696,10 +738,7 @@ fn sigkill_at_any_moment_leaves_the_old_or_the_new_image() {
         v.resize(1 << 20, b'0' + (n % 10) as u8);
         v
     };
-    let img = s.image("k.img", &[]);
-    VfatImage::new(&img)
-        .replace(vec![UploadFile::bytes("data.bin", version(0)).unwrap()])
-        .unwrap();
+    let img = s.image("k.img", &[("data.bin", &version(0))]);
     let mut next = 1;
     for round in 0..4u64 {
         let mut m = s.mount(&["--vm", &format!("k={}", img.display())]);
@@ -738,7 +777,13 @@ fn sigkill_at_any_moment_leaves_the_old_or_the_new_image() {
                 .trim_start_matches("version ")
                 .parse()
                 .unwrap();
-        assert_eq!(data, version(n), "round {round}: a whole version");
+        let whole = version(n);
+        let differs = data.iter().zip(&whole).position(|(a, b)| a != b);
+        assert!(
+            data == whole,
+            "round {round}: not a whole version {n}: {} bytes, first difference at {differs:?}",
+            data.len()
+        );
         assert_eq!(area_paths(&img), ["data.bin"]);
         assert!(
             !qemu_holds_image(&img).unwrap(),
@@ -927,6 +972,7 @@ fn sighup_reload_adds_and_removes_vms_and_daemon_mode() {
     let guard = Mounted {
         child: Command::new("true").spawn().unwrap(),
         mountpoint: s.mnt(),
+        log: None,
     };
     assert_eq!(fs::read(s.mnt().join("b/b.txt")).unwrap(), b"b");
     s.umount_ok(false);

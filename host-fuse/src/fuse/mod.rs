@@ -19,10 +19,11 @@
 //!   to the stage. A **commit** writes the whole stage with one
 //!   [`replace`](crate::area::SharedArea::replace), which swaps the image atomically: a
 //!   crash, a `SIGKILL` included, leaves the old content or the new. Commits happen at
-//!   `close` of a file written through the view when no other file is open for writing
-//!   (so `cp` of a file returns after the image holds it, and a close never commits
-//!   another file caught half-written), at `fsync` of a file or directory (whatever is
-//!   staged), and at unmount; changes made
+//!   `close` of a file written through the view, by the process that opened it, when no
+//!   other file is open for writing (so `cp` of a file returns after the image holds
+//!   it, and neither another file caught half-written nor the close of a descriptor a
+//!   forked child inherited makes a commit), at the last close of a file otherwise, at
+//!   `fsync` of a file or directory (whatever is staged), and at unmount; changes made
 //!   without an open file (`mkdir`, `rm`, `mv`, `truncate`), and closes that come within
 //!   200 ms of the VM's last commit (a burst, such as `cp -r` of many files), are
 //!   committed together once no change has come for 250 ms, so a burst costs a few

@@ -439,7 +439,8 @@ pub(crate) fn serve(opts: &MountOptions) -> Result<(), MountError> {
         for stream in listener.incoming().flatten() {
             let mut line = String::new();
             let mut reader = BufReader::new(&stream);
-            if reader.read_line(&mut line).is_err() {
+            if let Err(e) = reader.read_line(&mut line) {
+                tracing::warn!("unreadable control request: {e}");
                 continue;
             }
             let (reply_tx, reply_rx) = mpsc::channel();
@@ -528,6 +529,7 @@ pub(crate) fn serve(opts: &MountOptions) -> Result<(), MountError> {
                     "ping" => format!("ok\n{}\n", std::process::id()),
                     other => format!("failed\nunknown request {other:?}\n"),
                 };
+                tracing::debug!("control request {request:?}: {answer:?}");
                 let _ = reply.send(answer);
             }
             Event::SessionEnded(result) => {
@@ -536,6 +538,7 @@ pub(crate) fn serve(opts: &MountOptions) -> Result<(), MountError> {
             }
         }
     };
+    tracing::debug!("the session ended ({result:?}), unmount requested: {ending}");
     stop_ticks.store(true, Ordering::SeqCst);
     let _ = ticker.join();
     if session_ended {
@@ -640,6 +643,13 @@ pub(crate) fn umount(mountpoint: &Path, lazy: bool) -> Result<String, UmountErro
         stream.write_all(request.as_bytes()).map_err(io_err)?;
         let mut answer = String::new();
         stream.read_to_string(&mut answer).map_err(io_err)?;
+        if answer.is_empty() && mounted(&normalized).is_none() {
+            let _ = std::fs::remove_file(&socket);
+            return Ok(format!(
+                "{} is unmounted (its mount process ended before it answered)",
+                normalized.display()
+            ));
+        }
         let (status, message) = answer.split_once('\n').unwrap_or((&answer, ""));
         let message = message.trim_end().to_owned();
         return match status {

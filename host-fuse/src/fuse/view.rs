@@ -663,6 +663,13 @@ impl View {
         };
         // replace() takes the image's guard itself and cannot while this one is held.
         drop(stage.guard.take());
+        tracing::debug!(
+            "{}: committing {} entries ({} bytes), {} open for writing",
+            vm.name,
+            tree.len(),
+            tree.values().map(Node::size).sum::<u64>(),
+            st.stage.as_ref().map_or(0, |s| s.writers)
+        );
         let result = vm.area.replace(upload_files(&tree));
         let stage = st.stage.as_mut().expect("still there");
         let outcome = match result {
@@ -970,20 +977,28 @@ impl View {
         self.commit(vm, st)
     }
 
-    /// `close` of one descriptor (`flush`): commits when the file was open for writing
-    /// and no other file is (so `cp` of a file returns only once the image holds it, and
-    /// a close never commits another file caught half-written).
-    pub(crate) fn flush(&self, fh: u64) -> Result<(), Errno> {
-        match self.handle_vm(fh)? {
-            (vm, true) => {
-                let mut st = lock(&vm.state);
-                if st.stage.as_ref().is_some_and(|s| s.writers > 1) {
-                    return Ok(());
-                }
-                self.commit_unless_burst(&vm, &mut st)
+    /// `close` of one descriptor (`flush`) by process `pid`: commits when the file was
+    /// open for writing, no other file is, and `pid` opened it. So `cp` of a file returns
+    /// only once the image holds it, while a close that is not the writer's (a child
+    /// that inherited the descriptor and execs, which closes it) never commits a file
+    /// caught half-written; the last close (`release`) commits then.
+    pub(crate) fn flush(&self, fh: u64, pid: u32) -> Result<(), Errno> {
+        let (vm, opener) = {
+            let handles = lock(&self.handles);
+            let handle = handles.open.get(&fh).ok_or(Errno::EBADF)?;
+            if !matches!(handle.kind, HandleKind::Staged { write: true, .. }) {
+                return Ok(());
             }
-            _ => Ok(()),
+            (Arc::clone(&handle.vm), handle.pid)
+        };
+        if opener != pid {
+            return Ok(());
         }
+        let mut st = lock(&vm.state);
+        if st.stage.as_ref().is_some_and(|s| s.writers > 1) {
+            return Ok(());
+        }
+        self.commit_unless_burst(&vm, &mut st)
     }
 
     /// `fsync`: commits the VM's pending changes.
