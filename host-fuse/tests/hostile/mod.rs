@@ -441,6 +441,18 @@ pub fn fsck(img: &Path) -> Result<(), String> {
     }
 }
 
+/// xorshift64*: reproducible pseudo-random numbers without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
 /// Resident memory of this process, in KiB (VmHWM: the peak).
 pub fn peak_rss_kib() -> u64 {
     let status = fs::read_to_string("/proc/self/status").unwrap();
