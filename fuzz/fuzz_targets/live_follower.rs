@@ -59,12 +59,9 @@ fn honest_byte(stream: Stream, offset: u64) -> u8 {
 /// Gives `file` to the follower and checks every emitted piece against the blocks in it.
 fn take(follower: &mut Follower, file: &[u8], emitted: &mut [u64; 2], streams: Streams) {
     let was_behind = follower.is_behind();
-    // The valid blocks of this file, decoded once: (stream, offset, payload).
-    let valid: Vec<(Stream, u64, Vec<u8>)> = (0..LIVE_BLOCKS)
-        .filter_map(|slot| block_at(file, slot).map(decode_block))
-        .filter_map(Result::ok)
-        .map(|b| (b.stream, b.offset, b.payload.to_vec()))
-        .collect();
+    // The valid blocks of this file (stream, offset, payload), decoded at the first
+    // piece: most takes emit nothing, and decoding the ring costs 256 checksums.
+    let mut valid: Option<Vec<(Stream, u64, Vec<u8>)>> = None;
     let mut pieces = 0usize;
     follower.take(file, &mut |stream, bytes| {
         pieces += 1;
@@ -76,6 +73,13 @@ fn take(follower: &mut Follower, file: &[u8], emitted: &mut [u64; 2], streams: S
         );
         let at = emitted[stream_index(stream)];
         let end = at + bytes.len() as u64;
+        let valid = valid.get_or_insert_with(|| {
+            (0..LIVE_BLOCKS)
+                .filter_map(|slot| block_at(file, slot).map(decode_block))
+                .filter_map(Result::ok)
+                .map(|b| (b.stream, b.offset, b.payload.to_vec()))
+                .collect()
+        });
         let from_a_block = valid.iter().any(|(s, offset, payload)| {
             *s == stream
                 && *offset <= at
