@@ -591,6 +591,15 @@ fn broken() -> Vec<Case> {
             Refused(""),
         ),
         case(
+            "gzip of a tar padded to 4 MiB records (tar -b 8192)",
+            hostile::gzip(&{
+                let mut t = with_script(Tar::new().file("a", b"a"));
+                t.resize(4 << 20, 0);
+                t
+            }),
+            accepted(&[("a", b"a"), ("auto_exec.sh", SCRIPT)]),
+        ),
+        case(
             "gzip, then garbage",
             [gz.clone(), b"trailing garbage, not gzip".to_vec()].concat(),
             Refused(""),

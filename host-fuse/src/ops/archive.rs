@@ -167,8 +167,9 @@ const SPOOL_ABOVE: u64 = 1 << 20;
 const HEADER_BUDGET: u64 = 128 << 10;
 
 /// Bytes read after the archive's end blocks, to reach the compressed stream's own
-/// check (gzip CRC, zstd checksum), at most.
-const TRAILER_BUDGET: u64 = 1 << 20;
+/// check (gzip CRC, zstd checksum), at most: tar pads to its record size (10 KiB by
+/// default, megabytes with a large blocking factor).
+const TRAILER_BUDGET: u64 = 16 << 20;
 
 /// A reader that fails once it has given out its budget, which the caller sets.
 struct Budget<R> {
@@ -333,9 +334,11 @@ pub fn read_upload(
     }
     // The compressed stream's own check (gzip CRC, zstd checksum) comes after the end
     // blocks: read on to it, so a truncated or damaged archive is refused.
-    budget.set(TRAILER_BUDGET);
-    io::copy(&mut archive.into_inner(), &mut io::sink())
-        .map_err(|source| ArchiveError::Read { source })?;
+    if compression != Compression::None {
+        budget.set(TRAILER_BUDGET);
+        io::copy(&mut archive.into_inner(), &mut io::sink())
+            .map_err(|source| ArchiveError::Read { source })?;
+    }
     let has_script = parsed
         .files
         .iter()
