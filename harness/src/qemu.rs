@@ -47,27 +47,8 @@ pub fn accelerator(kernel: &Kernel) -> &'static str {
     static ACCEL: OnceLock<&'static str> = OnceLock::new();
     ACCEL.get_or_init(|| {
         let log = std::env::temp_dir().join(format!("nlxtp-kvm-probe-{}.log", std::process::id()));
-        let probe = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "kvm",
-                "-machine",
-                "pc",
-                "-nodefaults",
-                "-no-reboot",
-                "-display",
-                "none",
-                "-m",
-                "128",
-            ])
-            .arg("-serial")
-            .arg(format!("file:{}", log.display()))
-            .arg("-kernel")
-            .arg(&kernel.vmlinuz)
+        let probe = qemu_command("kvm", kernel, &log, 128)
             .args(["-append", "console=ttyS0 panic=-1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn();
         let Ok(mut child) = probe else { return "tcg" };
         let deadline = Instant::now() + Duration::from_secs(3);
@@ -83,6 +64,7 @@ pub fn accelerator(kernel: &Kernel) -> &'static str {
         let _ = child.kill();
         let _ = child.wait();
         let _ = fs::remove_file(&log);
+        let _ = fs::remove_file(log.with_extension("qemu.log"));
         if works {
             "kvm"
         } else {
@@ -104,22 +86,7 @@ impl Vm {
             append.push_str(" nlxtp.stay");
         }
         append.push_str(&format!(" nlxtp.heartbeat_ms={}", config.heartbeat_ms));
-        let child = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                accel,
-                "-machine",
-                "pc",
-                "-nodefaults",
-                "-no-reboot",
-                "-display",
-                "none",
-            ])
-            .args(["-m", &config.memory_mib.to_string(), "-smp", "1"])
-            .arg("-serial")
-            .arg(format!("file:{}", config.serial_log.display()))
-            .arg("-kernel")
-            .arg(&config.kernel.vmlinuz)
+        let child = qemu_command(accel, &config.kernel, &config.serial_log, config.memory_mib)
             .arg("-initrd")
             .arg(&config.initramfs)
             .args(["-append", &append])
@@ -128,9 +95,6 @@ impl Vm {
                 "file={},format=raw,if=virtio",
                 config.disk.display()
             ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .context("could not start qemu-system-x86_64 (scripts/setup installs it)")?;
         Ok(Vm {
@@ -253,6 +217,35 @@ impl Drop for Vm {
         }
         self.stop();
     }
+}
+
+/// QEMU with no devices but a serial console logged to `serial_log` (QEMU's own messages
+/// go beside it, `.qemu.log`), booting `kernel` directly, one CPU, no network.
+fn qemu_command(accel: &str, kernel: &Kernel, serial_log: &Path, memory_mib: u32) -> Command {
+    let mut command = Command::new("qemu-system-x86_64");
+    command
+        .args([
+            "-accel",
+            accel,
+            "-machine",
+            "pc",
+            "-nodefaults",
+            "-no-reboot",
+            "-display",
+            "none",
+        ])
+        .args(["-m", &memory_mib.to_string(), "-smp", "1"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial_log.display()))
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    match fs::File::create(serial_log.with_extension("qemu.log")) {
+        Ok(file) => command.stderr(file),
+        Err(_) => command.stderr(Stdio::null()),
+    };
+    command
 }
 
 fn tail(log: &str) -> String {
