@@ -6,8 +6,11 @@
 //! was.
 #![no_main]
 
+#[path = "scratch.rs"]
+mod scratch;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -32,14 +35,7 @@ struct Places {
 fn places() -> &'static Places {
     static PLACES: OnceLock<Places> = OnceLock::new();
     PLACES.get_or_init(|| {
-        let base = Path::new("/dev/shm");
-        let dir = if base.is_dir() {
-            tempfile::tempdir_in(base)
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("a temporary directory")
-        .keep();
+        let dir = scratch::dir("archive_upload");
         let image = dir.join("area.img");
         create_image(&image, 1 << 20, Some(12), None).expect("a fresh 1 MiB image");
         let parent = dir.join("container");

@@ -8,6 +8,9 @@
 //! byte.
 #![no_main]
 
+#[path = "scratch.rs"]
+mod scratch;
+
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -34,17 +37,7 @@ const MAX_READS: usize = 2;
 
 fn image_path() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        // tmpfs when there is one: an image per input is written and read many times.
-        let base = Path::new("/dev/shm");
-        let dir = if base.is_dir() {
-            tempfile::tempdir_in(base)
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("a temporary directory");
-        dir.keep().join("fuzz.img")
-    })
+    PATH.get_or_init(|| scratch::dir("vfat_image").join("fuzz.img"))
 }
 
 /// The image length the boot sector claims, if it is plausible and larger than `data`.
