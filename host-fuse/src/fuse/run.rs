@@ -534,7 +534,13 @@ pub(crate) fn serve(opts: &MountOptions) -> Result<(), MountError> {
             }
             Event::SessionEnded(result) => {
                 session_ended = true;
-                break result;
+                // The kernel ends a session with ENODEV (fuser maps it to Ok) or, when the
+                // connection is torn down as the last user of a detached mount goes, with
+                // ECONNABORTED: both are an unmount, not a failure.
+                break match result {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => Ok(()),
+                    other => other,
+                };
             }
         }
     };
