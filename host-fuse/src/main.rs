@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -294,12 +295,17 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             archive,
             options,
         } => {
-            let source: Box<dyn Read> = if archive == Path::new("-") {
-                Box::new(io::stdin().lock())
+            if archive == Path::new("-") {
+                upload(&target, Box::new(io::stdin().lock()), None, &options)?;
             } else {
-                Box::new(open_input(&archive)?)
-            };
-            upload(&target, source, &options)?;
+                let file = open_input(&archive)?;
+                // A regular file can be read again where large members lie.
+                let regular = file.metadata().is_ok_and(|m| m.is_file());
+                let again = regular
+                    .then(|| file.try_clone().ok().map(Arc::new))
+                    .flatten();
+                upload(&target, Box::new(file), again, &options)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { target, json } => {
@@ -431,7 +437,7 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             command,
         } => {
             let archive = ops::exec_archive(&command);
-            upload(&target, Box::new(io::Cursor::new(archive)), &options)?;
+            upload(&target, Box::new(io::Cursor::new(archive)), None, &options)?;
             if and_wait {
                 wait_for(&target, &wait)
             } else {
@@ -470,7 +476,12 @@ fn open_input(path: &Path) -> Result<File, Failure> {
     })
 }
 
-fn upload(target: &Path, source: Box<dyn Read>, args: &UploadArgs) -> Result<(), Failure> {
+fn upload(
+    target: &Path,
+    source: Box<dyn Read>,
+    archive_file: Option<Arc<File>>,
+    args: &UploadArgs,
+) -> Result<(), Failure> {
     let area = ops::open_target(target)?;
     let options = UploadOptions {
         limits: ArchiveLimits {
@@ -482,6 +493,7 @@ fn upload(target: &Path, source: Box<dyn Read>, args: &UploadArgs) -> Result<(),
         timeout_secs: args.kill_after,
         heartbeat_ms: args.heartbeat_ms,
         output_cap: args.output_cap,
+        archive_file,
     };
     let progress = Progress::new("uploading");
     let report = ops::upload(

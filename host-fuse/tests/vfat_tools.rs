@@ -225,6 +225,120 @@ fn writes_what_mtools_reads_and_fsck_accepts() {
     }
 }
 
+/// Names that exercise short-name generation: exact 8.3 names in either case (one entry,
+/// case flags), case-only long names, and a literal `FOOBAR~1` that a generated name
+/// must not take.
+const TRICKY_NAMES: [&str; 8] = [
+    "notes.txt",
+    "README",
+    "Makefile",
+    "FOOBAR~1",
+    "foo bar",
+    "foo-bar.tar.gz",
+    ".hidden",
+    "\u{e4}rger.md",
+];
+
+#[test]
+fn large_directories_and_tricky_names_read_back_through_every_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    for maker in ALL_MAKERS {
+        let img = make_image(dir.path(), maker);
+        let area = VfatImage::new(&img);
+        let layout = Layout::read(&img);
+        let cluster = layout.cluster_size as usize;
+        // Similar long names in one directory (three entries each, short names ~1 to
+        // ~1200: four-digit tails), sizes around the cluster size, some empty files.
+        let n = if layout.fat_bits == 12 { 600 } else { 1200 };
+        let mut files: Vec<UploadFile> = (0..n)
+            .map(|i| {
+                let len = [0, 1, cluster - 1, cluster, cluster + 1][i % 5];
+                UploadFile::bytes(
+                    &format!("many/long file name {i}.dat"),
+                    pattern(len, i as u8),
+                )
+                .unwrap()
+            })
+            .collect();
+        for (i, name) in TRICKY_NAMES.iter().enumerate() {
+            files.push(UploadFile::bytes(&format!("many/{name}"), vec![i as u8; 3]).unwrap());
+            files.push(UploadFile::bytes(name, vec![i as u8; 5]).unwrap());
+        }
+        files.push(UploadFile::bytes("auto_exec.sh", b"exit 0\n".to_vec()).unwrap());
+        area.replace(files).unwrap();
+        assert_fsck_clean(&img);
+
+        let mut many = mdir_names(&img, "many");
+        many.sort();
+        let mut want: Vec<String> = (0..n)
+            .map(|i| format!("long file name {i}.dat"))
+            .chain(TRICKY_NAMES.iter().map(|n| n.to_string()))
+            .collect();
+        want.sort();
+        assert_eq!(many, want, "{maker:?}");
+        let mut root = mdir_names(&img, "");
+        root.sort();
+        let mut want_root: Vec<String> = TRICKY_NAMES
+            .iter()
+            .map(|n| n.to_string())
+            .chain(["auto_exec.sh".into(), "many".into()])
+            .collect();
+        want_root.sort();
+        assert_eq!(root, want_root, "{maker:?}");
+        let last = n - 1;
+        assert_eq!(
+            mtype(&img, &format!("many/long file name {last}.dat")),
+            pattern(
+                [0, 1, cluster - 1, cluster, cluster + 1][last % 5],
+                last as u8
+            )
+        );
+        assert_eq!(mtype(&img, "many/FOOBAR~1"), vec![3u8; 3]);
+        assert_eq!(mtype(&img, "foo bar"), vec![4u8; 5]);
+
+        let got = contents(&area);
+        assert_eq!(got.len(), n + 2 * TRICKY_NAMES.len() + 2, "{maker:?}");
+        for i in [0usize, 3, 4, 577, n - 1] {
+            let len = [0, 1, cluster - 1, cluster, cluster + 1][i % 5];
+            assert_eq!(
+                got[&format!("many/long file name {i}.dat")].as_deref(),
+                Some(&pattern(len, i as u8)[..]),
+                "{maker:?} {i}"
+            );
+        }
+        assert_eq!(got["Makefile"].as_deref(), Some(&[2u8; 5][..]));
+        assert_eq!(got["many/notes.txt"].as_deref(), Some(&[0u8; 3][..]));
+    }
+}
+
+#[test]
+fn a_top_level_larger_than_a_fat16_root_is_refused_and_fits_fat32() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = || {
+        (0..600)
+            .map(|i| UploadFile::bytes(&format!("top level name {i}"), vec![1]).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let img = make_image(dir.path(), Maker::Mkfs(16));
+    let before = std::fs::read(&img).unwrap();
+    let err = VfatImage::new(&img)
+        .replace(files())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("top level") && err.contains("root directory holds"),
+        "{err}"
+    );
+    assert!(std::fs::read(&img).unwrap() == before);
+
+    // FAT32's root is a cluster chain: it grows past its first cluster.
+    let img = make_image(dir.path(), Maker::Mkfs(32));
+    VfatImage::new(&img).replace(files()).unwrap();
+    assert_fsck_clean(&img);
+    assert_eq!(mdir_names(&img, "").len(), 600);
+    assert_eq!(mtype(&img, "top level name 599"), [1]);
+}
+
 #[test]
 fn replace_never_touches_the_live_image() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};
 use std::path::{Component, Path};
+use std::sync::Arc;
 
 use nlxtp_core::layout;
 
@@ -195,6 +196,10 @@ impl<R: Read> Read for Budget<R> {
 /// Reads and checks an upload archive from `source`.
 ///
 /// `require_script`: refuse an archive without `auto_exec.sh` at its root.
+/// `archive_file`: the regular file `source` reads from its start, if it is one; then
+/// members of an uncompressed archive larger than [`SPOOL_ABOVE`] are later read from
+/// it at their offsets (a file that shrinks meanwhile makes the upload fail, see
+/// [`AreaError::ShortSource`](crate::area::AreaError::ShortSource)).
 ///
 /// # Errors
 /// See [`ArchiveError`]: the first problem found, naming the member.
@@ -202,12 +207,14 @@ pub fn read_upload(
     source: impl Read,
     limits: &ArchiveLimits,
     require_script: bool,
+    archive_file: Option<&Arc<File>>,
 ) -> Result<ParsedUpload, ArchiveError> {
     let mut buffered = BufReader::with_capacity(64 * 1024, source);
     let head = buffered
         .fill_buf()
         .map_err(|source| ArchiveError::Read { source })?;
     let compression = Compression::sniff(head);
+    let in_place = archive_file.filter(|_| compression == Compression::None);
     let decoded: Box<dyn Read> = match compression {
         Compression::None => Box::new(buffered),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
@@ -329,7 +336,18 @@ pub fn read_upload(
             parsed.dropped.push(path.as_str().to_owned());
             continue;
         }
-        let data = read_member(&mut entry, size).map_err(|source| ArchiveError::Read { source })?;
+        let data = match in_place {
+            // The tar crate reads through the data it was not asked for.
+            Some(file) if size > SPOOL_ABOVE => UploadData::Reader {
+                reader: Box::new(FileRange {
+                    file: Arc::clone(file),
+                    at: entry.raw_file_position(),
+                    left: size,
+                }),
+                len: size,
+            },
+            _ => read_member(&mut entry, size).map_err(|source| ArchiveError::Read { source })?,
+        };
         parsed.files.push(UploadFile { path, data, mode });
     }
     // The compressed stream's own check (gzip CRC, zstd checksum) comes after the end
@@ -372,6 +390,27 @@ fn clean_path(name: &str) -> Result<Option<AreaPath>, ArchiveError> {
         .map_err(|_| ArchiveError::UnsafePath { name: name.into() })
 }
 
+/// Bytes of a file from an offset on, read with `pread` (the file's own offset is
+/// shared with the archive reader, so it is never moved).
+struct FileRange {
+    file: Arc<File>,
+    at: u64,
+    left: u64,
+}
+
+impl Read for FileRange {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        self.at += n as u64;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 fn read_member(entry: &mut impl Read, size: u64) -> io::Result<UploadData> {
     if size <= SPOOL_ABOVE {
         let mut bytes = Vec::with_capacity(size as usize);
@@ -382,7 +421,11 @@ fn read_member(entry: &mut impl Read, size: u64) -> io::Result<UploadData> {
         return Ok(UploadData::Bytes(bytes));
     }
     let mut spool: File = tempfile::tempfile()?;
-    let copied = io::copy(&mut entry.take(size), &mut spool)?;
+    // Through a large buffer: io::copy alone makes a write call per 8 KiB.
+    let mut out = io::BufWriter::with_capacity(256 * 1024, &mut spool);
+    let copied = io::copy(&mut entry.take(size), &mut out)?;
+    out.flush()?;
+    drop(out);
     if copied != size {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }

@@ -47,6 +47,10 @@ pub struct UploadOptions {
     pub heartbeat_ms: Option<u32>,
     /// Ask the guest to cap each captured output stream at this many bytes.
     pub output_cap: Option<u64>,
+    /// The archive's own file, when the source reads this regular file from its start:
+    /// large members of an uncompressed archive are then read from it where they lie,
+    /// instead of being copied to a temporary file first.
+    pub archive_file: Option<std::sync::Arc<std::fs::File>>,
 }
 
 /// What an upload did.
@@ -115,7 +119,12 @@ pub fn upload(
             });
         }
     }
-    let parsed = archive::read_upload(source, &options.limits, !options.files_only)?;
+    let parsed = archive::read_upload(
+        source,
+        &options.limits,
+        !options.files_only,
+        options.archive_file.as_ref(),
+    )?;
     let mut run_id = RunId::default();
     getrandom::fill(&mut run_id.0).map_err(|_| UploadError::Random)?;
     let manifest = Manifest {
@@ -194,7 +203,7 @@ mod tests {
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("$(reboot)"), "'$(reboot)'");
         let tar = exec_archive(&["echo".into(), "a b".into()]);
-        let parsed = archive::read_upload(&tar[..], &ArchiveLimits::default(), true).unwrap();
+        let parsed = archive::read_upload(&tar[..], &ArchiveLimits::default(), true, None).unwrap();
         let crate::area::UploadData::Bytes(script) = &parsed.files[0].data else {
             panic!("a small script stays in memory")
         };

@@ -5,12 +5,14 @@ use crate::area::AreaError;
 
 pub const ENTRY_LEN: usize = 32;
 const ATTR_VOLUME: u8 = 0x08;
-const ATTR_DIR: u8 = 0x10;
-const ATTR_LFN: u8 = 0x0F;
+pub const ATTR_DIR: u8 = 0x10;
+pub const ATTR_ARCHIVE: u8 = 0x20;
+pub const ATTR_LFN: u8 = 0x0F;
 const ATTR_READ_ONLY: u8 = 0x01;
 /// Windows NT / Linux `shortname=mixed`: the base name or extension is lower case.
-const LOWER_BASE: u8 = 0x08;
-const LOWER_EXT: u8 = 0x10;
+/// They let "notes.txt" be one entry instead of a long name and a short one.
+pub const LOWER_BASE: u8 = 0x08;
+pub const LOWER_EXT: u8 = 0x10;
 /// A long name has at most 255 UTF-16 units: 20 entries of 13.
 const MAX_LFN_ENTRIES: u8 = 20;
 

@@ -48,6 +48,10 @@ pub struct Geometry {
     pub(crate) media: u8,
     /// Byte offset of the FAT that readers use (the active one).
     pub(crate) fat_offset: u64,
+    /// Byte offset of the first FAT; the others follow it, `fat_len` bytes apart.
+    pub(crate) first_fat_offset: u64,
+    /// FAT32: byte offset of the FSInfo sector (free-cluster hints).
+    pub(crate) fs_info_offset: Option<u64>,
     pub(crate) fat_len: u64,
     /// FAT12/16: the fixed root directory region (offset, length in bytes).
     pub(crate) root_region: Option<(u64, u64)>,
@@ -168,6 +172,7 @@ impl Geometry {
         }
         let mut active_fat = 0;
         let mut root_cluster = 0;
+        let mut fs_info_offset = None;
         if is_fat32 {
             let ext_flags = u16_at(b, 40);
             if ext_flags & 0x80 != 0 {
@@ -188,6 +193,7 @@ impl Geometry {
             if fs_info == 0 || fs_info >= reserved || backup >= reserved {
                 return Err(corrupt("FSInfo or backup sector outside the reserved area"));
             }
+            fs_info_offset = Some(fs_info * bps);
         }
         let (ext_at, label_at) = if is_fat32 { (66, 71) } else { (38, 43) };
         let (volume_id, label) = if matches!(b[ext_at], 0x28 | 0x29) {
@@ -210,6 +216,8 @@ impl Geometry {
             root_entries,
             media: b[21],
             fat_offset,
+            first_fat_offset: reserved * bps,
+            fs_info_offset,
             fat_len,
             root_region: (!is_fat32).then_some((root_start, u64::from(root_entries) * 32)),
             root_cluster,

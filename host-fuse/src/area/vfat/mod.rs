@@ -6,16 +6,16 @@
 //! sector (`geometry.rs`), loads and checks the whole FAT (`fat.rs`: no entry points
 //! outside the volume, no chain loops), and bounds every directory and file, so any
 //! image ends in a result or an [`AreaError::Corrupt`] in time proportional to its size.
-//! fatfs writes uploads, and only ever into a volume the host has just formatted
-//! (`write.rs`). QEMU's image locks say whether the VM runs and keep it from starting
+//! Uploads are written into a copy the host has just formatted (fatfs formats it,
+//! `build.rs` lays the files in, `write.rs` swaps it in). QEMU's image locks say whether the VM runs and keep it from starting
 //! during an upload ([`qemu_holds_image`], [`ImageWriteGuard`]).
 
+mod build;
 mod create;
 mod dir;
 mod fat;
 mod geometry;
 mod lock;
-mod page_cache;
 mod status;
 mod volume;
 mod write;

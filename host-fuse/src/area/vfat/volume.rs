@@ -441,31 +441,6 @@ impl Volume {
         Ok(())
     }
 
-    /// Every directory below the root: (its first cluster, its parent's first cluster or
-    /// 0 for the root), parents first, at most `max` of them.
-    ///
-    /// # Errors
-    /// As [`Volume::walk`].
-    pub fn directories(&self, max: usize) -> Result<Vec<(u32, u32)>, AreaError> {
-        let mut out = Vec::new();
-        let mut todo = vec![(self.root(), 0u32)];
-        while let Some((place, cluster)) = todo.pop() {
-            let entries = self.entries(place, "a directory")?.entries;
-            for e in entries.into_iter().filter(|e| e.is_dir) {
-                if out.len() == max || out.iter().any(|&(c, _)| c == e.first_cluster) {
-                    return Err(AreaError::TooLarge {
-                        what: "the number of directories".into(),
-                        limit: max as u64,
-                    });
-                }
-                let sub = self.subdir(&e, &e.name)?;
-                out.push((e.first_cluster, cluster));
-                todo.push((sub, e.first_cluster));
-            }
-        }
-        Ok(out)
-    }
-
     /// Reads the whole file at `path` (names compared as Linux's vfat does: ignoring
     /// case), refusing files longer than `max_len`.
     ///

@@ -3,15 +3,16 @@
 //! The live image is never written. The host takes QEMU's lock bytes on it
 //! ([`ImageWriteGuard`]), creates a temporary file in the same directory with the same
 //! length, formats it with fatfs keeping the old volume's layout, label and volume id,
-//! writes the new files ([`START_SCRIPT`] last), flushes and fsyncs it, renames it over
-//! the image and fsyncs the directory. A crash before the rename leaves the old image
-//! (and a stray `.nlxtp-upload-*` file); after it, the new one.
+//! lays the new files into it in one pass (`build.rs`; [`START_SCRIPT`] is the last
+//! entry written), fsyncs it, renames it over the image and fsyncs the directory. A crash
+//! before the rename leaves the old image (and a stray `.nlxtp-upload-*` file); after it,
+//! the new one.
 //!
 //! Why format instead of deleting the old files: the old content is the guest's, and
-//! fatfs must never walk hostile structures (a looped directory chain hangs it, a bad
-//! FAT entry panics it). Formatting means fatfs only ever sees a volume the host made
-//! itself; of the old image only the boot sector is read, by the host's own checked
-//! parser.
+//! nothing that writes should walk hostile structures (a looped directory chain hangs
+//! fatfs, a bad FAT entry panics it). Formatting means the writer only ever sees a volume
+//! the host made itself; of the old image only the boot sector is read, by the host's own
+//! checked parser.
 //!
 //! Locks: the guard on the old image is held from before the first read to after the
 //! directory fsync. The new file is locked too (same bytes) before it is renamed, and
@@ -22,19 +23,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use fatfs::{FileSystem, FormatVolumeOptions, FsOptions};
+use fatfs::FormatVolumeOptions;
 use nlxtp_core::layout::{DEFAULT_VOLUME_LABEL, START_SCRIPT};
 
+use super::build;
 use super::geometry::{FatType, Geometry};
 use super::lock::ImageWriteGuard;
-use super::page_cache::PageCached;
-use super::volume::{read_geometry, Image, Volume};
+use super::volume::{read_geometry, Image};
 use crate::area::{AreaError, AreaPath, UploadData, UploadFile};
 
 /// Runs a fatfs call, turning a panic inside the crate into an error.
@@ -50,11 +51,13 @@ pub(crate) fn guarded<T>(
     })
 }
 
-/// Files in the order they are written, directories first, the start script last.
+/// Files in the order they are written, directories first (parents before children),
+/// the start script last. Every parent of a file is among `dirs`; names are valid vFAT
+/// long names, unique ignoring case.
 #[derive(Debug, Default)]
-struct Plan {
-    dirs: Vec<AreaPath>,
-    files: Vec<(AreaPath, UploadData)>,
+pub(super) struct Plan {
+    pub(super) dirs: Vec<AreaPath>,
+    pub(super) files: Vec<(AreaPath, UploadData)>,
 }
 
 /// Why a name cannot be a vFAT long file name (as fatfs and Linux's vfat accept them).
@@ -141,64 +144,6 @@ impl Plan {
         plan.files.extend(script);
         Ok(plan)
     }
-
-    /// Bytes the plan takes in whole clusters: each file rounded up, one cluster per
-    /// directory, and the directory entries (up to 21 of 32 bytes per name).
-    fn needed(&self, cluster: u64) -> u64 {
-        let files: u64 = self
-            .files
-            .iter()
-            .map(|(_, d)| d.len().div_ceil(cluster) * cluster)
-            .sum();
-        let names = (self.files.len() + self.dirs.len()) as u64 * 21 * 32;
-        files + self.dirs.len() as u64 * cluster + names.div_ceil(cluster) * cluster
-    }
-}
-
-/// fatfs's clock: the host's UTC time (the FAT format has no time zone).
-#[derive(Debug)]
-struct UtcClock;
-
-static UTC: UtcClock = UtcClock;
-
-impl UtcClock {
-    fn now() -> fatfs::DateTime {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        // FAT dates run from 1980 to 2107.
-        let secs = secs.clamp(315_532_800, 4_354_819_199);
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        // Howard Hinnant's civil_from_days.
-        let z = days as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u16;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
-        let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
-        fatfs::DateTime {
-            date: fatfs::Date { year, month, day },
-            time: fatfs::Time {
-                hour: (rem / 3600) as u16,
-                min: (rem / 60 % 60) as u16,
-                sec: (rem % 60) as u16,
-                millis: 0,
-            },
-        }
-    }
-}
-
-impl fatfs::TimeProvider for UtcClock {
-    fn get_current_date(&self) -> fatfs::Date {
-        Self::now().date
-    }
-
-    fn get_current_date_time(&self) -> fatfs::DateTime {
-        Self::now()
-    }
 }
 
 pub(crate) fn fatfs_type(fat_type: FatType) -> fatfs::FatType {
@@ -272,122 +217,6 @@ fn rewind(file: &mut File) -> Result<(), AreaError> {
         .map_err(|e| AreaError::io("seek in", Path::new("the new image"), e))
 }
 
-/// Writes `plan` into the freshly formatted volume in `file`.
-fn fill(file: &mut File, plan: Plan, temp: &Path) -> Result<(), AreaError> {
-    rewind(file)?;
-    let io_err = |what: &'static str| move |e: io::Error| AreaError::io(what, temp, e);
-    let options = FsOptions::new().time_provider(&UTC);
-    // fatfs reads and writes a field at a time: give it a page cache.
-    let mut buffered = PageCached::new(&mut *file).map_err(io_err("inspect"))?;
-    let fs = guarded("mounted the new image", || {
-        FileSystem::new(&mut buffered, options)
-    })?
-    .map_err(io_err("mount the new image"))?;
-    let stats =
-        guarded("counted free space", || fs.stats())?.map_err(io_err("count free space in"))?;
-    let cluster = u64::from(stats.cluster_size());
-    let available = u64::from(stats.free_clusters()) * cluster;
-    let needed = plan.needed(cluster);
-    if needed > available {
-        return Err(AreaError::NoSpace { needed, available });
-    }
-    let root = fs.root_dir();
-    for dir in &plan.dirs {
-        guarded("created a directory", || {
-            root.create_dir(dir.as_str()).map(|_| ())
-        })?
-        .map_err(io_err("create a directory in"))?;
-    }
-    for (path, data) in plan.files {
-        let mut out = guarded("created a file", || root.create_file(path.as_str()))?
-            .map_err(io_err("create a file in"))?;
-        let len = data.len();
-        let copied = match data {
-            UploadData::Dir => 0,
-            UploadData::Bytes(bytes) => {
-                guarded("wrote a file", || out.write_all(&bytes))?.map_err(io_err("write"))?;
-                len
-            }
-            UploadData::Reader { reader, len } => {
-                let mut source = reader.take(len);
-                copy_into(&mut source, &mut out, &path, temp)?
-            }
-        };
-        if copied < len {
-            return Err(AreaError::ShortSource {
-                path,
-                got: copied,
-                len,
-            });
-        }
-        guarded("flushed a file", || out.flush())?.map_err(io_err("write"))?;
-    }
-    drop(root);
-    guarded("unmounted the new image", || fs.unmount())?.map_err(io_err("finish"))?;
-    buffered.finish().map_err(io_err("finish"))?;
-    Ok(())
-}
-
-/// Copies `source` into a fatfs file; errors reading `source` are the upload's, errors
-/// writing are the image's.
-fn copy_into(
-    source: &mut dyn Read,
-    out: &mut impl Write,
-    path: &AreaPath,
-    temp: &Path,
-) -> Result<u64, AreaError> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = match source.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(AreaError::Sink {
-                    source: io::Error::new(e.kind(), format!("reading the upload's {path}: {e}")),
-                })
-            }
-        };
-        guarded("wrote a file", || out.write_all(&buf[..n]))?
-            .map_err(|e| AreaError::io("write", temp, e))?;
-        total += n as u64;
-    }
-}
-
-/// fatfs 0.3 writes a long-name entry before the `.` and `..` entries of every directory
-/// it creates, so they are not in the first two slots where the FAT specification (and
-/// fsck.vfat) wants them, and points `..` of a FAT32 top-level directory at the root's
-/// cluster instead of 0. Moves them into place and marks the long-name slots deleted;
-/// no other entry moves.
-fn fix_dot_entries(file: &File, temp: &Path, max_dirs: usize) -> Result<(), AreaError> {
-    use std::os::unix::fs::FileExt;
-    let volume = Volume::open(temp)?;
-    for (cluster, parent) in volume.directories(max_dirs)? {
-        let at = volume.geometry.cluster_offset(cluster);
-        let mut slots = [0u8; 128];
-        volume.image.read_at(at, &mut slots)?;
-        let lfn = |i: usize| slots[32 * i + 11] == 0x0F;
-        let named = |i: usize, name: &[u8; 11]| &slots[32 * i..32 * i + 11] == name;
-        if !(lfn(0) && named(1, b".          ") && lfn(2) && named(3, b"..         ")) {
-            continue;
-        }
-        let mut fixed = [0u8; 128];
-        fixed[..32].copy_from_slice(&slots[32..64]);
-        fixed[32..64].copy_from_slice(&slots[96..128]);
-        fixed[64..128].copy_from_slice(&slots[64..128]);
-        fixed[64] = 0xE5;
-        fixed[96] = 0xE5;
-        // `..` of a top-level directory: cluster 0, whatever the root's cluster is.
-        let parent = parent.to_le_bytes();
-        fixed[32 + 20..32 + 22].copy_from_slice(&parent[2..4]);
-        fixed[32 + 26..32 + 28].copy_from_slice(&parent[0..2]);
-        file.write_all_at(&fixed, at)
-            .map_err(|e| AreaError::io("write", temp, e))?;
-    }
-    Ok(())
-}
-
 /// Replaces the content of the image at `image` with `files` (see the module docs).
 ///
 /// # Errors
@@ -429,9 +258,12 @@ pub fn replace(image: &Path, files: Vec<UploadFile>) -> Result<(), AreaError> {
     file.set_len(meta.len())
         .map_err(|e| AreaError::io("size", &temp_path, e))?;
     format_like(&mut file, &geometry)?;
-    let dirs = plan.dirs.len();
-    fill(&mut file, plan, &temp_path)?;
-    fix_dot_entries(&file, &temp_path, dirs)?;
+    let fresh = read_geometry(&Image::from_file(
+        file.try_clone()
+            .map_err(|e| AreaError::io("open", &temp_path, e))?,
+        &temp_path,
+    )?)?;
+    build::write_plan(&file, &fresh, plan, &temp_path)?;
     file.set_permissions(meta.permissions())
         .map_err(|e| AreaError::io("set the permissions of", &temp_path, e))?;
     let mine = file
@@ -493,14 +325,6 @@ mod tests {
         let long = "n".repeat(256);
         assert!(Plan::new(files(&[&long])).is_err());
         assert!(Plan::new(files(&["Dir/x", "Dir/y", "dir2/z"])).is_ok());
-    }
-
-    #[test]
-    fn utc_clock_is_a_valid_fat_date() {
-        let now = UtcClock::now();
-        assert!((2024..=2107).contains(&now.date.year));
-        assert!((1..=12).contains(&now.date.month) && (1..=31).contains(&now.date.day));
-        assert!(now.time.hour < 24 && now.time.min < 60 && now.time.sec < 60);
     }
 
     #[test]
