@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use nlxtp_core::live::Stream;
 use nlxtp_core::RunState;
-use nlxtp_host::area::WalkLimits;
+use nlxtp_host::area::{Durability, WalkLimits};
 use nlxtp_host::ops::logs::Streams;
 use nlxtp_host::ops::{
     self, status::RecordView, ArchiveLimits, Compression, UploadOptions, WaitOutcome,
@@ -204,6 +204,12 @@ struct UploadArgs {
     /// Most bytes of file content accepted (bytes, or K, M, G).
     #[arg(long, default_value = "4G", value_parser = parse_size)]
     max_bytes: u64,
+    /// Do not wait for the disk: skip the fsync before the new content takes the old
+    /// one's place. A crash of nlxtp still leaves the old content or the new, but a power
+    /// loss or kernel crash soon after may leave neither. For throwaway images (CI),
+    /// where the flush is most of an upload's time.
+    #[arg(long)]
+    no_sync: bool,
     /// Print a JSON report.
     #[arg(long)]
     json: bool,
@@ -494,6 +500,11 @@ fn upload(
         heartbeat_ms: args.heartbeat_ms,
         output_cap: args.output_cap,
         archive_file,
+        durability: if args.no_sync {
+            Durability::Unsynced
+        } else {
+            Durability::Synced
+        },
     };
     let progress = Progress::new("uploading");
     let report = ops::upload(

@@ -12,8 +12,8 @@ use common::*;
 use nlxtp_core::{RunState, StatusReader};
 use nlxtp_host::area::vfat::{create_image, CreateError, VfatImage};
 use nlxtp_host::area::{
-    read_status, AreaError, AreaPath, EntryKind, Patience, SharedArea, UploadData, UploadFile,
-    WalkLimits,
+    read_status, AreaError, AreaPath, Durability, EntryKind, Patience, SharedArea, UploadData,
+    UploadFile, WalkLimits,
 };
 
 /// Bytes that differ at every offset, so a misplaced cluster shows.
@@ -215,11 +215,14 @@ fn writes_what_mtools_reads_and_fsck_accepts() {
         );
         assert_eq!(got["empty dir"], None);
         assert_eq!(got.len(), 9, "{got:?}");
-        // A second upload onto the backend's own image.
-        area.replace(vec![
-            UploadFile::bytes("auto_exec.sh", b"second".to_vec()).unwrap()
-        ])
+        // A second upload onto the backend's own image, not waiting for the disk: the
+        // same image, only without the fsync.
+        area.replace_with(
+            vec![UploadFile::bytes("auto_exec.sh", b"second".to_vec()).unwrap()],
+            Durability::Unsynced,
+        )
         .unwrap();
+        assert_eq!(mtype(&img, "auto_exec.sh"), b"second");
         assert_fsck_clean(&img);
         assert_eq!(mdir_names(&img, ""), ["auto_exec.sh"]);
     }

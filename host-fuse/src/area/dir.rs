@@ -104,8 +104,8 @@ use rustix::fs::{
 use rustix::io::Errno;
 
 use crate::area::{
-    AreaError, AreaPath, Entry, EntryKind, SharedArea, StatusRead, UploadData, UploadFile, Visitor,
-    WalkLimits, START_SCRIPT, STATUS_FILE,
+    AreaError, AreaPath, Durability, Entry, EntryKind, SharedArea, StatusRead, UploadData,
+    UploadFile, Visitor, WalkLimits, START_SCRIPT, STATUS_FILE,
 };
 
 /// Every lookup inside the area: no symlink, no magic link, no `..` escape, no mount.
@@ -462,7 +462,7 @@ impl ContainerDir {
     }
 
     /// Writes the plan into the (empty) area: steps 4 to 6 of the module docs.
-    fn write(&self, plan: Plan) -> Result<(), AreaError> {
+    fn write(&self, plan: Plan, durability: Durability) -> Result<(), AreaError> {
         let root =
             rfs::fstat(&self.root).map_err(|e| AreaError::io("inspect", &self.path, e.into()))?;
         let owner = Owner(Uid::from_raw(root.st_uid), Gid::from_raw(root.st_gid));
@@ -500,7 +500,7 @@ impl ContainerDir {
         rfs::syncfs(&self.root)
             .map_err(|e| AreaError::io("flush the filesystem of", &self.path, e.into()))?;
         if let Some((data, mode)) = plan.script {
-            self.write_script(data, mode, owner)?;
+            self.write_script(data, mode, owner, durability)?;
         }
         Ok(())
     }
@@ -569,7 +569,14 @@ impl ContainerDir {
     }
 
     /// Step 6: the start script under a temporary name, flushed, renamed into place.
-    fn write_script(&self, data: UploadData, mode: u32, owner: Owner) -> Result<(), AreaError> {
+    fn write_script(
+        &self,
+        data: UploadData,
+        mode: u32,
+        owner: Owner,
+        durability: Durability,
+    ) -> Result<(), AreaError> {
+        let synced = durability == Durability::Synced;
         let script = AreaPath::new(START_SCRIPT).expect("a valid protocol name");
         let temp = format!(".nlxtp-{START_SCRIPT}-{}.tmp", unique_suffix());
         let temp_name = c_path(&temp);
@@ -577,9 +584,11 @@ impl ContainerDir {
         let written = self
             .create(&root, &temp_name, &script, owner, mode)
             .and_then(|file| self.fill(file, data, &script))
-            .and_then(|file| {
-                file.sync_all()
-                    .map_err(|e| AreaError::io("flush", &self.path.join(&temp), e))
+            .and_then(|file| match synced {
+                true => file
+                    .sync_all()
+                    .map_err(|e| AreaError::io("flush", &self.path.join(&temp), e)),
+                false => Ok(()),
             })
             .and_then(|()| {
                 rfs::renameat(&root, &temp_name, &root, c_path(START_SCRIPT).as_c_str())
@@ -590,7 +599,10 @@ impl ContainerDir {
             let _ = rfs::unlinkat(&root, &temp_name, AtFlags::empty());
             return Err(e);
         }
-        rfs::fsync(&root).map_err(|e| AreaError::io("flush", &self.path, e.into()))
+        if synced {
+            rfs::fsync(&root).map_err(|e| AreaError::io("flush", &self.path, e.into()))?;
+        }
+        Ok(())
     }
 }
 
@@ -666,12 +678,16 @@ impl SharedArea for ContainerDir {
     }
 
     /// See the module docs: in place, the start script last and atomically.
-    fn replace(&self, files: Vec<UploadFile>) -> Result<(), AreaError> {
+    fn replace_with(
+        &self,
+        files: Vec<UploadFile>,
+        durability: Durability,
+    ) -> Result<(), AreaError> {
         let plan = Plan::new(files)?;
         let _lock = self.lock()?;
         Remover::new(self).clear()?;
         self.check_space(&plan)?;
-        self.write(plan)
+        self.write(plan, durability)
     }
 }
 

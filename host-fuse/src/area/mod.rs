@@ -476,7 +476,29 @@ pub trait SharedArea: Send + Sync + fmt::Debug {
     /// [`AreaError::NameCollision`] for names the backend cannot hold,
     /// [`AreaError::NoSpace`], [`AreaError::ShortSource`], [`AreaError::Corrupt`] if the
     /// old area is too broken to take over its layout, [`AreaError::Io`].
-    fn replace(&self, files: Vec<UploadFile>) -> Result<(), AreaError>;
+    fn replace(&self, files: Vec<UploadFile>) -> Result<(), AreaError> {
+        self.replace_with(files, Durability::Synced)
+    }
+
+    /// [`SharedArea::replace`], flushing to the disk as `durability` says.
+    ///
+    /// # Errors
+    /// As [`SharedArea::replace`].
+    fn replace_with(&self, files: Vec<UploadFile>, durability: Durability)
+        -> Result<(), AreaError>;
+}
+
+/// Whether replacing an area waits until the new content is on the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Flushed (fsync) before it takes the old content's place: a power loss at any
+    /// moment leaves the old content or the new.
+    #[default]
+    Synced,
+    /// Left to the kernel to write out: a crash of the process still leaves the old
+    /// content or the new, but a power loss or kernel crash soon after may leave neither
+    /// intact. For throwaway images (CI), where the flush is most of an upload's time.
+    Unsynced,
 }
 
 /// How long [`read_status`] keeps retrying.

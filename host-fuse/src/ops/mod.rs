@@ -15,7 +15,7 @@ pub use archive::{ArchiveError, ArchiveLimits, Compression, DownloadReport, Pars
 pub use status::{status, wait, Monitor, StatusReport, WaitOutcome};
 
 use crate::area::vfat::VfatImage;
-use crate::area::{AreaError, SharedArea, UploadFile};
+use crate::area::{AreaError, Durability, SharedArea, UploadFile};
 
 /// Opens the shared area at `target`: a directory is a container's area, a regular file
 /// a VM's vFAT disk image.
@@ -51,6 +51,8 @@ pub struct UploadOptions {
     /// large members of an uncompressed archive are then read from it where they lie,
     /// instead of being copied to a temporary file first.
     pub archive_file: Option<std::sync::Arc<std::fs::File>>,
+    /// Whether the upload waits until the new content is on the disk.
+    pub durability: Durability,
 }
 
 /// What an upload did.
@@ -150,7 +152,7 @@ pub fn upload(
     files
         .push(UploadFile::bytes(layout::MANIFEST_FILE, bytes).expect("the manifest path is valid"));
     let entries = files.len();
-    area.replace(files)?;
+    area.replace_with(files, options.durability)?;
     Ok(UploadReport {
         run_id: run_id.to_string(),
         entries,

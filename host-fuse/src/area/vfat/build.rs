@@ -18,12 +18,14 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::dir::{ATTR_ARCHIVE, ATTR_DIR, ATTR_LFN, ENTRY_LEN, LOWER_BASE, LOWER_EXT};
 use super::geometry::{FatType, Geometry};
 use super::write::Plan;
-use crate::area::{AreaError, AreaPath, UploadData};
+use crate::area::{AreaError, AreaPath, Durability, UploadData};
 
 /// UTF-16 units in one long-name entry.
 const LONG_UNITS: usize = 13;
@@ -464,6 +466,7 @@ pub(crate) fn write_plan(
     geometry: &Geometry,
     plan: Plan,
     temp: &Path,
+    durability: Durability,
 ) -> Result<(), AreaError> {
     let mut dirs = directories(&plan)?;
     // What the fresh root already holds (the volume label's entry) stays in front.
@@ -487,7 +490,14 @@ pub(crate) fn write_plan(
     let sizes: Vec<u64> = plan.files.iter().map(|(_, d)| d.len()).collect();
     write_directories(file, geometry, &dirs, &alloc, &sizes, root_head)
         .map_err(io_error("write", temp))?;
-    write_files(file, geometry, plan.files, alloc.files_start, temp)?;
+    write_files(
+        file,
+        geometry,
+        plan.files,
+        alloc.files_start,
+        temp,
+        durability,
+    )?;
     write_fat(file, geometry, alloc.end, |fat| {
         for dir in &dirs {
             for pair in dir.chain.windows(2) {
@@ -572,6 +582,7 @@ fn write_files(
     files: Vec<(AreaPath, UploadData)>,
     start: u64,
     temp: &Path,
+    durability: Durability,
 ) -> Result<(), AreaError> {
     let cluster_size = u64::from(geometry.cluster_size);
     if files.iter().all(|(_, d)| d.is_empty()) {
@@ -580,7 +591,9 @@ fn write_files(
     let mut f = file;
     f.seek(SeekFrom::Start(geometry.cluster_offset(start as u32)))
         .map_err(io_error("seek in", temp))?;
-    let mut out = BufWriter::with_capacity(1 << 20, f);
+    let early = EarlyWriteback::start(file, durability == Durability::Synced)
+        .map_err(io_error("open", temp))?;
+    let mut out = BufWriter::with_capacity(1 << 20, early);
     let mut chunk = vec![0u8; 256 * 1024];
     for (path, data) in files {
         let len = data.len();
@@ -603,7 +616,92 @@ fn write_files(
         out.write_all(&chunk[..pad])
             .map_err(io_error("write", temp))?;
     }
-    out.flush().map_err(io_error("write", temp))
+    out.into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(EarlyWriteback::finish)
+        .map_err(io_error("write", temp))
+}
+
+/// Bytes written between two early flushes.
+const WRITEBACK_STEP: u64 = 16 << 20;
+
+/// The image file, written with disk writes started early: a thread calls `fdatasync`
+/// each time another [`WRITEBACK_STEP`] bytes are written, so the disk works while the
+/// upload is still being produced and the final fsync waits only for the tail.
+struct EarlyWriteback<'a> {
+    file: &'a File,
+    unflushed: u64,
+    kick: Option<SyncSender<()>>,
+    flusher: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl<'a> EarlyWriteback<'a> {
+    /// Writes to `file`, with the flushing thread only if `flush`.
+    fn start(file: &'a File, flush: bool) -> io::Result<Self> {
+        if !flush {
+            return Ok(EarlyWriteback {
+                file,
+                unflushed: 0,
+                kick: None,
+                flusher: None,
+            });
+        }
+        let own = file.try_clone()?;
+        let (kick, kicked) = sync_channel::<()>(1);
+        let flusher = std::thread::Builder::new()
+            .name("nlxtp-writeback".into())
+            .spawn(move || {
+                while kicked.recv().is_ok() {
+                    own.sync_data()?;
+                }
+                Ok(())
+            })?;
+        Ok(EarlyWriteback {
+            file,
+            unflushed: 0,
+            kick: Some(kick),
+            flusher: Some(flusher),
+        })
+    }
+
+    /// Stops the thread; an error of its flushes is the write's (the kernel reports a
+    /// writeback error once per open file, so the final fsync would not see it again).
+    fn finish(mut self) -> io::Result<()> {
+        drop(self.kick.take());
+        match self.flusher.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the writeback thread failed")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Write for EarlyWriteback<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unflushed += n as u64;
+        if self.unflushed >= WRITEBACK_STEP {
+            self.unflushed = 0;
+            if let Some(kick) = &self.kick {
+                // Busy flushing already: the next step catches up.
+                let _ = kick.try_send(());
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for EarlyWriteback<'_> {
+    fn drop(&mut self) {
+        drop(self.kick.take());
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
+    }
 }
 
 /// Copies `source` into the image stream; errors reading are the upload's, errors

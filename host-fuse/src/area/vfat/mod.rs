@@ -27,7 +27,9 @@ pub use lock::{qemu_holds_image, ImageWriteGuard};
 
 use self::status::StatusCache;
 use self::volume::Volume;
-use crate::area::{AreaError, AreaPath, SharedArea, StatusRead, UploadFile, Visitor, WalkLimits};
+use crate::area::{
+    AreaError, AreaPath, Durability, SharedArea, StatusRead, UploadFile, Visitor, WalkLimits,
+};
 
 /// A VM's shared area: the vFAT image at a path.
 ///
@@ -73,7 +75,11 @@ impl SharedArea for VfatImage {
         Volume::open(&self.path)?.walk(limits, visit)
     }
 
-    fn replace(&self, files: Vec<UploadFile>) -> Result<(), AreaError> {
-        write::replace(&self.path, files)
+    fn replace_with(
+        &self,
+        files: Vec<UploadFile>,
+        durability: Durability,
+    ) -> Result<(), AreaError> {
+        write::replace(&self.path, files, durability)
     }
 }

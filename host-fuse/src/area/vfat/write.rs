@@ -36,7 +36,7 @@ use super::build;
 use super::geometry::{FatType, Geometry};
 use super::lock::ImageWriteGuard;
 use super::volume::{read_geometry, Image};
-use crate::area::{AreaError, AreaPath, UploadData, UploadFile};
+use crate::area::{AreaError, AreaPath, Durability, UploadData, UploadFile};
 
 /// Runs a fatfs call, turning a panic inside the crate into an error.
 ///
@@ -221,7 +221,11 @@ fn rewind(file: &mut File) -> Result<(), AreaError> {
 ///
 /// # Errors
 /// See [`SharedArea::replace`](crate::area::SharedArea::replace).
-pub fn replace(image: &Path, files: Vec<UploadFile>) -> Result<(), AreaError> {
+pub fn replace(
+    image: &Path,
+    files: Vec<UploadFile>,
+    durability: Durability,
+) -> Result<(), AreaError> {
     let plan = Plan::new(files)?;
     let guard = ImageWriteGuard::acquire(image)?;
     let old = Image::from_file(
@@ -263,7 +267,7 @@ pub fn replace(image: &Path, files: Vec<UploadFile>) -> Result<(), AreaError> {
             .map_err(|e| AreaError::io("open", &temp_path, e))?,
         &temp_path,
     )?)?;
-    build::write_plan(&file, &fresh, plan, &temp_path)?;
+    build::write_plan(&file, &fresh, plan, &temp_path, durability)?;
     file.set_permissions(meta.permissions())
         .map_err(|e| AreaError::io("set the permissions of", &temp_path, e))?;
     let mine = file
@@ -273,13 +277,18 @@ pub fn replace(image: &Path, files: Vec<UploadFile>) -> Result<(), AreaError> {
         std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))
             .map_err(|e| AreaError::io("give the old owner to", &temp_path, e))?;
     }
-    file.sync_all()
-        .map_err(|e| AreaError::io("flush", &temp_path, e))?;
+    let synced = durability == Durability::Synced;
+    if synced {
+        file.sync_all()
+            .map_err(|e| AreaError::io("flush", &temp_path, e))?;
+    }
     temp.persist(image)
         .map_err(|e| AreaError::io("rename the new image over", image, e.error))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| AreaError::io("flush the directory", dir, e))?;
+    if synced {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| AreaError::io("flush the directory", dir, e))?;
+    }
     drop(temp_guard);
     drop(guard);
     Ok(())
