@@ -530,6 +530,16 @@ fn structure() -> Vec<Case> {
     );
     files_only.files_only = true;
     cases.push(files_only);
+    // A guest's vFAT ignores case: AUTO_EXEC.SH would run after a files-only upload.
+    for name in ["AUTO_EXEC.SH", "Auto_Exec.sh", "auto_exec.sh"] {
+        let mut c = case(
+            format!("files only: {name} at the root"),
+            Tar::new().file(name, b"x").finish(),
+            Refused("a files-only upload must not hold it"),
+        );
+        c.files_only = true;
+        cases.push(c);
+    }
     cases
 }
 

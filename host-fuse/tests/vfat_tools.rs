@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 use nlxtp_core::{RunState, StatusReader};
-use nlxtp_host::area::vfat::{create_image, CreateError, VfatImage};
+use nlxtp_host::area::vfat::{create_image, CreateError, ImageWriteGuard, VfatImage};
 use nlxtp_host::area::{
     read_status, AreaError, AreaPath, Durability, EntryKind, Patience, SharedArea, UploadData,
     UploadFile, WalkLimits,
@@ -340,6 +340,39 @@ fn a_top_level_larger_than_a_fat16_root_is_refused_and_fits_fat32() {
     assert_fsck_clean(&img);
     assert_eq!(mdir_names(&img, "").len(), 600);
     assert_eq!(mtype(&img, "top level name 599"), [1]);
+}
+
+#[test]
+fn an_upload_removes_stale_temporary_images_of_killed_uploads_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = make_image(dir.path(), Maker::Mkfs(12));
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let leftover = |name: &str, age| {
+        let path = dir.path().join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(4096).unwrap();
+        file.set_modified(age).unwrap();
+        path
+    };
+    let stale = leftover(".nlxtp-upload-killed.img", old);
+    let fresh = leftover(".nlxtp-upload-justmade.img", std::time::SystemTime::now());
+    // Old but still held: an upload that is stopped, not dead.
+    let held = leftover(".nlxtp-upload-stopped.img", old);
+    let guard = ImageWriteGuard::acquire(&held).unwrap();
+    let other = leftover("notes.img", old);
+
+    VfatImage::new(&img).replace(upload()).unwrap();
+    assert!(
+        !stale.exists(),
+        "a stale, unlocked temporary image is removed"
+    );
+    assert!(
+        fresh.exists(),
+        "a fresh one may be an upload about to lock it"
+    );
+    assert!(held.exists(), "a locked one belongs to a live upload");
+    assert!(other.exists(), "other files are never touched");
+    drop(guard);
 }
 
 #[test]

@@ -129,6 +129,13 @@ pub enum ArchiveError {
     /// The archive has no start script at its root.
     #[error("the archive has no {script} at its root: add one (it runs in the guest), or pass --files-only to upload files without running anything", script = layout::START_SCRIPT)]
     NoScript,
+    /// A files-only upload holds the start script under some spelling: a guest's vFAT
+    /// ignores case, so it would run it.
+    #[error("the archive holds {name:?} at its root, which a guest's vFAT takes for {script} (it ignores case) and runs: a files-only upload must not hold it; rename it, or upload without --files-only", script = layout::START_SCRIPT)]
+    ScriptInFilesOnly {
+        /// The member's name.
+        name: String,
+    },
     /// The start script is not a regular file.
     #[error("{script} in the archive is not a regular file: it must be a shell script", script = layout::START_SCRIPT)]
     ScriptNotFile,

@@ -15,7 +15,7 @@ pub use archive::{ArchiveError, ArchiveLimits, Compression, DownloadReport, Pars
 pub use status::{status, wait, Monitor, StatusReport, WaitOutcome};
 
 use crate::area::vfat::VfatImage;
-use crate::area::{AreaError, Durability, SharedArea, UploadFile};
+use crate::area::{AreaError, Durability, SharedArea, UploadData, UploadFile, START_SCRIPT};
 
 /// Opens the shared area at `target`: a directory is a container's area, a regular file
 /// a VM's vFAT disk image.
@@ -127,6 +127,18 @@ pub fn upload(
         !options.files_only,
         options.archive_file.as_ref(),
     )?;
+    if options.files_only {
+        // A guest's vFAT ignores case: `AUTO_EXEC.SH` would run.
+        let script = parsed.files.iter().find(|f| {
+            !matches!(f.data, UploadData::Dir) && f.path.as_str().eq_ignore_ascii_case(START_SCRIPT)
+        });
+        if let Some(script) = script {
+            return Err(ArchiveError::ScriptInFilesOnly {
+                name: script.path.as_str().to_owned(),
+            }
+            .into());
+        }
+    }
     let mut run_id = RunId::default();
     getrandom::fill(&mut run_id.0).map_err(|_| UploadError::Random)?;
     let manifest = Manifest {

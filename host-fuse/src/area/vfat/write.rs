@@ -3,10 +3,11 @@
 //! The live image is never written. The host takes QEMU's lock bytes on it
 //! ([`ImageWriteGuard`]), creates a temporary file in the same directory with the same
 //! length, formats it with fatfs keeping the old volume's layout, label and volume id,
-//! lays the new files into it in one pass (`build.rs`; [`START_SCRIPT`] is the last
-//! entry written), fsyncs it, renames it over the image and fsyncs the directory. A crash
-//! before the rename leaves the old image (and a stray `.nlxtp-upload-*` file); after it,
-//! the new one.
+//! lays the new files into it in one pass (`build.rs`; [`START_SCRIPT`] is the root's
+//! last entry), fsyncs it, renames it over the image and fsyncs the directory. A crash
+//! before the rename leaves the old image (and a stray `.nlxtp-upload-*.img` file, which
+//! a later upload into the same directory removes once it is stale); after it, the new
+//! one.
 //!
 //! Why format instead of deleting the old files: the old content is the guest's, and
 //! nothing that writes should walk hostile structures (a looped directory chain hangs
@@ -27,7 +28,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fatfs::FormatVolumeOptions;
 use nlxtp_core::layout::{DEFAULT_VOLUME_LABEL, START_SCRIPT};
@@ -245,8 +246,8 @@ pub fn replace(
         _ => Path::new("."),
     };
     let temp = tempfile::Builder::new()
-        .prefix(".nlxtp-upload-")
-        .suffix(".img")
+        .prefix(TEMP_PREFIX)
+        .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)
         .map_err(|e| AreaError::io("create a temporary image in", dir, e))?;
     let temp_path = temp.path().to_owned();
@@ -291,7 +292,51 @@ pub fn replace(
     }
     drop(temp_guard);
     drop(guard);
+    let removed = remove_leftovers(dir);
+    if removed > 0 {
+        tracing::info!("removed {removed} temporary image(s) of killed uploads");
+    }
     Ok(())
+}
+
+/// What a temporary image's name starts and ends with.
+const TEMP_PREFIX: &str = ".nlxtp-upload-";
+const TEMP_SUFFIX: &str = ".img";
+
+/// A temporary image not written for this long, and not locked, is a killed upload's.
+const STALE_AFTER: Duration = Duration::from_secs(600);
+
+/// Removes the temporary images killed uploads left in `dir`: those no upload holds
+/// (each holds its own, see the module docs) and that have not been written for
+/// [`STALE_AFTER`] (which covers the moment between a temporary image's creation and its
+/// lock). Best effort: returns how many went.
+fn remove_leftovers(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !(name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_AFTER);
+        let path = entry.path();
+        // Taking its lock is the check that no upload still writes it.
+        if stale {
+            if let Ok(_held) = ImageWriteGuard::acquire(&path) {
+                removed += usize::from(std::fs::remove_file(&path).is_ok());
+            }
+        }
+    }
+    removed
 }
 
 #[cfg(test)]
