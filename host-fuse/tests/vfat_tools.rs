@@ -10,7 +10,9 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 use nlxtp_core::{RunState, StatusReader};
-use nlxtp_host::area::vfat::{create_image, CreateError, ImageWriteGuard, VfatImage};
+use nlxtp_host::area::vfat::{
+    create_image, qemu_holds_image, replace_holding, CreateError, ImageWriteGuard, VfatImage,
+};
 use nlxtp_host::area::{
     read_status, AreaError, AreaPath, Durability, EntryKind, Patience, SharedArea, UploadData,
     UploadFile, WalkLimits,
@@ -373,6 +375,34 @@ fn an_upload_removes_stale_temporary_images_of_killed_uploads_only() {
     assert!(held.exists(), "a locked one belongs to a live upload");
     assert!(other.exists(), "other files are never touched");
     drop(guard);
+}
+
+#[test]
+fn replace_holding_keeps_the_image_guarded_across_the_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = make_image(dir.path(), Maker::Mkfs(16));
+    let guard = ImageWriteGuard::acquire(&img).unwrap();
+    let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+    let before = ino(&img);
+
+    // Refused: the old guard comes back, still holding the unchanged image.
+    let bad = vec![UploadFile::bytes("what?", b"x".to_vec()).unwrap()];
+    let (err, guard) = replace_holding(&img, guard, bad, Durability::Synced).unwrap_err();
+    assert!(err.to_string().contains("'?'"), "{err}");
+    assert_eq!(ino(&img), before);
+    assert!(qemu_holds_image(&img).unwrap());
+
+    // Done: the guard that comes back holds the new image (another inode).
+    let new = replace_holding(&img, guard, upload(), Durability::Synced).unwrap();
+    assert_ne!(ino(&img), before);
+    assert!(qemu_holds_image(&img).unwrap(), "the new image is guarded");
+    assert!(matches!(
+        ImageWriteGuard::acquire(&img),
+        Err(AreaError::Busy { .. })
+    ));
+    drop(new);
+    assert!(!qemu_holds_image(&img).unwrap());
+    assert_fsck_clean(&img);
 }
 
 #[test]

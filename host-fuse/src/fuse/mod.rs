@@ -29,9 +29,9 @@
 //!   committed together once no change has come for 250 ms, so a burst costs a few
 //!   commits instead of one per file. After a commit with no file open for writing, the
 //!   stage and the guard are dropped and the VM may start: until then no VM starts on
-//!   half a job. Known gap: `replace` takes the guard itself, so the view lets go of
-//!   its own for the moment between the two; a QEMU started in exactly that moment
-//!   makes the commit fail with `EBUSY` and drops the stage (nothing is half-written).
+//!   half a job. A commit hands the guard to the replacement, which passes it on to the
+//!   new image before the rename (`vfat::replace_holding`): the image is guarded without
+//!   a gap from the first staged write to the last commit.
 //! - **A new start script starts a new run.** When `auto_exec.sh` is written through the
 //!   view (created, written, truncated or renamed into place) and the manifest was not,
 //!   the commit is an upload as docs/wire-format.md section 1 describes it: the last

@@ -15,8 +15,8 @@ use nlxtp_core::layout::STATUS_FILE;
 use nlxtp_core::DecodeError;
 
 use super::stage::{children, listing, upload_files, Data, Node, Stage, StagedFile, Tree};
-use crate::area::vfat::ImageWriteGuard;
-use crate::area::{AreaError, AreaPath, SharedArea};
+use crate::area::vfat::{self, ImageWriteGuard};
+use crate::area::{AreaError, AreaPath, Durability, SharedArea};
 use crate::ops;
 
 /// The root directory's inode number.
@@ -661,8 +661,7 @@ impl View {
             Ok(v) => v,
             Err(e) => return failed(st, e.to_string(), Errno::EIO),
         };
-        // replace() takes the image's guard itself and cannot while this one is held.
-        drop(stage.guard.take());
+        let held = stage.guard.take();
         tracing::debug!(
             "{}: committing {} entries ({} bytes), {} open for writing",
             vm.name,
@@ -670,8 +669,20 @@ impl View {
             tree.values().map(Node::size).sum::<u64>(),
             st.stage.as_ref().map_or(0, |s| s.writers)
         );
-        let result = vm.area.replace(upload_files(&tree));
+        // The image's guard goes into the replacement and comes back on the new image
+        // (on a failure: the old one), so no QEMU can start in between.
+        let (result, guard) = match held {
+            Some(guard) => {
+                let files = upload_files(&tree);
+                match vfat::replace_holding(vm.area.location(), guard, files, Durability::Synced) {
+                    Ok(new) => (Ok(()), Some(new)),
+                    Err((e, old)) => (Err(e), Some(old)),
+                }
+            }
+            None => (vm.area.replace(upload_files(&tree)), None),
+        };
         let stage = st.stage.as_mut().expect("still there");
+        stage.guard = guard;
         let outcome = match result {
             Ok(()) => {
                 stage.tree = tree;
@@ -695,7 +706,7 @@ impl View {
             stage.writers == 0 && !stage.dirty() || (vm.is_dir && run.is_some() && outcome.is_ok());
         if end {
             st.stage = None;
-        } else if !vm.is_dir {
+        } else if !vm.is_dir && stage.guard.is_none() {
             match ImageWriteGuard::acquire(vm.area.location()) {
                 Ok(guard) => stage.guard = Some(guard),
                 Err(e) => {

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use create::{create_image, CreateError, MAX_IMAGE_LEN, MIN_IMAGE_LEN};
 pub use lock::{qemu_holds_image, ImageWriteGuard};
+pub use write::replace_holding;
 
 use self::status::StatusCache;
 use self::volume::Volume;

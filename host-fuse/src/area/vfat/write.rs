@@ -229,6 +229,38 @@ pub fn replace(
 ) -> Result<(), AreaError> {
     let plan = Plan::new(files)?;
     let guard = ImageWriteGuard::acquire(image)?;
+    replace_guarded(image, &guard, plan, durability).map(drop)
+}
+
+/// [`replace`] for a caller that already holds the image's `guard` and keeps the image
+/// guarded throughout: no QEMU can start on it before, during or after. Returns the
+/// guard on the new image; on an error, `guard` comes back (the image is unchanged).
+///
+/// # Errors
+/// As [`replace`], with the guard.
+pub fn replace_holding(
+    image: &Path,
+    guard: ImageWriteGuard,
+    files: Vec<UploadFile>,
+    durability: Durability,
+) -> Result<ImageWriteGuard, (AreaError, ImageWriteGuard)> {
+    let plan = match Plan::new(files) {
+        Ok(plan) => plan,
+        Err(e) => return Err((e, guard)),
+    };
+    match replace_guarded(image, &guard, plan, durability) {
+        Ok(new) => Ok(new),
+        Err(e) => Err((e, guard)),
+    }
+}
+
+/// The upload under `guard`; returns the guard on the new image, taken before the rename.
+fn replace_guarded(
+    image: &Path,
+    guard: &ImageWriteGuard,
+    plan: Plan,
+    durability: Durability,
+) -> Result<ImageWriteGuard, AreaError> {
     let old = Image::from_file(
         guard
             .file()
@@ -290,13 +322,11 @@ pub fn replace(
             .and_then(|d| d.sync_all())
             .map_err(|e| AreaError::io("flush the directory", dir, e))?;
     }
-    drop(temp_guard);
-    drop(guard);
     let removed = remove_leftovers(dir);
     if removed > 0 {
         tracing::info!("removed {removed} temporary image(s) of killed uploads");
     }
-    Ok(())
+    Ok(temp_guard)
 }
 
 /// What a temporary image's name starts and ends with.
