@@ -233,12 +233,15 @@ fn writes_what_mtools_reads_and_fsck_accepts() {
 /// Names that exercise short-name generation: exact 8.3 names in either case (one entry,
 /// case flags), case-only long names, and a literal `FOOBAR~1` that a generated name
 /// must not take.
-const TRICKY_NAMES: [&str; 8] = [
+const TRICKY_NAMES: [&str; 10] = [
     "notes.txt",
     "README",
     "Makefile",
     "FOOBAR~1",
     "foo bar",
+    // A generated short name for the first would be the second's (mixed case) 8.3 name.
+    "foo bar.txt",
+    "FooBar~1.txt",
     "foo-bar.tar.gz",
     ".hidden",
     "\u{e4}rger.md",
@@ -300,6 +303,9 @@ fn large_directories_and_tricky_names_read_back_through_every_tool() {
         );
         assert_eq!(mtype(&img, "many/FOOBAR~1"), vec![3u8; 3]);
         assert_eq!(mtype(&img, "foo bar"), vec![4u8; 5]);
+        // mtype prints every file whose long or short name matches.
+        assert_eq!(mtype(&img, "FooBar~1.txt"), vec![6u8; 5]);
+        assert_eq!(mtype(&img, "foo bar.txt"), vec![5u8; 5]);
 
         let got = contents(&area);
         assert_eq!(got.len(), n + 2 * TRICKY_NAMES.len() + 2, "{maker:?}");

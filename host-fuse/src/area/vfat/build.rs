@@ -269,32 +269,30 @@ impl ShortNames {
 fn name_entries(dir: &str, names: Vec<(&str, Target)>) -> Result<Vec<Entry>, AreaError> {
     let mut shorts = ShortNames::default();
     let mut entries: Vec<Option<Entry>> = Vec::with_capacity(names.len());
-    // First the names that are exactly 8.3: no generated name may take theirs.
+    // First the names that are 8.3 but for case: each keeps its own short name, which no
+    // generated one may take (Linux and Windows match short names too, so `FooBar~1.txt`
+    // must not be another file's short name). Names equal ignoring case were refused
+    // before, so these cannot clash with each other.
     for &(name, target) in &names {
-        entries.push(match exact_short(name) {
-            Some((short, Some(case))) => {
-                shorts.used.insert(short);
-                Some(Entry {
-                    short,
-                    case,
-                    long: None,
-                    target,
-                })
+        entries.push(exact_short(name).map(|(short, case)| {
+            shorts.used.insert(short);
+            Entry {
+                short,
+                case: case.unwrap_or(0),
+                // Mixed case: the long name carries it.
+                long: case.is_none().then(|| name.encode_utf16().collect()),
+                target,
             }
-            _ => None,
-        });
+        }));
     }
     for (slot, (name, target)) in entries.iter_mut().zip(names) {
         if slot.is_some() {
             continue;
         }
-        let short = match exact_short(name) {
-            Some((short, _)) if shorts.used.insert(short) => short,
-            _ => shorts.tailed(name).ok_or_else(|| AreaError::TooLarge {
-                what: format!("the number of similar names in {dir}"),
-                limit: 999_999,
-            })?,
-        };
+        let short = shorts.tailed(name).ok_or_else(|| AreaError::TooLarge {
+            what: format!("the number of similar names in {dir}"),
+            limit: 999_999,
+        })?;
         *slot = Some(Entry {
             short,
             case: 0,
@@ -520,7 +518,13 @@ pub(crate) fn write_plan(
         // In use: the root's first cluster and everything handed out after it.
         let used = 1 + (alloc.end - alloc.first_free);
         let free = u64::from(geometry.clusters) - used;
-        update_fs_info(file, at, free as u32, alloc.end as u32).map_err(io_error("write", temp))?;
+        // Where the next free cluster is; "unknown" when none is left.
+        let next = if alloc.end > u64::from(geometry.max_cluster()) {
+            u32::MAX
+        } else {
+            alloc.end as u32
+        };
+        update_fs_info(file, at, free as u32, next).map_err(io_error("write", temp))?;
     }
     Ok(())
 }

@@ -72,7 +72,8 @@ fn bad_vfat_name(name: &str) -> Option<String> {
     name.chars()
         .find(|&c| {
             !(c.is_ascii_alphanumeric()
-                || ('\u{80}'..='\u{FFFF}').contains(&c)
+                // Not C1 controls; not U+FFFF, which is padding in a long name.
+                || ('\u{A0}'..='\u{FFFD}').contains(&c)
                 || "$%'-_@~`!(){}. +,;=[]^#&".contains(c))
         })
         .map(|c| format!("the character {c:?}, which vFAT cannot hold"))
@@ -402,6 +403,8 @@ mod tests {
             (&["ok/what?"], "'?'"),
             (&["trailing."], "ending in"),
             (&["emoji\u{1F600}"], "cannot hold"),
+            (&["c1\u{85}control"], "cannot hold"),
+            (&["pad\u{FFFF}"], "cannot hold"),
         ] {
             let err = Plan::new(files(paths)).unwrap_err().to_string();
             assert!(err.contains(needle), "{paths:?}: {err}");
