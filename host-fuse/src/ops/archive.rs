@@ -204,9 +204,9 @@ impl<R: Read> Read for Budget<R> {
 ///
 /// `require_script`: refuse an archive without `auto_exec.sh` at its root.
 /// `archive_file`: the regular file `source` reads from its start, if it is one; then
-/// members of an uncompressed archive larger than [`SPOOL_ABOVE`] are later read from
+/// members of an uncompressed archive larger than 1 MiB are later read from
 /// it at their offsets (a file that shrinks meanwhile makes the upload fail, see
-/// [`AreaError::ShortSource`](crate::area::AreaError::ShortSource)).
+/// [`AreaError::ShortSource`]).
 ///
 /// # Errors
 /// See [`ArchiveError`]: the first problem found, naming the member.

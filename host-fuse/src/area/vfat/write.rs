@@ -233,12 +233,12 @@ pub fn replace(
     replace_guarded(image, &guard, plan, durability).map(drop)
 }
 
-/// [`replace`] for a caller that already holds the image's `guard` and keeps the image
+/// [`SharedArea::replace`](crate::area::SharedArea::replace) for a caller that already holds the image's `guard` and keeps the image
 /// guarded throughout: no QEMU can start on it before, during or after. Returns the
 /// guard on the new image; on an error, `guard` comes back (the image is unchanged).
 ///
 /// # Errors
-/// As [`replace`], with the guard.
+/// As [`SharedArea::replace`](crate::area::SharedArea::replace), with the guard.
 pub fn replace_holding(
     image: &Path,
     guard: ImageWriteGuard,
