@@ -506,8 +506,8 @@ fn upload(
             Durability::Synced
         },
     };
-    let progress = Progress::new("uploading");
-    let report = ops::upload(
+    let progress = Progress::new("reading the archive");
+    let prepared = ops::prepare_upload(
         area.as_ref(),
         CountingReader {
             inner: source,
@@ -516,6 +516,12 @@ fn upload(
         },
         &options,
     )?;
+    progress.phase(format!(
+        "writing {} into {}",
+        indicatif::HumanBytes(prepared.bytes()),
+        target.display()
+    ));
+    let report = prepared.write()?;
     progress.finish();
     for name in &report.dropped {
         eprintln!("nlxtp: note: left out {name} from the archive: it belongs to an earlier run");
@@ -691,6 +697,18 @@ impl Progress {
     fn set(&self, bytes: u64) {
         if let Some(bar) = &self.0 {
             bar.set_position(bytes);
+        }
+    }
+
+    /// A step whose bytes are not counted: the message and the time it has taken.
+    fn phase(&self, message: String) {
+        if let Some(bar) = &self.0 {
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .expect("static template"),
+            );
+            bar.set_message(message);
+            bar.reset_elapsed();
         }
     }
 

@@ -106,6 +106,45 @@ pub fn upload(
     source: impl Read,
     options: &UploadOptions,
 ) -> Result<UploadReport, UploadError> {
+    prepare_upload(area, source, options)?.write()
+}
+
+/// An upload whose archive is read and checked, not yet written: [`upload`] in two steps,
+/// for callers that report progress (reading the archive, then writing the area).
+#[derive(Debug)]
+pub struct PreparedUpload<'a> {
+    area: &'a dyn SharedArea,
+    files: Vec<UploadFile>,
+    durability: Durability,
+    report: UploadReport,
+}
+
+impl PreparedUpload<'_> {
+    /// Bytes of file content to write.
+    pub fn bytes(&self) -> u64 {
+        self.report.bytes
+    }
+
+    /// Writes the upload into the area.
+    ///
+    /// # Errors
+    /// [`UploadError::Area`]; nothing is changed on error.
+    pub fn write(self) -> Result<UploadReport, UploadError> {
+        self.area.replace_with(self.files, self.durability)?;
+        Ok(self.report)
+    }
+}
+
+/// The first step of [`upload`]: checks that the area may be replaced, reads and checks
+/// the archive and adds a fresh manifest. Nothing is written.
+///
+/// # Errors
+/// See [`UploadError`].
+pub fn prepare_upload<'a>(
+    area: &'a dyn SharedArea,
+    source: impl Read,
+    options: &UploadOptions,
+) -> Result<PreparedUpload<'a>, UploadError> {
     // Refuse early, before reading a large archive, when the VM holds its disk.
     if area.is_busy()? {
         return Err(AreaError::Busy {
@@ -163,15 +202,19 @@ pub fn upload(
     } = parsed;
     files
         .push(UploadFile::bytes(layout::MANIFEST_FILE, bytes).expect("the manifest path is valid"));
-    let entries = files.len();
-    area.replace_with(files, options.durability)?;
-    Ok(UploadReport {
+    let report = UploadReport {
         run_id: run_id.to_string(),
-        entries,
+        entries: files.len(),
         bytes: total_bytes,
         compression,
         dropped,
         stripped_mode_bits,
+    };
+    Ok(PreparedUpload {
+        area,
+        files,
+        durability: options.durability,
+        report,
     })
 }
 
