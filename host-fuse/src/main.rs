@@ -40,6 +40,13 @@ struct Cli {
     /// Log what happens (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// A container's root filesystem as the host sees it: TARGET is then the area's path
+    /// inside the container (`/nlxtp`), resolved beneath ROOTFS without following any
+    /// symbolic link or `..`, so the container cannot point the host elsewhere. Without
+    /// it, every component of TARGET but the last is followed as it is: give an area
+    /// whose parent directories are the host's.
+    #[arg(long, global = true, value_name = "ROOTFS")]
+    rootfs: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -247,7 +254,7 @@ fn main() -> ExitCode {
             .without_time()
             .init();
     }
-    match run(cli.command) {
+    match run(cli.command, cli.rootfs.as_deref()) {
         Ok(code) => code,
         Err(failure) => {
             eprintln!("nlxtp: {}", failure.error);
@@ -280,7 +287,7 @@ fn with_code(code: u8) -> impl FnOnce(Failure) -> Failure {
     move |f| Failure { code, ..f }
 }
 
-fn run(command: Command) -> Result<ExitCode, Failure> {
+fn run(command: Command, rootfs: Option<&Path>) -> Result<ExitCode, Failure> {
     match command {
         Command::CreateDisk {
             image,
@@ -302,7 +309,13 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             options,
         } => {
             if archive == Path::new("-") {
-                upload(&target, Box::new(io::stdin().lock()), None, &options)?;
+                upload(
+                    rootfs,
+                    &target,
+                    Box::new(io::stdin().lock()),
+                    None,
+                    &options,
+                )?;
             } else {
                 let file = open_input(&archive)?;
                 // A regular file can be read again where large members lie.
@@ -310,12 +323,12 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
                 let again = regular
                     .then(|| file.try_clone().ok().map(Arc::new))
                     .flatten();
-                upload(&target, Box::new(file), again, &options)?;
+                upload(rootfs, &target, Box::new(file), again, &options)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { target, json } => {
-            let area = ops::open_target(&target)?;
+            let area = open_area(rootfs, &target)?;
             let report = ops::status(area.as_ref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -324,7 +337,7 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Wait { target, wait } => wait_for(&target, &wait),
+        Command::Wait { target, wait } => wait_for(rootfs, &target, &wait),
         Command::Download {
             target,
             output,
@@ -332,7 +345,7 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             format,
             json,
         } => {
-            let area = ops::open_target(&target)?;
+            let area = open_area(rootfs, &target)?;
             if area.is_busy()? {
                 let report = ops::status(area.as_ref())?;
                 let done = report.record.as_ref().is_some_and(|r| r.done);
@@ -411,7 +424,7 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             stderr,
             both,
             wait,
-        } => follow(&target, streams(stderr, both), &wait),
+        } => follow(rootfs, &target, streams(stderr, both), &wait),
         Command::Logs {
             target,
             follow: false,
@@ -419,7 +432,7 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             both,
             ..
         } => {
-            let area = ops::open_target(&target)?;
+            let area = open_area(rootfs, &target)?;
             let mut follower = ops::logs::Follower::new(streams(stderr, both));
             let mut out = io::stdout().lock();
             let mut failed = None;
@@ -443,9 +456,15 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
             command,
         } => {
             let archive = ops::exec_archive(&command);
-            upload(&target, Box::new(io::Cursor::new(archive)), None, &options)?;
+            upload(
+                rootfs,
+                &target,
+                Box::new(io::Cursor::new(archive)),
+                None,
+                &options,
+            )?;
             if and_wait {
-                wait_for(&target, &wait)
+                wait_for(rootfs, &target, &wait)
             } else {
                 Ok(ExitCode::SUCCESS)
             }
@@ -475,6 +494,18 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
     }
 }
 
+/// The area named on the command line: TARGET itself, or with `--rootfs`, the container
+/// directory TARGET inside that root filesystem.
+fn open_area(
+    rootfs: Option<&Path>,
+    target: &Path,
+) -> Result<Box<dyn nlxtp_host::area::SharedArea>, nlxtp_host::area::AreaError> {
+    match rootfs {
+        None => ops::open_target(target),
+        Some(rootfs) => ops::open_target_in(rootfs, target),
+    }
+}
+
 fn open_input(path: &Path) -> Result<File, Failure> {
     File::open(path).map_err(|e| Failure {
         error: format!("cannot open the archive {}: {e}", path.display()).into(),
@@ -483,12 +514,13 @@ fn open_input(path: &Path) -> Result<File, Failure> {
 }
 
 fn upload(
+    rootfs: Option<&Path>,
     target: &Path,
     source: Box<dyn Read>,
     archive_file: Option<Arc<File>>,
     args: &UploadArgs,
 ) -> Result<(), Failure> {
-    let area = ops::open_target(target)?;
+    let area = open_area(rootfs, target)?;
     let options = UploadOptions {
         limits: ArchiveLimits {
             max_entries: args.max_entries,
@@ -545,8 +577,8 @@ fn upload(
     Ok(())
 }
 
-fn wait_for(target: &Path, args: &WaitArgs) -> Result<ExitCode, Failure> {
-    let area = ops::open_target(target).map_err(|e| with_code(125)(e.into()))?;
+fn wait_for(rootfs: Option<&Path>, target: &Path, args: &WaitArgs) -> Result<ExitCode, Failure> {
+    let area = open_area(rootfs, target).map_err(|e| with_code(125)(e.into()))?;
     let mut last_line = String::new();
     let quiet = args.quiet;
     let outcome = ops::wait(
@@ -572,8 +604,13 @@ fn wait_for(target: &Path, args: &WaitArgs) -> Result<ExitCode, Failure> {
 }
 
 /// Follows the output (`nlxtp logs --follow`), then ends as `nlxtp wait` does.
-fn follow(target: &Path, streams: Streams, wait: &WaitArgs) -> Result<ExitCode, Failure> {
-    let area = ops::open_target(target).map_err(|e| with_code(125)(e.into()))?;
+fn follow(
+    rootfs: Option<&Path>,
+    target: &Path,
+    streams: Streams,
+    wait: &WaitArgs,
+) -> Result<ExitCode, Failure> {
+    let area = open_area(rootfs, target).map_err(|e| with_code(125)(e.into()))?;
     let mut stdout = io::stdout().lock();
     let mut stderr = io::stderr();
     let outcome = ops::logs::follow(

@@ -240,3 +240,33 @@ fn exec_upload_download_round_trip_on_an_image() {
         .unwrap();
     assert!(String::from_utf8_lossy(&script.stdout).contains("sh -c"));
 }
+
+#[test]
+fn rootfs_resolves_the_area_inside_the_container_without_its_symlinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let rootfs = dir.path().join("rootfs");
+    let elsewhere = dir.path().join("another-container/area");
+    std::fs::create_dir_all(rootfs.join("nlxtp")).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    write_status(&elsewhere, RunState::Running, 1000);
+    // The guest points a directory of its root at another container's area.
+    std::os::unix::fs::symlink(elsewhere.parent().unwrap(), rootfs.join("mnt")).unwrap();
+    let root = rootfs.to_str().unwrap();
+
+    let out = nlxtp(&["--rootfs", root, "status", "/mnt/area"], &state);
+    assert!(!out.status.success(), "a planted symlink is not followed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("symbolic links"), "{err}");
+
+    let out = nlxtp(&["--rootfs", root, "exec", "/nlxtp", "--", "true"], &state);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(rootfs.join("nlxtp/auto_exec.sh").is_file());
+    let out = nlxtp(&["--rootfs", root, "status", "nlxtp", "--json"], &state);
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(json.contains("\"upload_present\": true"), "{json}");
+}

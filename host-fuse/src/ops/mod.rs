@@ -14,6 +14,7 @@ use nlxtp_core::{layout, Manifest, RunId};
 pub use archive::{ArchiveError, ArchiveLimits, Compression, DownloadReport, ParsedUpload};
 pub use status::{status, wait, Monitor, StatusReport, WaitOutcome};
 
+use crate::area::dir::ContainerDir;
 use crate::area::vfat::VfatImage;
 use crate::area::{AreaError, Durability, SharedArea, UploadData, UploadFile, START_SCRIPT};
 
@@ -24,12 +25,27 @@ use crate::area::{AreaError, Durability, SharedArea, UploadData, UploadFile, STA
 /// [`AreaError::NoImage`] when nothing is there.
 pub fn open_target(target: &Path) -> Result<Box<dyn SharedArea>, AreaError> {
     match std::fs::metadata(target) {
-        Ok(meta) if meta.is_dir() => Ok(Box::new(crate::area::dir::ContainerDir::open(target)?)),
+        Ok(meta) if meta.is_dir() => Ok(Box::new(ContainerDir::open(target)?)),
         Ok(_) => Ok(Box::new(VfatImage::new(target))),
         Err(_) => Err(AreaError::NoImage {
             path: PathBuf::from(target),
         }),
     }
+}
+
+/// Opens the container area at `target`, a path inside the container whose root
+/// filesystem is `rootfs` (as the host sees it), resolved beneath `rootfs` without
+/// following the guest's symbolic links (see [`ContainerDir::open_in`]).
+///
+/// # Errors
+/// [`AreaError::NoImage`] when nothing is there or `target` is not UTF-8;
+/// [`AreaError::Io`] when a component is a symbolic link or not a directory.
+pub fn open_target_in(rootfs: &Path, target: &Path) -> Result<Box<dyn SharedArea>, AreaError> {
+    let missing = || AreaError::NoImage {
+        path: rootfs.join(target.strip_prefix("/").unwrap_or(target)),
+    };
+    let inside = target.to_str().ok_or_else(missing)?;
+    Ok(Box::new(ContainerDir::open_in(rootfs, inside)?))
 }
 
 /// How an upload is made.
