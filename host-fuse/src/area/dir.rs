@@ -242,8 +242,19 @@ fn reopen(fd: &OwnedFd) -> io::Result<File> {
 }
 
 fn root_error(e: Errno, path: &Path) -> AreaError {
+    let why = |text: &str| io::Error::new(io::Error::from(e).kind(), format!("{text} ({e})"));
     match e {
         Errno::NOENT => AreaError::NoImage { path: path.into() },
+        Errno::LOOP => AreaError::io(
+            "open the area directory",
+            path,
+            why("a symbolic link is on the way, and the host never follows one: the guest may have planted it"),
+        ),
+        Errno::XDEV => AreaError::io(
+            "open the area directory",
+            path,
+            why("the path leads out of the container's root filesystem"),
+        ),
         _ => AreaError::io("open the area directory", path, e.into()),
     }
 }
