@@ -288,6 +288,19 @@ fn with_code(code: u8) -> impl FnOnce(Failure) -> Failure {
 }
 
 fn run(command: Command, rootfs: Option<&Path>) -> Result<ExitCode, Failure> {
+    let no_target = matches!(
+        command,
+        Command::CreateDisk { .. } | Command::Mount { .. } | Command::Umount { .. }
+    );
+    if rootfs.is_some() && no_target {
+        return Err(Failure {
+            error: "--rootfs names the container of a TARGET, and this command takes none; \
+                    the FUSE view takes such containers from its config file: \
+                    NAME = { rootfs = \"/var/lib/lxc/c1/rootfs\", area = \"/mnt/nlXTP\" }"
+                .into(),
+            code: 2,
+        });
+    }
     match command {
         Command::CreateDisk {
             image,

@@ -980,6 +980,49 @@ fn sighup_reload_adds_and_removes_vms_and_daemon_mode() {
     drop(guard);
 }
 
+/// A container whose area lies below directories the guest controls: the config's
+/// `{ rootfs, area }` form resolves it beneath the root, never through a planted link.
+#[test]
+fn config_containers_are_resolved_beneath_their_root() {
+    let s = Scratch::new();
+    let rootfs = s.path("ct/rootfs");
+    fs::create_dir_all(rootfs.join("mnt/nlXTP")).unwrap();
+    fs::write(rootfs.join("mnt/nlXTP/result.txt"), b"inside").unwrap();
+    let config = s.path("vms.toml");
+    fs::write(
+        &config,
+        "[vms]\nct = { rootfs = \"ct/rootfs\", area = \"/mnt/nlXTP\" }\n",
+    )
+    .unwrap();
+    let m = s.mount(&["--config", config.to_str().unwrap()]);
+    assert_eq!(fs::read(m.vm("ct").join("result.txt")).unwrap(), b"inside");
+    assert_eq!(
+        json(&m.vm("ct").join(".nlxtp/view.json"))["backend"],
+        "directory"
+    );
+    s.umount_ok(false);
+    drop(m);
+
+    // The guest turns /mnt into a link to another container's area: refused.
+    let other = s.path("other/mnt/nlXTP");
+    fs::create_dir_all(&other).unwrap();
+    fs::remove_dir_all(rootfs.join("mnt")).unwrap();
+    std::os::unix::fs::symlink(other.parent().unwrap(), rootfs.join("mnt")).unwrap();
+    let out = s.nlxtp(&[
+        "mount",
+        s.mnt().to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--daemon",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert!(!is_mounted(&s.mnt()));
+}
+
 /// A container-style directory: a simulated monitor rewrites the status slots in place
 /// while status.json is read; the view refuses writes while the run goes on and takes
 /// them once it has ended, keeping the status file as it is.

@@ -4,28 +4,73 @@
 //! # vms.toml: one line per VM; a relative TARGET is taken from this file's directory.
 //! [vms]
 //! web1 = "/var/lib/nlxtp/web1.img"
-//! ct2 = "/var/lib/lxc/ct2/rootfs/mnt/nlXTP"
+//! ct2 = "/var/lib/lxc/ct2/rootfs/nlxtp"
+//! # A container area below directories the guest controls: resolved beneath the
+//! # container's root without following links (as `nlxtp --rootfs`).
+//! ct3 = { rootfs = "/var/lib/lxc/ct3/rootfs", area = "/mnt/nlXTP" }
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::MountError;
+use crate::area::{AreaError, SharedArea};
+use crate::ops;
 
 /// One VM of a mount: the directory name it gets and its shared area.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
     /// The name of its directory under the mount point.
     pub name: String,
-    /// Its disk image or container directory.
+    /// Its disk image or container directory; with `rootfs`, the area's path inside the
+    /// container.
     pub target: PathBuf,
+    /// A container's root filesystem, beneath which `target` is resolved without
+    /// following any link.
+    pub rootfs: Option<PathBuf>,
+}
+
+impl VmSpec {
+    /// Opens its shared area.
+    ///
+    /// # Errors
+    /// As [`ops::open_target`] and [`ops::open_target_in`].
+    pub fn open(&self) -> Result<Box<dyn SharedArea>, AreaError> {
+        match &self.rootfs {
+            None => ops::open_target(&self.target),
+            Some(rootfs) => ops::open_target_in(rootfs, &self.target),
+        }
+    }
+
+    /// Where its area is on the host, for people.
+    pub fn shown(&self) -> PathBuf {
+        match &self.rootfs {
+            None => self.target.clone(),
+            Some(rootfs) => rootfs.join(self.target.strip_prefix("/").unwrap_or(&self.target)),
+        }
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     #[serde(default)]
-    vms: BTreeMap<String, PathBuf>,
+    vms: BTreeMap<String, ConfigEntry>,
+}
+
+/// A VM's line in the config file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum ConfigEntry {
+    Target(PathBuf),
+    Container(ContainerEntry),
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContainerEntry {
+    rootfs: PathBuf,
+    area: PathBuf,
 }
 
 /// Checks that `name` can be a directory name of the view.
@@ -70,6 +115,7 @@ pub fn parse_vm_arg(arg: &str) -> Result<VmSpec, MountError> {
     Ok(VmSpec {
         name: name.to_owned(),
         target: PathBuf::from(target),
+        rootfs: None,
     })
 }
 
@@ -89,11 +135,19 @@ pub fn read_config(path: &Path) -> Result<Vec<VmSpec>, MountError> {
     let base = path.parent().unwrap_or(Path::new("."));
     file.vms
         .into_iter()
-        .map(|(name, target)| {
+        .map(|(name, entry)| {
             check_name(&name)?;
-            Ok(VmSpec {
-                name,
-                target: base.join(target),
+            Ok(match entry {
+                ConfigEntry::Target(target) => VmSpec {
+                    name,
+                    target: base.join(target),
+                    rootfs: None,
+                },
+                ConfigEntry::Container(c) => VmSpec {
+                    name,
+                    target: c.area,
+                    rootfs: Some(base.join(c.rootfs)),
+                },
             })
         })
         .collect()
@@ -149,5 +203,20 @@ mod tests {
         std::fs::write(&path, "[vm]\n").unwrap();
         let err = read_config(&path).unwrap_err().to_string();
         assert!(err.contains("vms.toml"), "{err}");
+    }
+
+    #[test]
+    fn config_file_containers_beneath_their_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vms.toml");
+        let text = "[vms]\nct = { rootfs = \"ct/rootfs\", area = \"/mnt/nlXTP\" }\n";
+        std::fs::write(&path, text).unwrap();
+        let specs = read_config(&path).unwrap();
+        assert_eq!(specs[0].rootfs, Some(dir.path().join("ct/rootfs")));
+        assert_eq!(specs[0].target, PathBuf::from("/mnt/nlXTP"));
+        assert_eq!(specs[0].shown(), dir.path().join("ct/rootfs/mnt/nlXTP"));
+        let typo = "[vms]\nct = { rootfs = \"r\", path = \"/a\" }\n";
+        std::fs::write(&path, typo).unwrap();
+        assert!(read_config(&path).is_err(), "unknown keys are refused");
     }
 }

@@ -17,7 +17,6 @@ use super::config::{self, VmSpec};
 use super::fs::Fs;
 use super::view::View;
 use super::{MountError, MountOptions, UmountError};
-use crate::ops;
 
 /// The source the view shows in /proc/mounts (its type is `fuse`, or `fuse.nlxtp` when
 /// mounted through fusermount3).
@@ -282,7 +281,7 @@ fn reload(
     let wanted = config::collect(cli, opts.config.as_deref()).map_err(|e| e.to_string())?;
     let mut report = Vec::new();
     for (name, target) in view.vm_list() {
-        if wanted.iter().any(|w| w.name == name && w.target == target) {
+        if wanted.iter().any(|w| w.name == name && w.shown() == target) {
             continue;
         }
         match view.remove_vm(&name) {
@@ -298,9 +297,9 @@ fn reload(
         if have.iter().any(|(n, _)| *n == spec.name) {
             continue;
         }
-        match ops::open_target(&spec.target) {
+        match spec.open() {
             Ok(area) => {
-                view.add_vm(&spec.name, &spec.target, area);
+                view.add_vm(&spec.name, &spec.shown(), area);
                 let _ = notifier.inval_entry(fuser::INodeNo::ROOT, OsStr::new(&spec.name));
                 report.push(format!("added {}", spec.name));
             }
@@ -372,11 +371,11 @@ pub(crate) fn serve(opts: &MountOptions) -> Result<(), MountError> {
     let stage_dir = opts.stage_dir.clone().unwrap_or_else(std::env::temp_dir);
     let view = Arc::new(View::new(stage_dir));
     for spec in &specs {
-        let area = ops::open_target(&spec.target).map_err(|source| MountError::Target {
+        let area = spec.open().map_err(|source| MountError::Target {
             name: spec.name.clone(),
             source,
         })?;
-        view.add_vm(&spec.name, &spec.target, area);
+        view.add_vm(&spec.name, &spec.shown(), area);
     }
     let socket = socket_path(&mountpoint);
     let listener = bind_control(&socket, &mountpoint)?;
