@@ -250,6 +250,11 @@ fn root_error(e: Errno, path: &Path) -> AreaError {
             path,
             why("a symbolic link is on the way, and the host never follows one: the guest may have planted it"),
         ),
+        Errno::NOTDIR => AreaError::io(
+            "open the area directory",
+            path,
+            why("it is not a directory, or it is a symbolic link, which the host never follows"),
+        ),
         Errno::XDEV => AreaError::io(
             "open the area directory",
             path,

@@ -613,19 +613,31 @@ pub(crate) fn spawn_daemon(opts: &MountOptions) -> Result<(), MountError> {
             print!("{line}");
             Ok(())
         }
-        _ => {
-            let status = child.try_wait().ok().flatten();
+        // Its stdout closed without a report: it is ending. Its messages say why (they
+        // are complete once it has exited and its stderr closed too).
+        Ok(_) => {
             let messages = err_rx
-                .recv_timeout(Duration::from_secs(1))
+                .recv_timeout(Duration::from_secs(10))
                 .unwrap_or_default();
-            Err(fail(match status {
-                Some(s) => format!(
-                    "the mount process exited ({s}) before mounting: {}",
-                    messages.trim()
-                ),
-                None => "the mount process did not report a mount within 60 s".into(),
-            }))
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let status = loop {
+                match child.try_wait() {
+                    Ok(None) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Ok(status) => break status,
+                    Err(_) => break None,
+                }
+            };
+            let how = status.map_or_else(|| "ended".to_owned(), |s| format!("exited ({s})"));
+            Err(fail(format!(
+                "the mount process {how} before mounting: {}",
+                messages.trim()
+            )))
         }
+        Err(_) => Err(fail(
+            "the mount process did not report a mount within 60 s".into(),
+        )),
     }
 }
 
