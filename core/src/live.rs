@@ -159,6 +159,21 @@ pub fn block_at(file: &[u8], index: usize) -> Option<&[u8; LIVE_BLOCK_LEN]> {
         .ok()
 }
 
+/// Writes block `sequence` into its slot of a whole live file held in memory, as the
+/// monitor writes it to disk; `None` if the file has no such slot. Returns how many
+/// payload bytes the block took (see [`encode_block`]).
+pub fn put_block(
+    file: &mut [u8],
+    sequence: u64,
+    stream: Stream,
+    offset: u64,
+    payload: &[u8],
+) -> Option<usize> {
+    let at = live_slot(sequence) * LIVE_BLOCK_LEN;
+    let block = file.get_mut(at..at + LIVE_BLOCK_LEN)?.try_into().ok()?;
+    Some(encode_block(block, sequence, stream, offset, payload))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +195,20 @@ mod tests {
         );
         assert_eq!(live_slot(7), 7);
         assert_eq!(live_slot(LIVE_BLOCKS as u64 + 3), 3);
+        let mut file = [0u8; LIVE_FILE_LEN];
+        let wrapped = LIVE_BLOCKS as u64 + 7;
+        assert_eq!(
+            put_block(&mut file, wrapped, Stream::Stderr, 1000, &[b'x'; 600]),
+            Some(480)
+        );
+        assert_eq!(
+            decode_block(block_at(&file, 7).unwrap()).unwrap().sequence,
+            wrapped
+        );
+        assert_eq!(
+            put_block(&mut file[..LIVE_BLOCK_LEN], 1, Stream::Stdout, 0, b"x"),
+            None
+        );
         for byte in 0..LIVE_BLOCK_LEN {
             let mut bad = block;
             bad[byte] ^= 0x10;

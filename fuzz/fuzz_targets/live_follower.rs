@@ -11,8 +11,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use nlxtp_core::live::{
-    block_at, decode_block, encode_block, live_slot, Stream, LIVE_BLOCKS, LIVE_BLOCK_LEN,
-    LIVE_FILE_LEN, LIVE_PAYLOAD_MAX,
+    block_at, decode_block, put_block, Stream, LIVE_BLOCKS, LIVE_BLOCK_LEN, LIVE_FILE_LEN,
+    LIVE_PAYLOAD_MAX,
 };
 use nlxtp_host::ops::logs::{Follower, Streams};
 
@@ -156,10 +156,7 @@ fuzz_target!(|data: &[u8]| {
                 let payload: Vec<u8> = (0..len as u64)
                     .map(|i| honest_byte(stream, offset.wrapping_add(i)) ^ u8::from(garbled))
                     .collect();
-                let mut block = [0u8; LIVE_BLOCK_LEN];
-                encode_block(&mut block, seq, stream, offset, &payload);
-                let at = live_slot(seq) * LIVE_BLOCK_LEN;
-                file[at..at + LIVE_BLOCK_LEN].copy_from_slice(&block);
+                put_block(&mut file, seq, stream, offset, &payload).expect("a whole live file");
                 if seq == next_seq {
                     next_seq += 1;
                     next_offset[s] = offset.saturating_add(len as u64);

@@ -8,7 +8,9 @@ use nlxtp_core::Manifest;
 fuzz_target!(|data: &[u8]| {
     if let Ok(manifest) = Manifest::decode(data) {
         let mut again = [0u8; MANIFEST_LEN];
-        manifest.encode(&mut again).expect("a decoded manifest always fits");
+        manifest
+            .encode(&mut again)
+            .expect("a decoded manifest always fits");
         assert_eq!(Manifest::decode(&again), Ok(manifest));
     }
 });

@@ -14,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
     slot[..n].copy_from_slice(&data[..n]);
     if let Ok(record) = StatusRecord::decode(&slot) {
         let mut again = [0u8; STATUS_SLOT_LEN];
-        record.encode(&mut again).expect("a decoded record always fits its slot");
+        record
+            .encode(&mut again)
+            .expect("a decoded record always fits its slot");
         assert_eq!(StatusRecord::decode(&again), Ok(record));
     }
 });

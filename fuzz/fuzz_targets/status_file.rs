@@ -18,7 +18,13 @@ fuzz_target!(|data: &[u8]| {
     ];
     if let Ok(record) = read_status(&file) {
         assert!(slots.iter().flatten().any(|slot| *slot == record));
-        assert!(slots.iter().flatten().all(|slot| slot.sequence <= record.sequence));
-        assert!(StatusWriter::resume(&file).next_sequence() > record.sequence || record.sequence == u64::MAX);
+        assert!(slots
+            .iter()
+            .flatten()
+            .all(|slot| slot.sequence <= record.sequence));
+        assert!(
+            StatusWriter::resume(&file).next_sequence() > record.sequence
+                || record.sequence == u64::MAX
+        );
     }
 });

@@ -11,7 +11,7 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::Duration;
 
-use nlxtp_core::live::{encode_block, live_slot, Stream, LIVE_BLOCK_LEN, LIVE_FILE_LEN};
+use nlxtp_core::live::{put_block, Stream, LIVE_FILE_LEN};
 use nlxtp_core::{layout, RunState};
 use nlxtp_host::area::dir::ContainerDir;
 use nlxtp_host::area::StatusError;
@@ -21,10 +21,7 @@ use nlxtp_host::ops::WaitOutcome;
 fn ring(blocks: &[(u64, Stream, u64, &[u8])]) -> Vec<u8> {
     let mut file = vec![0u8; LIVE_FILE_LEN];
     for &(seq, stream, offset, payload) in blocks {
-        let mut block = [0u8; LIVE_BLOCK_LEN];
-        encode_block(&mut block, seq, stream, offset, payload);
-        let at = live_slot(seq) * LIVE_BLOCK_LEN;
-        file[at..at + LIVE_BLOCK_LEN].copy_from_slice(&block);
+        put_block(&mut file, seq, stream, offset, payload).expect("a whole live file");
     }
     file
 }

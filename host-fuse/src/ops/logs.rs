@@ -208,15 +208,12 @@ pub fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nlxtp_core::live::{encode_block, LIVE_BLOCKS, LIVE_BLOCK_LEN};
+    use nlxtp_core::live::{put_block, LIVE_BLOCKS, LIVE_BLOCK_LEN};
 
     fn ring(blocks: &[(u64, Stream, u64, &[u8])]) -> Vec<u8> {
         let mut file = vec![0u8; LIVE_FILE_LEN];
         for &(seq, stream, offset, payload) in blocks {
-            let mut block = [0u8; LIVE_BLOCK_LEN];
-            encode_block(&mut block, seq, stream, offset, payload);
-            let at = live_slot(seq) * LIVE_BLOCK_LEN;
-            file[at..at + LIVE_BLOCK_LEN].copy_from_slice(&block);
+            put_block(&mut file, seq, stream, offset, payload).expect("a whole live file");
         }
         file
     }
