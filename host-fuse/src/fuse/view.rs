@@ -704,20 +704,9 @@ impl View {
         // A commit that started a run in a container ends the stage: the guest writes now.
         let end =
             stage.writers == 0 && !stage.dirty() || (vm.is_dir && run.is_some() && outcome.is_ok());
+        // An image's stage keeps its guard: the one on the new image, or the old one back.
         if end {
             st.stage = None;
-        } else if !vm.is_dir && stage.guard.is_none() {
-            match ImageWriteGuard::acquire(vm.area.location()) {
-                Ok(guard) => stage.guard = Some(guard),
-                Err(e) => {
-                    tracing::error!(
-                        "{}: a VM took the image between two commits; changes not committed are dropped: {}",
-                        vm.name,
-                        chain(&e)
-                    );
-                    st.stage = None;
-                }
-            }
         }
         st.busy = None;
         outcome
