@@ -9,5 +9,6 @@
 pub mod area;
 pub mod fuse;
 pub mod ops;
+mod stable_hash;
 
 pub use nlxtp_core as protocol;

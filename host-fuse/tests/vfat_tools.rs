@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use common::*;
 use nlxtp_core::{RunState, StatusReader};
 use nlxtp_host::area::vfat::{
-    create_image, qemu_holds_image, replace_holding, CreateError, ImageWriteGuard, VfatImage,
+    create_image, qemu_holds_image, CreateError, ImageWriteGuard, VfatImage,
 };
 use nlxtp_host::area::{
     read_status, AreaError, AreaPath, Durability, EntryKind, Patience, SharedArea, UploadData,
@@ -384,29 +384,35 @@ fn an_upload_removes_stale_temporary_images_of_killed_uploads_only() {
 }
 
 #[test]
-fn replace_holding_keeps_the_image_guarded_across_the_swap() {
+fn replace_held_keeps_the_image_guarded_across_the_swap() {
     let dir = tempfile::tempdir().unwrap();
     let img = make_image(dir.path(), Maker::Mkfs(16));
-    let guard = ImageWriteGuard::acquire(&img).unwrap();
+    let area = VfatImage::new(&img);
+    assert!(area.capabilities().holdable);
+    let mut hold = area.hold().unwrap();
+    assert!(hold.is_held());
     let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
     let before = ino(&img);
 
-    // Refused: the old guard comes back, still holding the unchanged image.
+    // Refused: the hold still holds the unchanged image.
     let bad = vec![UploadFile::bytes("what?", b"x".to_vec()).unwrap()];
-    let (err, guard) = replace_holding(&img, guard, bad, Durability::Synced).unwrap_err();
+    let err = area
+        .replace_held(&mut hold, bad, Durability::Synced)
+        .unwrap_err();
     assert!(err.to_string().contains("'?'"), "{err}");
     assert_eq!(ino(&img), before);
     assert!(qemu_holds_image(&img).unwrap());
 
-    // Done: the guard that comes back holds the new image (another inode).
-    let new = replace_holding(&img, guard, upload(), Durability::Synced).unwrap();
+    // Done: the hold now holds the new image (another inode).
+    area.replace_held(&mut hold, upload(), Durability::Synced)
+        .unwrap();
     assert_ne!(ino(&img), before);
     assert!(qemu_holds_image(&img).unwrap(), "the new image is guarded");
     assert!(matches!(
         ImageWriteGuard::acquire(&img),
         Err(AreaError::Busy { .. })
     ));
-    drop(new);
+    drop(hold);
     assert!(!qemu_holds_image(&img).unwrap());
     assert_fsck_clean(&img);
 }

@@ -104,8 +104,8 @@ use rustix::fs::{
 use rustix::io::Errno;
 
 use crate::area::{
-    AreaError, AreaPath, Durability, Entry, EntryKind, SharedArea, StatusRead, UploadData,
-    UploadFile, Visitor, WalkLimits, START_SCRIPT, STATUS_FILE,
+    AreaError, AreaKind, AreaPath, Capabilities, Durability, Entry, EntryKind, SharedArea,
+    StatusRead, UploadData, UploadFile, Visitor, WalkBudget, WalkLimits, START_SCRIPT, STATUS_FILE,
 };
 
 /// Every lookup inside the area: no symlink, no magic link, no `..` escape, no mount.
@@ -425,11 +425,9 @@ impl ContainerDir {
     ) -> Result<Skipped, AreaError> {
         let mut walk = Walk {
             area: self,
-            limits,
+            budget: WalkBudget::new(limits),
             read_files,
             visit,
-            entries: 0,
-            bytes: 0,
             skipped: Skipped::default(),
         };
         walk.dir(self.reopen_root()?, None, 0)?;
@@ -638,6 +636,20 @@ impl SharedArea for ContainerDir {
         &self.path
     }
 
+    fn kind(&self) -> AreaKind {
+        AreaKind::Directory
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            folds_case: false,
+            keeps_modes: true,
+            atomic_replace: false,
+            live: true,
+            holdable: false,
+        }
+    }
+
     /// Never: a container takes an upload at once.
     fn is_busy(&self) -> Result<bool, AreaError> {
         Ok(false)
@@ -710,11 +722,9 @@ impl SharedArea for ContainerDir {
 /// One walk's state.
 struct Walk<'a, 'v> {
     area: &'a ContainerDir,
-    limits: &'a WalkLimits,
+    budget: WalkBudget,
     read_files: bool,
     visit: &'a mut Visitor<'v>,
-    entries: usize,
-    bytes: u64,
     skipped: Skipped,
 }
 
@@ -727,12 +737,10 @@ impl Walk<'_, '_> {
         depth: usize,
     ) -> Result<(), AreaError> {
         let shown = parent.map_or_else(|| self.area.path.clone(), |p| self.area.host(p));
-        let room = self.limits.max_entries.saturating_sub(self.entries);
-        let (dir, names) = read_names(dir, room, &shown)?.ok_or_else(|| AreaError::TooLarge {
-            what: "the number of files and directories".into(),
-            limit: self.limits.max_entries as u64,
-        })?;
-        self.entries += names.len();
+        let room = self.budget.entries_left();
+        let (dir, names) =
+            read_names(dir, room, &shown)?.ok_or_else(|| self.budget.too_many_entries())?;
+        self.budget.count_entries(names.len())?;
         for name in names {
             let path = name.to_str().ok().and_then(|n| match parent {
                 Some(p) => p.join(n).ok(),
@@ -773,12 +781,7 @@ impl Walk<'_, '_> {
         stat: &Stat,
         depth: usize,
     ) -> Result<(), AreaError> {
-        if depth + 1 > self.limits.max_depth {
-            return Err(AreaError::TooLarge {
-                what: format!("the depth of {path}"),
-                limit: self.limits.max_depth as u64,
-            });
-        }
+        self.budget.enter(depth + 1, &path)?;
         let entry = Entry {
             path,
             kind: EntryKind::Dir,
@@ -795,13 +798,7 @@ impl Walk<'_, '_> {
 
     fn file(&mut self, fd: &OwnedFd, path: AreaPath, stat: &Stat) -> Result<(), AreaError> {
         let size = u64::try_from(stat.st_size).unwrap_or(0);
-        self.bytes = self.bytes.saturating_add(size);
-        if self.bytes > self.limits.max_total_bytes {
-            return Err(AreaError::TooLarge {
-                what: "the total size of the files".into(),
-                limit: self.limits.max_total_bytes,
-            });
-        }
+        self.budget.count_file(size)?;
         let entry = Entry {
             path,
             kind: EntryKind::File,

@@ -28,10 +28,10 @@
 //!   200 ms of the VM's last commit (a burst, such as `cp -r` of many files), are
 //!   committed together once no change has come for 250 ms, so a burst costs a few
 //!   commits instead of one per file. After a commit with no file open for writing, the
-//!   stage and the guard are dropped and the VM may start: until then no VM starts on
-//!   half a job. A commit hands the guard to the replacement, which passes it on to the
-//!   new image before the rename (`vfat::replace_holding`): the image is guarded without
-//!   a gap from the first staged write to the last commit.
+//!   stage and the hold are dropped and the VM may start: until then no VM starts on
+//!   half a job. A commit hands the hold to the replacement, which passes it on to the
+//!   new image before the rename ([`SharedArea::replace_held`](crate::area::SharedArea::replace_held)):
+//!   the image is guarded without a gap from the first staged write to the last commit.
 //! - **A new start script starts a new run.** When `auto_exec.sh` is written through the
 //!   view (created, written, truncated or renamed into place) and the manifest was not,
 //!   the commit is an upload as docs/wire-format.md section 1 describes it: the last

@@ -52,14 +52,7 @@ fn runtime_dir() -> PathBuf {
 
 /// The control socket of the mount at `mountpoint` (normalized).
 pub(crate) fn socket_path(mountpoint: &Path) -> PathBuf {
-    // FNV-1a of the path: a stable, short name.
-    let hash = mountpoint
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        });
+    let hash = crate::stable_hash::of_path(mountpoint);
     runtime_dir().join(format!("mount-{hash:016x}.sock"))
 }
 

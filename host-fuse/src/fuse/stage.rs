@@ -1,8 +1,8 @@
 //! Staged changes of one VM's area: a full copy of the area in unnamed temporary files,
 //! changed in place by the view, and turned into one [`SharedArea::replace`] on commit.
 //!
-//! A stage starts at the first change (after the image's [`ImageWriteGuard`] is taken,
-//! so the copy is of content no QEMU can change) and ends after a commit when no file
+//! A stage starts at the first change (after the area is held, [`SharedArea::hold`],
+//! so the copy of an image is of content no QEMU can change) and ends after a commit when no file
 //! is open for writing. Its files are `O_TMPFILE` files: a crash leaves nothing behind.
 
 use std::collections::BTreeMap;
@@ -18,8 +18,11 @@ use nlxtp_core::layout::{MANIFEST_FILE, PROTOCOL_DIR, RUN_FILES, START_SCRIPT};
 use nlxtp_core::record::MANIFEST_LEN;
 use nlxtp_core::{Manifest, RunId};
 
-use crate::area::vfat::ImageWriteGuard;
-use crate::area::{AreaError, AreaPath, EntryKind, SharedArea, UploadData, UploadFile, WalkLimits};
+use crate::ops::{fresh_manifest, RunSettings};
+
+use crate::area::{
+    AreaError, AreaHold, AreaPath, EntryKind, SharedArea, UploadData, UploadFile, WalkLimits,
+};
 
 /// The content of a staged file: an unnamed temporary file and its length.
 #[derive(Debug)]
@@ -191,8 +194,8 @@ pub(crate) struct Stage {
     pub(crate) epoch: u64,
     /// The area as the view shows it.
     pub(crate) tree: Tree,
-    /// Held while the stage lives (images only): no QEMU starts on the image meanwhile.
-    pub(crate) guard: Option<ImageWriteGuard>,
+    /// Held while the stage lives: no QEMU starts on an image meanwhile.
+    pub(crate) hold: AreaHold,
     /// Counts changes; equal to `committed` when nothing is pending.
     pub(crate) changed: u64,
     /// The value of `changed` at the last successful commit.
@@ -211,11 +214,11 @@ pub(crate) struct Stage {
 
 impl Stage {
     /// A stage showing `tree`, with nothing pending.
-    pub(crate) fn new(tree: Tree, guard: Option<ImageWriteGuard>, epoch: u64) -> Stage {
+    pub(crate) fn new(tree: Tree, hold: AreaHold, epoch: u64) -> Stage {
         Stage {
             epoch,
             tree,
-            guard,
+            hold,
             changed: 0,
             committed: 0,
             failed: None,
@@ -230,7 +233,7 @@ impl Stage {
     pub(crate) fn copy_of(
         area: &dyn SharedArea,
         dir: &Path,
-        guard: Option<ImageWriteGuard>,
+        hold: AreaHold,
         epoch: u64,
     ) -> Result<Stage, AreaError> {
         let mut tree = Tree::new();
@@ -250,7 +253,7 @@ impl Stage {
             tree.insert(entry.path.as_str().to_owned(), node);
             Ok(())
         })?;
-        Ok(Stage::new(tree, guard, epoch))
+        Ok(Stage::new(tree, hold, epoch))
     }
 
     pub(crate) fn dirty(&self) -> bool {
@@ -292,22 +295,9 @@ impl Stage {
         for file in RUN_FILES {
             tree.remove(file);
         }
-        let mut run_id = RunId::default();
-        getrandom::fill(&mut run_id.0).map_err(|_| io::Error::other("no randomness"))?;
-        let manifest = Manifest {
-            run_id,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            // A script edited through the view runs with the limits the last upload asked for.
-            timeout_secs: old.as_ref().and_then(|m| m.timeout_secs),
-            heartbeat_interval_ms: old.as_ref().and_then(|m| m.heartbeat_interval_ms),
-            output_cap_bytes: old.as_ref().and_then(|m| m.output_cap_bytes),
-        };
-        let mut bytes = vec![0u8; MANIFEST_LEN];
-        manifest
-            .encode(&mut bytes)
-            .expect("a manifest always fits its slot");
+        // A script edited through the view runs with the limits the last upload asked for.
+        let settings = old.as_ref().map(RunSettings::of).unwrap_or_default();
+        let (run_id, bytes) = fresh_manifest(settings).map_err(io::Error::other)?;
         tree.entry(PROTOCOL_DIR.to_owned())
             .or_insert(Node::Dir { mode: 0o755 });
         tree.insert(
@@ -383,7 +373,7 @@ mod tests {
             mode: 0o644,
             data: Data::Staged(StagedFile::with_bytes(dir.path(), b).unwrap()),
         };
-        let mut stage = Stage::new(Tree::new(), None, 1);
+        let mut stage = Stage::new(Tree::new(), AreaHold::none(), 1);
         stage.tree.insert("nlxtp".into(), Node::Dir { mode: 0o755 });
         stage
             .tree

@@ -15,8 +15,7 @@ use nlxtp_core::layout::STATUS_FILE;
 use nlxtp_core::DecodeError;
 
 use super::stage::{children, listing, upload_files, Data, Node, Stage, StagedFile, Tree};
-use crate::area::vfat::{self, ImageWriteGuard};
-use crate::area::{AreaError, AreaPath, Durability, SharedArea};
+use crate::area::{AreaError, AreaPath, ChangeKey, Durability, SharedArea};
 use crate::ops;
 
 /// The root directory's inode number.
@@ -30,10 +29,11 @@ pub(crate) const VIEW_JSON: &str = "view.json";
 
 /// The largest file the view reads into memory at open.
 const MAX_READ: u64 = 1 << 30;
-/// A read-only listing of an image is reused while the image is unchanged, but never for
-/// longer than this; a container directory's always for this long.
+/// A read-only listing is reused while the area's change key is unchanged, but never for
+/// longer than this; an area without a change key (a container directory) has its
+/// listing reused for the shorter time.
 const LISTING_TTL: Duration = Duration::from_secs(5);
-const DIR_LISTING_TTL: Duration = Duration::from_millis(500);
+const UNKEYED_LISTING_TTL: Duration = Duration::from_millis(500);
 /// A changed image is listed again at most this often.
 const RELIST_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a "VM is running" answer is reused.
@@ -209,15 +209,13 @@ pub(crate) struct Vm {
     pub(crate) name: String,
     pub(crate) target: PathBuf,
     area: Box<dyn SharedArea>,
-    /// A container directory (no image, no QEMU locks).
-    is_dir: bool,
     state: Mutex<VmState>,
 }
 
 #[derive(Debug, Default)]
 struct VmState {
-    /// The area as last listed, when no stage exists: (tree, image key, when).
-    listing: Option<(Tree, Option<ImageKey>, Instant)>,
+    /// The area as last listed, when no stage exists: (tree, change key, when).
+    listing: Option<(Tree, Option<ChangeKey>, Instant)>,
     stage: Option<Stage>,
     busy: Option<(bool, Instant)>,
     epochs: u64,
@@ -226,21 +224,6 @@ struct VmState {
     last_run: Option<String>,
     /// When the last commit ended.
     last_commit: Option<Instant>,
-}
-
-/// What changes when anything writes the image: its inode, size and times.
-type ImageKey = (u64, u64, u64, i64, i64);
-
-fn image_key(path: &Path) -> Option<ImageKey> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((
-        m.dev(),
-        m.ino(),
-        m.len(),
-        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-    ))
 }
 
 /// The errno a failed area call becomes.
@@ -335,7 +318,6 @@ impl View {
             id: vms.next_id,
             name: name.to_owned(),
             target: target.to_owned(),
-            is_dir: area.location().is_dir(),
             area,
             state: Mutex::default(),
         });
@@ -422,16 +404,16 @@ impl View {
         }
     }
 
-    /// Lists the area again if the listing is older than its image or its time to live.
+    /// Lists the area again if the listing is older than its content (by its change
+    /// key) or its time to live.
     fn refresh_listing(&self, vm: &Vm, st: &mut VmState) -> Result<(), Errno> {
-        let key = if vm.is_dir {
-            None
-        } else {
-            image_key(vm.area.location())
-        };
+        let key = vm.area.change_key();
         let stale = match &st.listing {
             None => true,
-            Some((_, old, at)) if vm.is_dir => at.elapsed() > DIR_LISTING_TTL || *old != key,
+            // Without a change key only the (short) time to live tells.
+            Some((_, old, at)) if key.is_none() => {
+                at.elapsed() > UNKEYED_LISTING_TTL || *old != key
+            }
             Some((_, old, at)) => {
                 (*old != key && at.elapsed() > RELIST_INTERVAL) || at.elapsed() > LISTING_TTL
             }
@@ -451,7 +433,7 @@ impl View {
 
     /// Whether the VM's files are read-only now (a running VM holds the image).
     fn read_only(&self, vm: &Vm, st: &mut VmState) -> bool {
-        if st.stage.is_some() || vm.is_dir {
+        if st.stage.is_some() {
             return false;
         }
         match st.busy {
@@ -612,16 +594,13 @@ impl View {
     /// `EROFS` while a VM holds the image, `EBUSY` while a run goes on in a container.
     fn stage<'a>(&self, vm: &Vm, st: &'a mut VmState) -> Result<&'a mut Stage, Errno> {
         if st.stage.is_none() {
-            let guard = if vm.is_dir {
-                if run_alive(vm) {
-                    return Err(Errno::EBUSY);
-                }
-                None
-            } else {
-                Some(ImageWriteGuard::acquire(vm.area.location()).map_err(|e| errno(&e))?)
-            };
+            // A guest that sees the area live would find files changed under its run.
+            if vm.area.capabilities().live && run_alive(vm) {
+                return Err(Errno::EBUSY);
+            }
+            let hold = vm.area.hold().map_err(|e| errno(&e))?;
             st.epochs += 1;
-            let stage = Stage::copy_of(vm.area.as_ref(), &self.stage_dir, guard, st.epochs)
+            let stage = Stage::copy_of(vm.area.as_ref(), &self.stage_dir, hold, st.epochs)
                 .map_err(|e| {
                     tracing::warn!("cannot stage changes to {}: {}", vm.name, chain(&e));
                     errno(&e)
@@ -650,7 +629,8 @@ impl View {
             }
             Err(code)
         };
-        if vm.is_dir && run_alive(vm) {
+        let live = vm.area.capabilities().live;
+        if live && run_alive(vm) {
             return failed(
                 st,
                 "a run is going on in the container; write again when it has ended".into(),
@@ -661,28 +641,19 @@ impl View {
             Ok(v) => v,
             Err(e) => return failed(st, e.to_string(), Errno::EIO),
         };
-        let held = stage.guard.take();
         tracing::debug!(
             "{}: committing {} entries ({} bytes), {} open for writing",
             vm.name,
             tree.len(),
             tree.values().map(Node::size).sum::<u64>(),
-            st.stage.as_ref().map_or(0, |s| s.writers)
+            stage.writers
         );
-        // The image's guard goes into the replacement and comes back on the new image
-        // (on a failure: the old one), so no QEMU can start in between.
-        let (result, guard) = match held {
-            Some(guard) => {
-                let files = upload_files(&tree);
-                match vfat::replace_holding(vm.area.location(), guard, files, Durability::Synced) {
-                    Ok(new) => (Ok(()), Some(new)),
-                    Err((e, old)) => (Err(e), Some(old)),
-                }
-            }
-            None => (vm.area.replace(upload_files(&tree)), None),
-        };
+        // The hold goes into the replacement and comes back on the new content (on a
+        // failure: the old), so no QEMU can start in between.
+        let result = vm
+            .area
+            .replace_held(&mut stage.hold, upload_files(&tree), Durability::Synced);
         let stage = st.stage.as_mut().expect("still there");
-        stage.guard = guard;
         let outcome = match result {
             Ok(()) => {
                 stage.tree = tree;
@@ -703,8 +674,8 @@ impl View {
         let stage = st.stage.as_mut().expect("still there");
         // A commit that started a run in a container ends the stage: the guest writes now.
         let end =
-            stage.writers == 0 && !stage.dirty() || (vm.is_dir && run.is_some() && outcome.is_ok());
-        // An image's stage keeps its guard: the one on the new image, or the old one back.
+            stage.writers == 0 && !stage.dirty() || (live && run.is_some() && outcome.is_ok());
+        // A held stage keeps its hold: on the new content, or on the old one after a failure.
         if end {
             st.stage = None;
         }
@@ -815,7 +786,7 @@ impl View {
                 serde_json::to_string_pretty(&serde_json::json!({
                     "name": vm.name,
                     "target": vm.target,
-                    "backend": if vm.is_dir { "directory" } else { "vfat-image" },
+                    "backend": vm.area.kind().name(),
                     "writable": !read_only,
                     "mode": if read_only { "read-only: a VM holds the image" } else { "read-write" },
                     "staged": stage.is_some(),
@@ -1065,7 +1036,8 @@ impl View {
         if !dir.is_empty() && !tree.get(dir).is_some_and(Node::is_dir) {
             return Err(Errno::ENOENT);
         }
-        if !vm.is_dir && children(tree, dir).any(|(n, _)| n != name && n.eq_ignore_ascii_case(name))
+        if vm.area.capabilities().folds_case
+            && children(tree, dir).any(|(n, _)| n != name && n.eq_ignore_ascii_case(name))
         {
             return Err(Errno::EEXIST);
         }
@@ -1207,7 +1179,7 @@ impl View {
                 let (dir, _) = to.rsplit_once('/').unwrap_or(("", &to));
                 let renaming_itself = from.eq_ignore_ascii_case(&to);
                 if !renaming_itself
-                    && !vm.is_dir
+                    && vm.area.capabilities().folds_case
                     && children(&stage.tree, dir).any(|(n, _)| same_but_case(n))
                 {
                     return Err(Errno::EEXIST);
@@ -1260,7 +1232,7 @@ impl View {
             return Err(Errno::EPERM);
         }
         // vFAT keeps no permission bits (as Linux's vfat without `quiet`, refuse).
-        if mode_changes && !vm.is_dir {
+        if mode_changes && !vm.area.capabilities().keeps_modes {
             return Err(Errno::EPERM);
         }
         if mode_changes || change.size.is_some() {

@@ -22,14 +22,17 @@ use crate::area::{AreaError, Durability, SharedArea, UploadData, UploadFile, STA
 /// a VM's vFAT disk image.
 ///
 /// # Errors
-/// [`AreaError::NoImage`] when nothing is there.
+/// [`AreaError::NoImage`] when nothing is there, [`AreaError::Io`] when the path cannot
+/// be inspected (permission denied, say).
 pub fn open_target(target: &Path) -> Result<Box<dyn SharedArea>, AreaError> {
     match std::fs::metadata(target) {
         Ok(meta) if meta.is_dir() => Ok(Box::new(ContainerDir::open(target)?)),
         Ok(_) => Ok(Box::new(VfatImage::new(target))),
-        Err(_) => Err(AreaError::NoImage {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(AreaError::NoImage {
             path: PathBuf::from(target),
         }),
+        // Permission denied (a directory on the way the user may not search) says so.
+        Err(e) => Err(AreaError::io("inspect", target, e)),
     }
 }
 
@@ -194,21 +197,11 @@ pub fn prepare_upload<'a>(
             .into());
         }
     }
-    let mut run_id = RunId::default();
-    getrandom::fill(&mut run_id.0).map_err(|_| UploadError::Random)?;
-    let manifest = Manifest {
-        run_id,
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+    let (run_id, bytes) = fresh_manifest(RunSettings {
         timeout_secs: options.timeout_secs,
         heartbeat_interval_ms: options.heartbeat_ms,
         output_cap_bytes: options.output_cap,
-    };
-    let mut bytes = vec![0u8; MANIFEST_LEN];
-    manifest
-        .encode(&mut bytes)
-        .expect("a manifest always fits its slot");
+    })?;
     let ParsedUpload {
         mut files,
         dropped,
@@ -232,6 +225,53 @@ pub fn prepare_upload<'a>(
         durability: options.durability,
         report,
     })
+}
+
+/// What a run asks of the guest's monitor; its manifest carries it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunSettings {
+    /// Kill the script after this long.
+    pub timeout_secs: Option<u32>,
+    /// The monitor's heartbeat interval.
+    pub heartbeat_interval_ms: Option<u32>,
+    /// Cap each captured output stream at this many bytes.
+    pub output_cap_bytes: Option<u64>,
+}
+
+impl RunSettings {
+    /// The settings `manifest` asked for.
+    pub fn of(manifest: &Manifest) -> Self {
+        RunSettings {
+            timeout_secs: manifest.timeout_secs,
+            heartbeat_interval_ms: manifest.heartbeat_interval_ms,
+            output_cap_bytes: manifest.output_cap_bytes,
+        }
+    }
+}
+
+/// The manifest of a new run (docs/wire-format.md section 1): a fresh random run id,
+/// now as its creation time, and `settings`. Returns the run id and the manifest file's
+/// bytes.
+///
+/// # Errors
+/// [`UploadError::Random`] when the operating system gives no randomness.
+pub fn fresh_manifest(settings: RunSettings) -> Result<(RunId, Vec<u8>), UploadError> {
+    let mut run_id = RunId::default();
+    getrandom::fill(&mut run_id.0).map_err(|_| UploadError::Random)?;
+    let manifest = Manifest {
+        run_id,
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        timeout_secs: settings.timeout_secs,
+        heartbeat_interval_ms: settings.heartbeat_interval_ms,
+        output_cap_bytes: settings.output_cap_bytes,
+    };
+    let mut bytes = vec![0u8; MANIFEST_LEN];
+    manifest
+        .encode(&mut bytes)
+        .expect("a manifest always fits its slot");
+    Ok((run_id, bytes))
 }
 
 /// A tar archive whose `auto_exec.sh` runs `command` (each word quoted for the shell).

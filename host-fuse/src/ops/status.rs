@@ -4,20 +4,22 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nlxtp_core::{
-    layout, BootId, Liveness, LivenessPolicy, RunId, RunState, Seen, StatusReader, StatusRecord,
-    Verdict,
+    BootId, Liveness, LivenessPolicy, RunId, RunState, Seen, StatusReader, StatusRecord, Verdict,
 };
 use serde::Serialize;
 
-use crate::area::{read_status, AreaError, AreaPath, Patience, SharedArea, StatusError};
+use crate::area::{
+    read_status, read_status_from, AreaKind, AreaSnapshot, LegacyFiles, Patience, SharedArea,
+    StatusError,
+};
 
 /// Everything `nlxtp status` says about an area.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
     /// The image or directory.
     pub target: PathBuf,
-    /// "vfat-image" or "directory".
-    pub backend: &'static str,
+    /// The kind of area: "vfat-image" or "directory".
+    pub backend: AreaKind,
     /// Whether a VM holds the image now (always false for a directory).
     pub vm_running: bool,
     /// Whether the area holds an upload (an `auto_exec.sh`).
@@ -153,7 +155,19 @@ pub struct LegacyStatus {
 /// # Errors
 /// [`StatusError`] when the record cannot be read (after retrying torn reads).
 pub fn status(area: &(impl SharedArea + ?Sized)) -> Result<StatusReport, StatusError> {
-    let record = read_status(area, &mut StatusReader::new(), Patience::default())?;
+    // One look at the area; the record is read again only if that look caught it torn.
+    let AreaSnapshot {
+        status_file,
+        busy,
+        script_present,
+        legacy,
+    } = area.snapshot()?;
+    let record = read_status_from(
+        area,
+        &mut StatusReader::new(),
+        Patience::default(),
+        status_file,
+    )?;
     let memory = LivenessMemory::for_target(area.location());
     let previous = memory.as_ref().and_then(LivenessMemory::load);
     let mut liveness = Liveness::resume(LivenessPolicy::default(), previous);
@@ -179,67 +193,29 @@ pub fn status(area: &(impl SharedArea + ?Sized)) -> Result<StatusReport, StatusE
         },
         Verdict::MonitorLost { silent_ms, .. } => Monitor::Lost { silent_ms },
     };
-    let legacy = if record.is_none() {
-        read_legacy(area)?
-    } else {
-        None
-    };
     Ok(StatusReport {
         target: area.location().to_path_buf(),
-        backend: if area.location().is_dir() {
-            "directory"
-        } else {
-            "vfat-image"
-        },
-        vm_running: area.is_busy()?,
-        // A record means the guest has seen an upload; only without one is it worth a look.
-        upload_present: record.is_some() || exists(area, layout::START_SCRIPT)?,
+        backend: area.kind(),
+        vm_running: busy,
+        // A record means the guest has seen an upload.
+        upload_present: record.is_some() || script_present,
+        legacy: legacy.filter(|_| record.is_none()).map(LegacyStatus::new),
         record: record.as_ref().map(RecordView::new),
         monitor,
-        legacy,
     })
 }
 
-fn exists(area: &(impl SharedArea + ?Sized), path: &str) -> Result<bool, AreaError> {
-    let path = AreaPath::new(path).expect("protocol paths are valid");
-    match area.read_file(&path, 0) {
-        Ok(_) | Err(AreaError::TooLarge { .. }) | Err(AreaError::NotAFile { .. }) => Ok(true),
-        Err(AreaError::NotFound { .. }) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn read_legacy(area: &(impl SharedArea + ?Sized)) -> Result<Option<LegacyStatus>, AreaError> {
-    let read = |path: &str| -> Result<Option<Vec<u8>>, AreaError> {
-        match area.read_file(
-            &AreaPath::new(path).expect("legacy paths are valid"),
-            256 << 20,
-        ) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(
-                AreaError::NotFound { .. }
-                | AreaError::NotAFile { .. }
-                | AreaError::TooLarge { .. },
-            ) => Ok(None),
-            Err(e) => Err(e),
+impl LegacyStatus {
+    fn new(files: LegacyFiles) -> LegacyStatus {
+        let text = |bytes: Option<Vec<u8>>| bytes.map(|b| String::from_utf8_lossy(&b).into_owned());
+        LegacyStatus {
+            unchecksummed: true,
+            done: files.done,
+            running_guest_unix: text(files.running).and_then(|t| t.trim().parse().ok()),
+            custom: text(files.custom).unwrap_or_default(),
+            out_bytes: files.out_len,
         }
-    };
-    let running = read(layout::legacy::RUNNING)?;
-    let done = read(layout::legacy::DONE)?;
-    let custom = read(layout::legacy::CUSTOM)?;
-    if running.is_none() && done.is_none() && custom.is_none() {
-        return Ok(None);
     }
-    let out_bytes = read(layout::legacy::OUT)?.map(|b| b.len() as u64);
-    Ok(Some(LegacyStatus {
-        unchecksummed: true,
-        done: done.is_some(),
-        running_guest_unix: running.and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok()),
-        custom: custom
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default(),
-        out_bytes,
-    }))
 }
 
 /// How a wait ended.
@@ -284,7 +260,7 @@ pub fn wait(
                 ))
             }
             Verdict::NoStatus if !checked_upload => {
-                if !exists(area, layout::START_SCRIPT)? {
+                if !area.snapshot()?.script_present {
                     return Ok(WaitOutcome::NoUpload);
                 }
                 // An upload the guest has not started yet (a VM that is off): wait on.
@@ -318,14 +294,7 @@ impl LivenessMemory {
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
         let canonical = std::fs::canonicalize(target).ok()?;
-        // FNV-1a: a stable name for the target's path.
-        let hash = canonical
-            .as_os_str()
-            .as_encoded_bytes()
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            });
+        let hash = crate::stable_hash::of_path(&canonical);
         Some(LivenessMemory {
             file: base.join("nlxtp/liveness").join(format!("{hash:016x}")),
         })
@@ -363,9 +332,9 @@ pub fn render(report: &StatusReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let what = match (report.backend, report.vm_running) {
-        ("directory", _) => "container directory",
-        (_, true) => "vFAT image, held by a running VM",
-        _ => "vFAT image, VM not running",
+        (AreaKind::Directory, _) => "container directory",
+        (AreaKind::VfatImage, true) => "vFAT image, held by a running VM",
+        (AreaKind::VfatImage, false) => "vFAT image, VM not running",
     };
     let _ = writeln!(out, "target     {} ({what})", report.target.display());
     let monitor = match report.monitor {

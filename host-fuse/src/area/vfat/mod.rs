@@ -24,12 +24,12 @@ use std::path::{Path, PathBuf};
 
 pub use create::{create_image, CreateError, MAX_IMAGE_LEN, MIN_IMAGE_LEN};
 pub use lock::{qemu_holds_image, ImageWriteGuard};
-pub use write::replace_holding;
 
 use self::status::StatusCache;
 use self::volume::Volume;
 use crate::area::{
-    AreaError, AreaPath, Durability, SharedArea, StatusRead, UploadFile, Visitor, WalkLimits,
+    AreaError, AreaHold, AreaKind, AreaPath, Capabilities, ChangeKey, Durability, SharedArea,
+    StatusRead, UploadFile, Visitor, WalkLimits,
 };
 
 /// A VM's shared area: the vFAT image at a path.
@@ -57,6 +57,34 @@ impl SharedArea for VfatImage {
         &self.path
     }
 
+    fn kind(&self) -> AreaKind {
+        AreaKind::VfatImage
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            folds_case: true,
+            keeps_modes: false,
+            atomic_replace: true,
+            live: false,
+            holdable: true,
+        }
+    }
+
+    /// The image's device, inode, size and change times: anything that writes the image
+    /// changes one of them.
+    fn change_key(&self) -> Option<ChangeKey> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&self.path).ok()?;
+        Some(ChangeKey::of(&[
+            m.dev(),
+            m.ino(),
+            m.len(),
+            (m.mtime() as u64).wrapping_mul(1_000_000_000) ^ (m.mtime_nsec() as u64),
+            (m.ctime() as u64).wrapping_mul(1_000_000_000) ^ (m.ctime_nsec() as u64),
+        ]))
+    }
+
     fn is_busy(&self) -> Result<bool, AreaError> {
         qemu_holds_image(&self.path)
     }
@@ -82,5 +110,34 @@ impl SharedArea for VfatImage {
         durability: Durability,
     ) -> Result<(), AreaError> {
         write::replace(&self.path, files, durability)
+    }
+
+    /// QEMU's write locks on the image ([`ImageWriteGuard`]).
+    fn hold(&self) -> Result<AreaHold, AreaError> {
+        Ok(AreaHold::new(Some(ImageWriteGuard::acquire(&self.path)?)))
+    }
+
+    /// The guard goes into the replacement and comes back on the new image (after a
+    /// failure: on the old one), taken before the rename, so no QEMU can start between
+    /// the staged writes and their commit.
+    fn replace_held(
+        &self,
+        hold: &mut AreaHold,
+        files: Vec<UploadFile>,
+        durability: Durability,
+    ) -> Result<(), AreaError> {
+        let Some(slot) = hold.claim_mut::<Option<ImageWriteGuard>>() else {
+            return self.replace_with(files, durability);
+        };
+        let guard = slot
+            .take()
+            .expect("a held image keeps its guard between calls");
+        assert_eq!(guard.path(), self.path, "a hold of another image");
+        let (result, guard) = match write::replace_holding(&self.path, guard, files, durability) {
+            Ok(new) => (Ok(()), new),
+            Err((e, old)) => (Err(e), old),
+        };
+        *slot = Some(guard);
+        result
     }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use super::dir::{parse_dir, RawEntry, ENTRY_LEN};
 use super::fat::Fat;
 use super::geometry::{Geometry, BOOT_SECTOR_LEN};
-use crate::area::{AreaError, AreaPath, Entry, EntryKind, Visitor, WalkLimits};
+use crate::area::{AreaError, AreaPath, Entry, EntryKind, Visitor, WalkBudget, WalkLimits};
 
 /// The most bytes a directory may have: 65536 entries, the FAT specification's limit.
 pub const MAX_DIR_BYTES: u64 = 65536 * ENTRY_LEN as u64;
@@ -315,130 +315,13 @@ impl Volume {
     /// two entries of one directory with the same name), [`AreaError::TooLarge`] when a
     /// limit is reached, [`AreaError::Sink`] when `visit` fails.
     pub fn walk(&self, limits: &WalkLimits, visit: &mut Visitor<'_>) -> Result<(), AreaError> {
-        let mut seen_dirs = HashSet::new();
-        let mut state = WalkState {
-            entries: 0,
-            bytes: 0,
-        };
-        self.walk_dir(
-            self.root(),
-            None,
-            0,
-            limits,
-            &mut seen_dirs,
-            &mut state,
+        let mut walk = VolumeWalk {
+            volume: self,
+            budget: WalkBudget::new(limits),
+            seen_dirs: HashSet::new(),
             visit,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)] // one recursive helper; a struct would only rename them
-    fn walk_dir(
-        &self,
-        place: DirPlace,
-        parent: Option<&AreaPath>,
-        depth: usize,
-        limits: &WalkLimits,
-        seen_dirs: &mut HashSet<u32>,
-        state: &mut WalkState,
-        visit: &mut Visitor<'_>,
-    ) -> Result<(), AreaError> {
-        let shown = parent.map_or("/", AreaPath::as_str);
-        let mut entries = self.entries(place, shown)?.entries;
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Some(pair) = entries.windows(2).find(|w| w[0].name == w[1].name) {
-            return Err(AreaError::Corrupt {
-                what: format!("two entries named {:?} in {shown}", pair[0].name),
-            });
-        }
-        for raw in entries {
-            state.entries += 1;
-            if state.entries > limits.max_entries {
-                return Err(AreaError::TooLarge {
-                    what: "the number of files and directories".into(),
-                    limit: limits.max_entries as u64,
-                });
-            }
-            let path = match parent {
-                Some(p) => p.join(&raw.name),
-                None => AreaPath::new(raw.name.clone()),
-            }
-            .map_err(|_| AreaError::Corrupt {
-                what: format!("the name {:?} in {shown}", raw.name),
-            })?;
-            let mode = match (raw.is_dir, raw.read_only) {
-                (true, _) => 0o755,
-                (false, false) => 0o644,
-                (false, true) => 0o444,
-            };
-            if raw.is_dir {
-                let entry = Entry {
-                    path,
-                    kind: EntryKind::Dir,
-                    size: 0,
-                    mode,
-                };
-                if depth + 1 > limits.max_depth {
-                    return Err(AreaError::TooLarge {
-                        what: format!("the depth of {}", entry.path),
-                        limit: limits.max_depth as u64,
-                    });
-                }
-                let sub = self.subdir(&raw, entry.path.as_str())?;
-                if !seen_dirs.insert(raw.first_cluster) {
-                    return Err(AreaError::Corrupt {
-                        what: format!(
-                            "the directory {} is reached twice (a directory loop)",
-                            entry.path
-                        ),
-                    });
-                }
-                visit(&entry, None).map_err(AreaError::sink)?;
-                self.walk_dir(
-                    sub,
-                    Some(&entry.path),
-                    depth + 1,
-                    limits,
-                    seen_dirs,
-                    state,
-                    visit,
-                )?;
-            } else {
-                let size = u64::from(raw.size);
-                let chain = self.file_chain(raw.first_cluster, size, &path.to_string())?;
-                state.bytes += size;
-                if state.bytes > limits.max_total_bytes {
-                    return Err(AreaError::TooLarge {
-                        what: "the total size of the files".into(),
-                        limit: limits.max_total_bytes,
-                    });
-                }
-                // Each file's chain holds its size, so files holding more than the data
-                // region share clusters: a guest multiplying what a download reads.
-                let region =
-                    u64::from(self.geometry.clusters) * u64::from(self.geometry.cluster_size);
-                if state.bytes > region {
-                    return Err(AreaError::Corrupt {
-                        what: format!(
-                            "the files hold {} bytes, more than the volume's {region}: files share (cross-link) clusters",
-                            state.bytes
-                        ),
-                    });
-                }
-                let entry = Entry {
-                    path,
-                    kind: EntryKind::File,
-                    size,
-                    mode,
-                };
-                let mut reader = RangeReader::new(&self.image, self.ranges(&chain, size));
-                let visited = visit(&entry, Some(&mut reader));
-                if let Some(failed) = reader.failed.take() {
-                    return Err(failed);
-                }
-                visited.map_err(AreaError::sink)?;
-            }
-        }
-        Ok(())
+        };
+        walk.dir(self.root(), None, 0)
     }
 
     /// Reads the whole file at `path` (names compared as Linux's vfat does: ignoring
@@ -495,9 +378,99 @@ impl Volume {
     }
 }
 
-struct WalkState {
-    entries: usize,
-    bytes: u64,
+/// One walk over a volume: what it has used of its limits, and the directories it has
+/// entered (a directory reached twice is a loop).
+struct VolumeWalk<'a, 'v> {
+    volume: &'a Volume,
+    budget: WalkBudget,
+    seen_dirs: HashSet<u32>,
+    visit: &'a mut Visitor<'v>,
+}
+
+impl VolumeWalk<'_, '_> {
+    /// Visits the entries of the directory at `place`, whose path is `parent`.
+    fn dir(
+        &mut self,
+        place: DirPlace,
+        parent: Option<&AreaPath>,
+        depth: usize,
+    ) -> Result<(), AreaError> {
+        let shown = parent.map_or("/", AreaPath::as_str);
+        let mut entries = self.volume.entries(place, shown)?.entries;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(pair) = entries.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(AreaError::Corrupt {
+                what: format!("two entries named {:?} in {shown}", pair[0].name),
+            });
+        }
+        for raw in entries {
+            self.budget.count_entries(1)?;
+            let path = match parent {
+                Some(p) => p.join(&raw.name),
+                None => AreaPath::new(raw.name.clone()),
+            }
+            .map_err(|_| AreaError::Corrupt {
+                what: format!("the name {:?} in {shown}", raw.name),
+            })?;
+            if raw.is_dir {
+                self.subdir(&raw, path, depth)?;
+            } else {
+                self.file(&raw, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn subdir(&mut self, raw: &RawEntry, path: AreaPath, depth: usize) -> Result<(), AreaError> {
+        let entry = Entry {
+            path,
+            kind: EntryKind::Dir,
+            size: 0,
+            mode: 0o755,
+        };
+        self.budget.enter(depth + 1, &entry.path)?;
+        let sub = self.volume.subdir(raw, entry.path.as_str())?;
+        if !self.seen_dirs.insert(raw.first_cluster) {
+            return Err(AreaError::Corrupt {
+                what: format!(
+                    "the directory {} is reached twice (a directory loop)",
+                    entry.path
+                ),
+            });
+        }
+        (self.visit)(&entry, None).map_err(AreaError::sink)?;
+        self.dir(sub, Some(&entry.path), depth + 1)
+    }
+
+    fn file(&mut self, raw: &RawEntry, path: AreaPath) -> Result<(), AreaError> {
+        let volume = self.volume;
+        let size = u64::from(raw.size);
+        let chain = volume.file_chain(raw.first_cluster, size, path.as_str())?;
+        self.budget.count_file(size)?;
+        // Each file's chain holds its size, so files holding more than the data region
+        // share clusters: a guest multiplying what a download reads.
+        let region = u64::from(volume.geometry.clusters) * u64::from(volume.geometry.cluster_size);
+        if self.budget.bytes() > region {
+            return Err(AreaError::Corrupt {
+                what: format!(
+                    "the files hold {} bytes, more than the volume's {region}: files share (cross-link) clusters",
+                    self.budget.bytes()
+                ),
+            });
+        }
+        let entry = Entry {
+            path,
+            kind: EntryKind::File,
+            size,
+            mode: if raw.read_only { 0o444 } else { 0o644 },
+        };
+        let mut reader = RangeReader::new(&volume.image, volume.ranges(&chain, size));
+        let visited = (self.visit)(&entry, Some(&mut reader));
+        if let Some(failed) = reader.failed.take() {
+            return Err(failed);
+        }
+        visited.map_err(AreaError::sink)
+    }
 }
 
 fn names_match(a: &str, b: &str) -> bool {
