@@ -10,6 +10,7 @@
 #![no_main]
 
 mod area;
+mod capture;
 mod clock;
 mod daemon;
 mod disk;

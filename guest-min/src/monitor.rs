@@ -10,8 +10,7 @@ use core::ffi::CStr;
 
 use nlxtp_core::layout;
 use nlxtp_core::live::Stream;
-use nlxtp_core::record::CUSTOM_STATUS_MAX;
-use nlxtp_core::{OutputInfo, RunState, StatusRecord};
+use nlxtp_core::{RunState, StatusRecord};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
@@ -20,6 +19,7 @@ use rustix::process::{
 };
 
 use crate::area::{Area, StatusFile};
+use crate::capture::{Capture, Requests};
 use crate::clock::{now_ms, timespec_ms, unix_secs};
 use crate::live::LiveRing;
 use crate::spawn::{start_script, Started};
@@ -45,150 +45,6 @@ const MIN_WRITE_GAP_MS: u64 = 100;
 /// How often new output in the live ring is flushed to the disk: the host sees output
 /// within about this long plus its poll interval.
 const LIVE_FLUSH_MS: u64 = 500;
-
-/// One captured output stream.
-struct Capture {
-    stream: Stream,
-    pipe: Option<OwnedFd>,
-    file: OwnedFd,
-    info: OutputInfo,
-    cap: u64,
-    dirty: bool,
-    failed: bool,
-}
-
-impl Capture {
-    fn new(stream: Stream, pipe: OwnedFd, file: OwnedFd, cap: u64) -> Capture {
-        Capture {
-            stream,
-            pipe: Some(pipe),
-            file,
-            info: OutputInfo::default(),
-            cap,
-            dirty: false,
-            failed: false,
-        }
-    }
-
-    /// Reads what the pipe has and appends it up to the cap. Past the cap, or once the
-    /// disk refused a write, output is read and dropped (so the script never blocks on
-    /// a full pipe) and the cut is recorded.
-    fn pump(&mut self, buf: &mut [u8], live: &mut Option<LiveRing>) {
-        let Some(pipe) = self.pipe.take() else { return };
-        loop {
-            match rustix::io::read(&pipe, &mut *buf) {
-                // End of output (or a broken pipe): `pipe` is dropped, closing it.
-                Ok(0) => return,
-                Ok(n) => self.append(&buf[..n], live),
-                Err(Errno::INTR) => {}
-                Err(Errno::AGAIN) => break,
-                Err(_) => return,
-            }
-        }
-        self.pipe = Some(pipe);
-    }
-
-    fn append(&mut self, mut data: &[u8], live: &mut Option<LiveRing>) {
-        let room = self.cap.saturating_sub(self.info.bytes);
-        if self.failed || (data.len() as u64) > room {
-            self.info.truncated = true;
-        }
-        if self.failed {
-            return;
-        }
-        data = &data[..data.len().min(room as usize)];
-        while !data.is_empty() {
-            match rustix::io::write(&self.file, data) {
-                Ok(n) if n > 0 => {
-                    if let Some(live) = live {
-                        live.push(self.stream, self.info.bytes, &data[..n]);
-                    }
-                    self.info.bytes += n as u64;
-                    self.dirty = true;
-                    data = &data[n..];
-                }
-                Err(Errno::INTR) => {}
-                other => {
-                    // A full disk (or any write error): keep the run going, record the cut.
-                    crate::log!("output capture stopped: {:?}", other.err());
-                    self.failed = true;
-                    self.info.truncated = true;
-                    return;
-                }
-            }
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.dirty {
-            let _ = rustix::fs::fdatasync(&self.file);
-            self.dirty = false;
-        }
-    }
-}
-
-/// Reassembles `archive_setstatus` messages (`u32` length, little endian, then UTF-8).
-struct Requests {
-    pipe: Option<OwnedFd>,
-    pending: heapless::Vec<u8, { 2 * (CUSTOM_STATUS_MAX + 4) }>,
-}
-
-impl Requests {
-    /// Reads what is there; returns the newest complete text, if any.
-    fn pump(&mut self, custom: &mut nlxtp_core::CustomStatus) -> bool {
-        let Some(pipe) = self.pipe.take() else {
-            return false;
-        };
-        let mut changed = false;
-        let mut buf = [0u8; 4096];
-        loop {
-            match rustix::io::read(&pipe, &mut buf) {
-                // Every writer has gone: `pipe` is dropped, closing it.
-                Ok(0) => return changed,
-                Err(Errno::AGAIN) => break,
-                Ok(n) => {
-                    if self.pending.extend_from_slice(&buf[..n]).is_err() {
-                        // Garbage no helper writes: drop it and resynchronise.
-                        self.pending.clear();
-                    }
-                    changed |= self.take(custom);
-                }
-                Err(Errno::INTR) => {}
-                Err(_) => return changed,
-            }
-        }
-        self.pipe = Some(pipe);
-        changed
-    }
-
-    fn take(&mut self, custom: &mut nlxtp_core::CustomStatus) -> bool {
-        let mut changed = false;
-        while self.pending.len() >= 4 {
-            let len = u32::from_le_bytes([
-                self.pending[0],
-                self.pending[1],
-                self.pending[2],
-                self.pending[3],
-            ]) as usize;
-            if len > CUSTOM_STATUS_MAX {
-                self.pending.clear();
-                break;
-            }
-            if self.pending.len() < 4 + len {
-                break;
-            }
-            if let Ok(text) = core::str::from_utf8(&self.pending[4..4 + len]) {
-                custom.clear();
-                let _ = custom.push_str(text);
-                changed = true;
-            }
-            let rest = self.pending.len() - (4 + len);
-            self.pending.copy_within(4 + len.., 0);
-            self.pending.truncate(rest);
-        }
-        changed
-    }
-}
 
 /// Runs the script of the run described by `record` (already on disk as pending) and
 /// returns the process exit code for the monitor (0 when the run was recorded).
@@ -394,10 +250,7 @@ impl Run {
         );
         let out = Capture::new(Stream::Stdout, started.stdout, out_file, config.output_cap);
         let err = Capture::new(Stream::Stderr, started.stderr, err_file, config.output_cap);
-        let reqs = Requests {
-            pipe: Some(started.requests),
-            pending: heapless::Vec::new(),
-        };
+        let reqs = Requests::new(started.requests);
         let pidfd = pidfd_open(pid, PidfdFlags::empty()).ok();
         let start = now_ms();
         record.state = RunState::Running;
@@ -476,9 +329,9 @@ impl Run {
             .next_wake(now, self.live_unflushed(), self.pidfd.is_some());
         let pidfd = self.pidfd.as_ref().filter(|_| self.timers.exited.is_none());
         let watched = [
-            borrow(self.out.pipe.as_ref()),
-            borrow(self.err.pipe.as_ref()),
-            borrow(self.reqs.pipe.as_ref()),
+            self.out.fd(),
+            self.err.fd(),
+            self.reqs.fd(),
             borrow(self.signals.as_ref()),
             borrow(pidfd),
         ];
@@ -534,11 +387,7 @@ impl Run {
         let counted = (self.record.stdout, self.record.stderr);
         let mut buf = [0u8; 16 * 1024];
         while self.output_open() {
-            let watched = [
-                borrow(self.out.pipe.as_ref()),
-                borrow(self.err.pipe.as_ref()),
-                borrow(self.signals.as_ref()),
-            ];
+            let watched = [self.out.fd(), self.err.fd(), borrow(self.signals.as_ref())];
             let stop = matches!(poll_in(&watched, 1_000), Ok(ready) if ready[2]);
             self.out.pump(&mut buf, &mut self.live);
             self.err.pump(&mut buf, &mut self.live);
@@ -549,13 +398,13 @@ impl Run {
                 break;
             }
         }
-        if (self.out.info, self.err.info) != counted {
+        if (self.out.info(), self.err.info()) != counted {
             self.write_record();
         }
     }
 
     fn output_open(&self) -> bool {
-        self.out.pipe.is_some() || self.err.pipe.is_some()
+        self.out.fd().is_some() || self.err.fd().is_some()
     }
 
     fn live_unflushed(&self) -> bool {
@@ -566,8 +415,8 @@ impl Run {
     fn write_record(&mut self) {
         self.out.flush();
         self.err.flush();
-        self.record.stdout = self.out.info;
-        self.record.stderr = self.err.info;
+        self.record.stdout = self.out.info();
+        self.record.stderr = self.err.info();
         self.record.updated_unix = unix_secs();
         if let Err(e) = self.status.write(&mut self.record) {
             crate::log!("cannot write the status file: {e:?}");
