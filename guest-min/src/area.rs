@@ -244,15 +244,7 @@ impl StatusFile {
             .writer
             .encode(record, &mut slot)
             .map_err(|_| Errno::INVAL)?;
-        let mut done = 0;
-        while done < slot.len() {
-            match rustix::io::pwrite(&self.fd, &slot[done..], (at + done) as u64) {
-                Ok(0) => return Err(Errno::IO),
-                Ok(n) => done += n,
-                Err(Errno::INTR) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        pwrite_all(self.fd.as_fd(), &slot, at as u64)?;
         fs::fdatasync(&self.fd)
     }
 }
@@ -280,4 +272,20 @@ pub fn read_fd(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
         }
     }
     Ok(len)
+}
+
+/// Writes all of `bytes` at offset `at`, retrying short writes and EINTR.
+pub fn pwrite_all(fd: BorrowedFd<'_>, mut bytes: &[u8], mut at: u64) -> Result<(), Errno> {
+    while !bytes.is_empty() {
+        match rustix::io::pwrite(fd, bytes, at) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                at += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

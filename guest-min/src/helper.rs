@@ -70,11 +70,9 @@ pub fn set(name: &str, args: &[&CStr], env: CStrList) -> i32 {
 
 /// Reads standard input into `raw`; true if there was more than fits.
 fn read_stdin(raw: &mut heapless::Vec<u8, RAW_MAX>) -> bool {
-    // SAFETY: fd 0 belongs to the process for its whole life; if closed, reads fail.
-    let stdin = unsafe { rustix::fd::BorrowedFd::borrow_raw(0) };
     let mut buf = [0u8; 1024];
     loop {
-        match rustix::io::read(stdin, &mut buf) {
+        match rustix::io::read(sys::stdin(), &mut buf) {
             Ok(0) | Err(_) => return false,
             Ok(n) => {
                 if raw.extend_from_slice(&buf[..n]).is_err() {

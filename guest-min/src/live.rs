@@ -4,8 +4,9 @@
 //! runs.
 
 use nlxtp_core::live::{encode_block, live_slot, Stream, LIVE_BLOCK_LEN, LIVE_PAYLOAD_MAX};
-use rustix::fd::OwnedFd;
-use rustix::io::Errno;
+use rustix::fd::{AsFd, OwnedFd};
+
+use crate::area::pwrite_all;
 
 /// Output not yet in a block, per stream.
 struct Pending {
@@ -106,26 +107,11 @@ impl LiveRing {
         if self.failed {
             return;
         }
-        if let Err(e) = pwrite_all(&self.fd, &block, at) {
+        if let Err(e) = pwrite_all(self.fd.as_fd(), &block, at) {
             // The ring is a convenience: the capture files stay complete without it.
             crate::log!("live output ring stopped: {e:?}");
             self.failed = true;
         }
         self.dirty = true;
     }
-}
-
-fn pwrite_all(fd: &OwnedFd, mut bytes: &[u8], mut at: u64) -> Result<(), Errno> {
-    while !bytes.is_empty() {
-        match rustix::io::pwrite(fd, bytes, at) {
-            Ok(0) => return Err(Errno::IO),
-            Ok(n) => {
-                bytes = &bytes[n..];
-                at += n as u64;
-            }
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

@@ -10,6 +10,7 @@
 #![no_main]
 
 mod area;
+mod capture;
 mod clock;
 mod daemon;
 mod disk;
@@ -127,92 +128,125 @@ fn usage_error(what: &str) -> c_int {
     EXIT_USAGE
 }
 
-fn daemon_command(args: &[&'static CStr], env: CStrList) -> c_int {
-    let mut dir: Option<&CStr> = None;
-    let mut label: Option<&str> = None;
-    let mut device: Option<&str> = None;
-    let mut mount_point: &CStr = c"/mnt/nlXTP";
-    let mut watch: Option<bool> = None;
-    let mut wait_device_s: u64 = 10;
-    let mut heartbeat_ms: u32 = 2_000;
-    let mut output_cap: u64 = 16 << 20;
-    let mut boot_id: Option<BootId> = None;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let flag = flag.to_str().unwrap_or("");
-        let mut value = || it.next().copied();
-        let ok = match flag {
-            "--dir" => value().map(|v| dir = Some(v)).is_some(),
-            "--label" => value()
-                .and_then(|v| v.to_str().ok())
-                .map(|v| label = Some(v))
-                .is_some(),
-            "--device" => value()
-                .and_then(|v| v.to_str().ok())
-                .map(|v| device = Some(v))
-                .is_some(),
-            "--mount-point" => value().map(|v| mount_point = v).is_some(),
-            "--watch" => {
-                watch = Some(true);
-                true
-            }
-            "--once" => {
-                watch = Some(false);
-                true
-            }
-            "--wait-device" => number(value()).map(|v| wait_device_s = v).is_some(),
-            "--heartbeat-ms" => number(value())
-                .and_then(|v| u32::try_from(v).ok())
-                .filter(|&v| v > 0)
-                .map(|v| heartbeat_ms = v)
-                .is_some(),
-            "--output-cap" => number(value()).map(|v| output_cap = v).is_some(),
-            "--boot-id" => value()
-                .and_then(|v| v.to_str().ok())
-                .and_then(BootId::from_hex)
-                .map(|v| boot_id = Some(v))
-                .is_some(),
-            _ => false,
+/// `nlxtp-guest daemon`'s options.
+struct DaemonOptions {
+    dir: Option<&'static CStr>,
+    label: Option<&'static str>,
+    device: Option<&'static str>,
+    mount_point: &'static CStr,
+    watch: Option<bool>,
+    wait_device_s: u64,
+    heartbeat_ms: u32,
+    output_cap: u64,
+    boot_id: Option<BootId>,
+}
+
+impl DaemonOptions {
+    /// Reads the options; `None` if one is unknown, lacks its value or has a bad one.
+    fn parse(args: &[&'static CStr]) -> Option<DaemonOptions> {
+        let mut options = DaemonOptions {
+            dir: None,
+            label: None,
+            device: None,
+            mount_point: c"/mnt/nlXTP",
+            watch: None,
+            wait_device_s: 10,
+            heartbeat_ms: 2_000,
+            output_cap: 16 << 20,
+            boot_id: None,
         };
-        if !ok {
-            return usage_error("bad or incomplete daemon option");
-        }
-    }
-    let area_path = match dir {
-        Some(dir) => dir,
-        None => {
-            let label = label.unwrap_or(layout::DEFAULT_VOLUME_LABEL);
-            let deadline = clock::now_ms() + wait_device_s * 1_000;
-            let found = loop {
-                let found = match device {
-                    Some(dev) => Some(disk::DevicePath::try_from(dev).unwrap_or_default()),
-                    None => disk::find_by_label(label),
-                };
-                if found.is_some() || clock::now_ms() >= deadline {
-                    break found;
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let flag = flag.to_str().unwrap_or("");
+            let mut value = || it.next().copied();
+            let ok = match flag {
+                "--dir" => value().map(|v| options.dir = Some(v)).is_some(),
+                "--label" => value()
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| options.label = Some(v))
+                    .is_some(),
+                "--device" => value()
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| options.device = Some(v))
+                    .is_some(),
+                "--mount-point" => value().map(|v| options.mount_point = v).is_some(),
+                "--watch" => {
+                    options.watch = Some(true);
+                    true
                 }
-                clock::sleep_ms(200);
+                "--once" => {
+                    options.watch = Some(false);
+                    true
+                }
+                "--wait-device" => number(value()).map(|v| options.wait_device_s = v).is_some(),
+                "--heartbeat-ms" => number(value())
+                    .and_then(|v| u32::try_from(v).ok())
+                    .filter(|&v| v > 0)
+                    .map(|v| options.heartbeat_ms = v)
+                    .is_some(),
+                "--output-cap" => number(value()).map(|v| options.output_cap = v).is_some(),
+                "--boot-id" => value()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(BootId::from_hex)
+                    .map(|v| options.boot_id = Some(v))
+                    .is_some(),
+                _ => false,
             };
-            let Some(dev) = found else {
-                crate::log!("no FAT disk labelled {label} found; attach one (nlxtp create-disk) or pass --device or --dir");
-                return 1;
-            };
-            if let Err(e) = disk::mount_vfat(&dev, mount_point) {
-                crate::log!("cannot mount {} at {:?}: {e:?}", dev.as_str(), mount_point);
-                return 1;
+            if !ok {
+                return None;
             }
-            crate::log!("shared disk {} mounted at {:?}", dev.as_str(), mount_point);
-            mount_point
         }
+        Some(options)
+    }
+}
+
+fn daemon_command(args: &[&'static CStr], env: CStrList) -> c_int {
+    let Some(options) = DaemonOptions::parse(args) else {
+        return usage_error("bad or incomplete daemon option");
+    };
+    let area_path = match options.dir {
+        Some(dir) => dir,
+        None => match mount_disk(&options) {
+            Some(mount_point) => mount_point,
+            None => return 1,
+        },
     };
     let config = daemon::DaemonConfig {
         area_path,
-        watch: watch.unwrap_or(dir.is_some()),
-        heartbeat_ms,
-        output_cap,
-        boot_id,
+        watch: options.watch.unwrap_or(options.dir.is_some()),
+        heartbeat_ms: options.heartbeat_ms,
+        output_cap: options.output_cap,
+        boot_id: options.boot_id,
     };
     daemon::run(config, env)
+}
+
+/// Waits for the shared disk to appear and mounts it; returns the mount point, or
+/// `None` once the failure is logged.
+fn mount_disk(options: &DaemonOptions) -> Option<&'static CStr> {
+    let label = options.label.unwrap_or(layout::DEFAULT_VOLUME_LABEL);
+    let mount_point = options.mount_point;
+    let deadline = clock::now_ms() + options.wait_device_s * 1_000;
+    let found = loop {
+        let found = match options.device {
+            Some(dev) => Some(disk::DevicePath::try_from(dev).unwrap_or_default()),
+            None => disk::find_by_label(label),
+        };
+        if found.is_some() || clock::now_ms() >= deadline {
+            break found;
+        }
+        clock::sleep_ms(200);
+    };
+    let Some(dev) = found else {
+        crate::log!("no FAT disk labelled {label} found; attach one (nlxtp create-disk) or pass --device or --dir");
+        return None;
+    };
+    if let Err(e) = disk::mount_vfat(&dev, mount_point) {
+        crate::log!("cannot mount {} at {:?}: {e:?}", dev.as_str(), mount_point);
+        return None;
+    }
+    crate::log!("shared disk {} mounted at {:?}", dev.as_str(), mount_point);
+    Some(mount_point)
 }
 
 fn number(value: Option<&CStr>) -> Option<u64> {

@@ -10,14 +10,16 @@ use core::ffi::CStr;
 
 use nlxtp_core::layout;
 use nlxtp_core::live::Stream;
-use nlxtp_core::record::CUSTOM_STATUS_MAX;
-use nlxtp_core::{OutputInfo, RunState, StatusRecord};
+use nlxtp_core::{RunState, StatusRecord};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
-use rustix::process::{kill_process_group, pidfd_open, waitpid, PidfdFlags, Signal, WaitOptions};
+use rustix::process::{
+    kill_process_group, pidfd_open, waitpid, Pid, PidfdFlags, Signal, WaitOptions, WaitStatus,
+};
 
 use crate::area::{Area, StatusFile};
+use crate::capture::{Capture, Requests};
 use crate::clock::{now_ms, timespec_ms, unix_secs};
 use crate::live::LiveRing;
 use crate::spawn::{start_script, Started};
@@ -44,138 +46,6 @@ const MIN_WRITE_GAP_MS: u64 = 100;
 /// within about this long plus its poll interval.
 const LIVE_FLUSH_MS: u64 = 500;
 
-/// One captured output stream.
-struct Capture {
-    stream: Stream,
-    pipe: Option<OwnedFd>,
-    file: OwnedFd,
-    info: OutputInfo,
-    cap: u64,
-    dirty: bool,
-    failed: bool,
-}
-
-impl Capture {
-    /// Reads what the pipe has and appends it up to the cap. Past the cap, or once the
-    /// disk refused a write, output is read and dropped (so the script never blocks on
-    /// a full pipe) and the cut is recorded.
-    fn pump(&mut self, buf: &mut [u8], live: &mut Option<LiveRing>) {
-        let Some(pipe) = self.pipe.take() else { return };
-        loop {
-            match rustix::io::read(&pipe, &mut *buf) {
-                // End of output (or a broken pipe): `pipe` is dropped, closing it.
-                Ok(0) => return,
-                Ok(n) => self.append(&buf[..n], live),
-                Err(Errno::INTR) => {}
-                Err(Errno::AGAIN) => break,
-                Err(_) => return,
-            }
-        }
-        self.pipe = Some(pipe);
-    }
-
-    fn append(&mut self, mut data: &[u8], live: &mut Option<LiveRing>) {
-        let room = self.cap.saturating_sub(self.info.bytes);
-        if self.failed || (data.len() as u64) > room {
-            self.info.truncated = true;
-        }
-        if self.failed {
-            return;
-        }
-        data = &data[..data.len().min(room as usize)];
-        while !data.is_empty() {
-            match rustix::io::write(&self.file, data) {
-                Ok(n) if n > 0 => {
-                    if let Some(live) = live {
-                        live.push(self.stream, self.info.bytes, &data[..n]);
-                    }
-                    self.info.bytes += n as u64;
-                    self.dirty = true;
-                    data = &data[n..];
-                }
-                Err(Errno::INTR) => {}
-                other => {
-                    // A full disk (or any write error): keep the run going, record the cut.
-                    crate::log!("output capture stopped: {:?}", other.err());
-                    self.failed = true;
-                    self.info.truncated = true;
-                    return;
-                }
-            }
-        }
-    }
-
-    fn flush(&mut self) {
-        if self.dirty {
-            let _ = rustix::fs::fdatasync(&self.file);
-            self.dirty = false;
-        }
-    }
-}
-
-/// Reassembles `archive_setstatus` messages (`u32` length, little endian, then UTF-8).
-struct Requests {
-    pipe: Option<OwnedFd>,
-    pending: heapless::Vec<u8, { 2 * (CUSTOM_STATUS_MAX + 4) }>,
-}
-
-impl Requests {
-    /// Reads what is there; returns the newest complete text, if any.
-    fn pump(&mut self, custom: &mut nlxtp_core::CustomStatus) -> bool {
-        let Some(pipe) = self.pipe.take() else {
-            return false;
-        };
-        let mut changed = false;
-        let mut buf = [0u8; 4096];
-        loop {
-            match rustix::io::read(&pipe, &mut buf) {
-                // Every writer has gone: `pipe` is dropped, closing it.
-                Ok(0) => return changed,
-                Err(Errno::AGAIN) => break,
-                Ok(n) => {
-                    if self.pending.extend_from_slice(&buf[..n]).is_err() {
-                        // Garbage no helper writes: drop it and resynchronise.
-                        self.pending.clear();
-                    }
-                    changed |= self.take(custom);
-                }
-                Err(Errno::INTR) => {}
-                Err(_) => return changed,
-            }
-        }
-        self.pipe = Some(pipe);
-        changed
-    }
-
-    fn take(&mut self, custom: &mut nlxtp_core::CustomStatus) -> bool {
-        let mut changed = false;
-        while self.pending.len() >= 4 {
-            let len = u32::from_le_bytes([
-                self.pending[0],
-                self.pending[1],
-                self.pending[2],
-                self.pending[3],
-            ]) as usize;
-            if len > CUSTOM_STATUS_MAX {
-                self.pending.clear();
-                break;
-            }
-            if self.pending.len() < 4 + len {
-                break;
-            }
-            if let Ok(text) = core::str::from_utf8(&self.pending[4..4 + len]) {
-                custom.clear();
-                let _ = custom.push_str(text);
-                changed = true;
-            }
-            let rest = self.pending.len() - (4 + len);
-            self.pending.copy_within(4 + len.., 0);
-            self.pending.truncate(rest);
-        }
-        changed
-    }
-}
-
 /// Runs the script of the run described by `record` (already on disk as pending) and
 /// returns the process exit code for the monitor (0 when the run was recorded).
 pub fn run(
@@ -198,7 +68,7 @@ pub fn run(
         area.create_output(layout::STDOUT_FILE),
         area.create_output(layout::STDERR_FILE),
     );
-    let (out_file, err_file) = match captures {
+    let files = match captures {
         (Ok(out), Ok(err)) => (out, err),
         (Err(e), _) | (_, Err(e)) => {
             return finish_early(&mut status, &mut record, e, "cannot create output files")
@@ -208,251 +78,377 @@ pub fn run(
         Ok(started) => started,
         Err(e) => return finish_early(&mut status, &mut record, e, "cannot start auto_exec.sh"),
     };
-    let Started {
-        pid,
-        stdout,
-        stderr,
-        requests,
-    } = started;
-    let mut live = match area.create_live() {
-        Ok(fd) => Some(LiveRing::new(fd)),
-        Err(e) => {
-            crate::log!("no live output ring ({e:?}); output is still captured");
-            None
-        }
-    };
-    crate::log!(
-        "run {} started (pid {})",
-        record.run_id,
-        pid.as_raw_nonzero()
-    );
-    let mut out = Capture {
-        stream: Stream::Stdout,
-        pipe: Some(stdout),
-        file: out_file,
-        info: OutputInfo::default(),
-        cap: config.output_cap,
-        dirty: false,
-        failed: false,
-    };
-    let mut err = Capture {
-        stream: Stream::Stderr,
-        pipe: Some(stderr),
-        file: err_file,
-        info: OutputInfo::default(),
-        cap: config.output_cap,
-        dirty: false,
-        failed: false,
-    };
-    let mut reqs = Requests {
-        pipe: Some(requests),
-        pending: heapless::Vec::new(),
-    };
-    // Without pidfd (kernels before 5.3) the loop wakes often and asks waitpid.
-    let pidfd = pidfd_open(pid, PidfdFlags::empty()).ok();
+    let mut run = Run::new(area, started, files, signals, status, record, &config);
+    let state = run.supervise();
+    run.finish(area, state);
+    0
+}
 
-    let start = now_ms();
-    record.state = RunState::Running;
-    record.heartbeat_interval_ms = config.heartbeat_ms;
-    record.started_unix = Some(unix_secs());
-    let mut last_write = write(&mut status, &mut record, &mut out, &mut err, start);
+/// Every deadline of the monitor's loop, in milliseconds on the monotonic clock.
+struct Timers {
+    heartbeat_ms: u64,
+    /// When the run times out, if it has a timeout.
+    deadline: Option<u64>,
+    next_beat: u64,
+    /// When SIGTERM went to the script's process group (timeout or stop request).
+    term_sent: Option<u64>,
+    kill_sent: bool,
+    /// SIGTERM was the timeout's: a death by signal is recorded as a timeout.
+    timed_out: bool,
+    /// How the script ended and when that was seen; from then on only output drains.
+    exited: Option<(RunState, u64)>,
+    /// A record is owed, held back until `MIN_WRITE_GAP_MS` after the last one.
+    want_write: bool,
+    last_write: u64,
+    last_live_flush: u64,
+}
 
-    let deadline = config.timeout_ms.map(|t| start.saturating_add(t));
-    let mut next_beat = start + u64::from(config.heartbeat_ms);
-    let mut term_sent: Option<u64> = None;
-    let mut kill_sent = false;
-    let mut timed_out = false;
-    let mut exited: Option<(RunState, u64)> = None;
-    let mut want_write = false;
-    let mut last_live_flush = start;
-    let mut buf = [0u8; 16 * 1024];
+impl Timers {
+    /// The timers of a run that started at `start` and wrote its first record then.
+    fn new(start: u64, config: &MonitorConfig) -> Timers {
+        Timers {
+            heartbeat_ms: u64::from(config.heartbeat_ms),
+            deadline: config.timeout_ms.map(|t| start.saturating_add(t)),
+            next_beat: start + u64::from(config.heartbeat_ms),
+            term_sent: None,
+            kill_sent: false,
+            timed_out: false,
+            exited: None,
+            want_write: false,
+            last_write: start,
+            last_live_flush: start,
+        }
+    }
 
-    loop {
-        let now = now_ms();
-        if exited.is_none() {
-            if deadline.is_some_and(|d| now >= d) && term_sent.is_none() {
-                crate::log!("run {} timed out; stopping it", record.run_id);
-                timed_out = true;
-                term_sent = Some(now);
-                let _ = kill_process_group(pid, Signal::TERM);
-            }
-            if term_sent.is_some_and(|t| now >= t + KILL_GRACE_MS) && !kill_sent {
-                kill_sent = true;
-                let _ = kill_process_group(pid, Signal::KILL);
-            }
-            if let Ok(Some((_, st))) = waitpid(Some(pid), WaitOptions::NOHANG) {
-                let state = match (st.exit_status(), st.terminating_signal()) {
-                    (Some(code), _) => RunState::Exited(code),
-                    (None, Some(sig)) if timed_out => RunState::TimedOut(sig),
-                    (None, Some(sig)) => RunState::Signaled(sig),
-                    (None, None) => RunState::Exited(-1),
-                };
-                exited = Some((state, now));
-            }
+    /// Whether the timeout has passed before any SIGTERM; if so, marks SIGTERM as sent
+    /// now, for the timeout.
+    fn take_timeout(&mut self, now: u64) -> bool {
+        let due = self.deadline.is_some_and(|d| now >= d) && self.term_sent.is_none();
+        if due {
+            self.timed_out = true;
+            self.term_sent = Some(now);
         }
-        if let Some((_, at)) = exited {
-            if (out.pipe.is_none() && err.pipe.is_none()) || now >= at + DRAIN_GRACE_MS {
-                break;
-            }
-        }
-        if now >= next_beat {
-            record.heartbeat += 1;
-            next_beat = now + u64::from(config.heartbeat_ms);
-            want_write = true;
-        }
-        if live.as_ref().is_some_and(LiveRing::has_unflushed)
-            && now >= last_live_flush + LIVE_FLUSH_MS
-        {
-            if let Some(live) = &mut live {
-                live.flush();
-            }
-            last_live_flush = now;
-        }
-        if want_write && now >= last_write + MIN_WRITE_GAP_MS {
-            last_write = write(&mut status, &mut record, &mut out, &mut err, now);
-            want_write = false;
-        }
+        due
+    }
 
-        let mut wake = next_beat;
-        if want_write {
-            wake = wake.min(last_write + MIN_WRITE_GAP_MS);
+    /// Whether SIGTERM has had its grace period and SIGKILL is due; if so, marks it sent.
+    fn take_kill(&mut self, now: u64) -> bool {
+        let due = self.term_sent.is_some_and(|t| now >= t + KILL_GRACE_MS) && !self.kill_sent;
+        self.kill_sent |= due;
+        due
+    }
+
+    /// A stop request sent SIGTERM at `now` (a timeout's earlier SIGTERM keeps its time).
+    fn stop_requested(&mut self, now: u64) {
+        self.term_sent.get_or_insert(now);
+    }
+
+    /// Notes that the script ended at `now` with `status`.
+    fn note_exit(&mut self, status: WaitStatus, now: u64) {
+        let state = match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => RunState::Exited(code),
+            (None, Some(sig)) if self.timed_out => RunState::TimedOut(sig),
+            (None, Some(sig)) => RunState::Signaled(sig),
+            (None, None) => RunState::Exited(-1),
+        };
+        self.exited = Some((state, now));
+    }
+
+    /// How the run ended, once the script has exited and its output is closed
+    /// (`output_open` false) or has had its drain grace.
+    fn ended(&self, now: u64, output_open: bool) -> Option<RunState> {
+        let (state, at) = self.exited?;
+        (!output_open || now >= at + DRAIN_GRACE_MS).then_some(state)
+    }
+
+    /// Whether a heartbeat is due; if so, schedules the next one and owes a record.
+    fn take_heartbeat(&mut self, now: u64) -> bool {
+        let due = now >= self.next_beat;
+        if due {
+            self.next_beat = now + self.heartbeat_ms;
+            self.want_write = true;
         }
-        if let Some(d) = deadline.filter(|_| term_sent.is_none()) {
+        due
+    }
+
+    fn live_flush_due(&self, now: u64) -> bool {
+        now >= self.last_live_flush + LIVE_FLUSH_MS
+    }
+
+    fn write_due(&self, now: u64) -> bool {
+        self.want_write && now >= self.last_write + MIN_WRITE_GAP_MS
+    }
+
+    fn wrote(&mut self, now: u64) {
+        self.last_write = now;
+        self.want_write = false;
+    }
+
+    /// When the loop must wake up even if nothing happens: the earliest deadline still
+    /// pending. Without a pidfd, every 100 ms to ask waitpid.
+    fn next_wake(&self, now: u64, live_unflushed: bool, have_pidfd: bool) -> u64 {
+        let mut wake = self.next_beat;
+        if self.want_write {
+            wake = wake.min(self.last_write + MIN_WRITE_GAP_MS);
+        }
+        if let Some(d) = self.deadline.filter(|_| self.term_sent.is_none()) {
             wake = wake.min(d);
         }
-        if let Some(t) = term_sent.filter(|_| !kill_sent) {
+        if let Some(t) = self.term_sent.filter(|_| !self.kill_sent) {
             wake = wake.min(t + KILL_GRACE_MS);
         }
-        if live.as_ref().is_some_and(LiveRing::has_unflushed) {
-            wake = wake.min(last_live_flush + LIVE_FLUSH_MS);
+        if live_unflushed {
+            wake = wake.min(self.last_live_flush + LIVE_FLUSH_MS);
         }
-        if let Some((_, at)) = exited {
+        if let Some((_, at)) = self.exited {
             wake = wake.min(at + DRAIN_GRACE_MS);
-        } else if pidfd.is_none() {
+        } else if !have_pidfd {
             wake = wake.min(now + 100);
         }
-        let timeout = timespec_ms(wake.saturating_sub(now));
+        wake
+    }
+}
 
-        let watched: [Option<BorrowedFd<'_>>; 5] = [
-            out.pipe.as_ref().map(|f| f.as_fd()),
-            err.pipe.as_ref().map(|f| f.as_fd()),
-            reqs.pipe.as_ref().map(|f| f.as_fd()),
-            signals.as_ref().map(|f| f.as_fd()),
-            pidfd
-                .as_ref()
-                .filter(|_| exited.is_none())
-                .map(|f| f.as_fd()),
-        ];
-        let mut fds: heapless::Vec<PollFd<'_>, 5> = heapless::Vec::new();
-        for fd in watched.iter().flatten() {
-            let _ = fds.push(PollFd::new(fd, PollFlags::IN));
+/// A started script and everything the monitor keeps about it.
+struct Run {
+    pid: Pid,
+    /// Without pidfd (kernels before 5.3) the loop wakes often and asks waitpid.
+    pidfd: Option<OwnedFd>,
+    signals: Option<OwnedFd>,
+    status: StatusFile,
+    record: StatusRecord,
+    out: Capture,
+    err: Capture,
+    reqs: Requests,
+    live: Option<LiveRing>,
+    timers: Timers,
+}
+
+impl Run {
+    /// Takes over the started script and writes the first "running" record.
+    fn new(
+        area: &Area,
+        started: Started,
+        (out_file, err_file): (OwnedFd, OwnedFd),
+        signals: Option<OwnedFd>,
+        status: StatusFile,
+        mut record: StatusRecord,
+        config: &MonitorConfig,
+    ) -> Run {
+        let live = match area.create_live() {
+            Ok(fd) => Some(LiveRing::new(fd)),
+            Err(e) => {
+                crate::log!("no live output ring ({e:?}); output is still captured");
+                None
+            }
+        };
+        let pid = started.pid;
+        crate::log!(
+            "run {} started (pid {})",
+            record.run_id,
+            pid.as_raw_nonzero()
+        );
+        let out = Capture::new(Stream::Stdout, started.stdout, out_file, config.output_cap);
+        let err = Capture::new(Stream::Stderr, started.stderr, err_file, config.output_cap);
+        let reqs = Requests::new(started.requests);
+        let pidfd = pidfd_open(pid, PidfdFlags::empty()).ok();
+        let start = now_ms();
+        record.state = RunState::Running;
+        record.heartbeat_interval_ms = config.heartbeat_ms;
+        record.started_unix = Some(unix_secs());
+        let mut run = Run {
+            pid,
+            pidfd,
+            signals,
+            status,
+            record,
+            out,
+            err,
+            reqs,
+            live,
+            timers: Timers::new(start, config),
+        };
+        run.write_record();
+        run
+    }
+
+    /// The main loop, until the script has exited and its output is drained; returns
+    /// how the run ended.
+    fn supervise(&mut self) -> RunState {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let now = now_ms();
+            if self.timers.exited.is_none() {
+                self.watch_script(now);
+            }
+            if let Some(state) = self.timers.ended(now, self.output_open()) {
+                return state;
+            }
+            self.keep_promises(now);
+            self.wait(now);
+            self.take_input(&mut buf);
         }
-        match poll(&mut fds, Some(&timeout)) {
+    }
+
+    /// Enforces the timeout (SIGTERM, then SIGKILL) and notices the script's exit.
+    fn watch_script(&mut self, now: u64) {
+        if self.timers.take_timeout(now) {
+            crate::log!("run {} timed out; stopping it", self.record.run_id);
+            let _ = kill_process_group(self.pid, Signal::TERM);
+        }
+        if self.timers.take_kill(now) {
+            let _ = kill_process_group(self.pid, Signal::KILL);
+        }
+        if let Ok(Some((_, st))) = waitpid(Some(self.pid), WaitOptions::NOHANG) {
+            self.timers.note_exit(st, now);
+        }
+    }
+
+    /// The heartbeat, the live-output flush and the owed record, each when due.
+    fn keep_promises(&mut self, now: u64) {
+        if self.timers.take_heartbeat(now) {
+            self.record.heartbeat += 1;
+        }
+        if self.live_unflushed() && self.timers.live_flush_due(now) {
+            if let Some(live) = &mut self.live {
+                live.flush();
+            }
+            self.timers.last_live_flush = now;
+        }
+        if self.timers.write_due(now) {
+            self.write_record();
+            self.timers.wrote(now);
+        }
+    }
+
+    /// Sleeps until there is output, a status request, a signal or the script's exit,
+    /// or until the next deadline.
+    fn wait(&self, now: u64) {
+        let wake = self
+            .timers
+            .next_wake(now, self.live_unflushed(), self.pidfd.is_some());
+        let pidfd = self.pidfd.as_ref().filter(|_| self.timers.exited.is_none());
+        let watched = [
+            self.out.fd(),
+            self.err.fd(),
+            self.reqs.fd(),
+            borrow(self.signals.as_ref()),
+            borrow(pidfd),
+        ];
+        match poll_in(&watched, wake.saturating_sub(now)) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => {
                 crate::log!("poll failed: {e:?}");
                 crate::clock::sleep_ms(100);
             }
         }
-        drop(fds);
-        out.pump(&mut buf, &mut live);
-        err.pump(&mut buf, &mut live);
-        if reqs.pump(&mut record.custom) {
-            want_write = true;
+    }
+
+    /// Reads the script's output, its status requests and a stop signal.
+    fn take_input(&mut self, buf: &mut [u8]) {
+        self.out.pump(buf, &mut self.live);
+        self.err.pump(buf, &mut self.live);
+        if self.reqs.pump(&mut self.record.custom) {
+            self.timers.want_write = true;
         }
-        if let Some(sigfd) = &signals {
+        if let Some(sigfd) = &self.signals {
             let mut info = [0u8; 128];
-            if matches!(rustix::io::read(sigfd, &mut info), Ok(n) if n > 0) && exited.is_none() {
-                crate::log!("monitor asked to stop; stopping run {}", record.run_id);
-                let _ = kill_process_group(pid, Signal::TERM);
-                term_sent.get_or_insert(now_ms());
+            if matches!(rustix::io::read(sigfd, &mut info), Ok(n) if n > 0)
+                && self.timers.exited.is_none()
+            {
+                crate::log!("monitor asked to stop; stopping run {}", self.record.run_id);
+                let _ = kill_process_group(self.pid, Signal::TERM);
+                self.timers.stop_requested(now_ms());
             }
         }
     }
 
-    let (state, _) = exited.unwrap_or((RunState::Exited(-1), now_ms()));
-    if let Some(live) = &mut live {
-        live.flush();
-    }
-    // Results the script wrote into the shared area reach the disk before "done" does.
-    let _ = area.sync();
-    record.state = state;
-    record.finished_unix = Some(unix_secs());
-    write(&mut status, &mut record, &mut out, &mut err, now_ms());
-    crate::log!("run {} {}", record.run_id, state);
-    linger(
-        &mut status,
-        &mut record,
-        &mut out,
-        &mut err,
-        signals.as_ref(),
-        &mut live,
-    );
-    0
-}
-
-/// Children of the script that still hold its output open: keep capturing until they
-/// close it (or the monitor is told to stop), then record the final byte counts with
-/// the same terminal state.
-fn linger(
-    status: &mut StatusFile,
-    record: &mut StatusRecord,
-    out: &mut Capture,
-    err: &mut Capture,
-    signals: Option<&OwnedFd>,
-    live: &mut Option<LiveRing>,
-) {
-    if out.pipe.is_none() && err.pipe.is_none() {
-        return;
-    }
-    let counted = (record.stdout, record.stderr);
-    let mut buf = [0u8; 16 * 1024];
-    while out.pipe.is_some() || err.pipe.is_some() {
-        let watched = [
-            out.pipe.as_ref().map(|f| f.as_fd()),
-            err.pipe.as_ref().map(|f| f.as_fd()),
-            signals.map(|f| f.as_fd()),
-        ];
-        let mut fds: heapless::Vec<PollFd<'_>, 3> = heapless::Vec::new();
-        for fd in watched.iter().flatten() {
-            let _ = fds.push(PollFd::new(fd, PollFlags::IN));
-        }
-        let _ = poll(&mut fds, Some(&timespec_ms(1_000)));
-        let stop = fds
-            .last()
-            .is_some_and(|fd| signals.is_some() && fd.revents().contains(PollFlags::IN));
-        drop(fds);
-        out.pump(&mut buf, live);
-        err.pump(&mut buf, live);
-        if let Some(live) = live {
+    /// Records how the run ended, then keeps capturing what is still written.
+    fn finish(&mut self, area: &Area, state: RunState) {
+        if let Some(live) = &mut self.live {
             live.flush();
         }
-        if stop {
-            break;
+        // Results the script wrote into the shared area reach the disk before "done" does.
+        let _ = area.sync();
+        self.record.state = state;
+        self.record.finished_unix = Some(unix_secs());
+        self.write_record();
+        crate::log!("run {} {}", self.record.run_id, state);
+        self.linger();
+    }
+
+    /// Children of the script that still hold its output open: keep capturing until
+    /// they close it (or the monitor is told to stop), then record the final byte
+    /// counts with the same terminal state.
+    fn linger(&mut self) {
+        if !self.output_open() {
+            return;
+        }
+        let counted = (self.record.stdout, self.record.stderr);
+        let mut buf = [0u8; 16 * 1024];
+        while self.output_open() {
+            let watched = [self.out.fd(), self.err.fd(), borrow(self.signals.as_ref())];
+            let stop = matches!(poll_in(&watched, 1_000), Ok(ready) if ready[2]);
+            self.out.pump(&mut buf, &mut self.live);
+            self.err.pump(&mut buf, &mut self.live);
+            if let Some(live) = &mut self.live {
+                live.flush();
+            }
+            if stop {
+                break;
+            }
+        }
+        if (self.out.info(), self.err.info()) != counted {
+            self.write_record();
         }
     }
-    if (out.info, err.info) != counted {
-        write(status, record, out, err, now_ms());
+
+    fn output_open(&self) -> bool {
+        self.out.fd().is_some() || self.err.fd().is_some()
+    }
+
+    fn live_unflushed(&self) -> bool {
+        self.live.as_ref().is_some_and(LiveRing::has_unflushed)
+    }
+
+    /// Flushes the captured output, then writes the record.
+    fn write_record(&mut self) {
+        self.out.flush();
+        self.err.flush();
+        self.record.stdout = self.out.info();
+        self.record.stderr = self.err.info();
+        self.record.updated_unix = unix_secs();
+        if let Err(e) = self.status.write(&mut self.record) {
+            crate::log!("cannot write the status file: {e:?}");
+        }
     }
 }
 
-/// Flushes the captured output, then writes the record. Returns the time written.
-fn write(
-    status: &mut StatusFile,
-    record: &mut StatusRecord,
-    out: &mut Capture,
-    err: &mut Capture,
-    now: u64,
-) -> u64 {
-    out.flush();
-    err.flush();
-    record.stdout = out.info;
-    record.stderr = err.info;
-    record.updated_unix = unix_secs();
-    if let Err(e) = status.write(record) {
-        crate::log!("cannot write the status file: {e:?}");
+fn borrow(fd: Option<&OwnedFd>) -> Option<BorrowedFd<'_>> {
+    fd.map(|fd| fd.as_fd())
+}
+
+/// The most descriptors the monitor polls at once.
+const WATCHED_MAX: usize = 5;
+
+/// Polls the descriptors of `watched` that are there for input, for at most `ms`;
+/// says which of them have some.
+fn poll_in(watched: &[Option<BorrowedFd<'_>>], ms: u64) -> Result<[bool; WATCHED_MAX], Errno> {
+    let mut fds: heapless::Vec<PollFd<'_>, WATCHED_MAX> = heapless::Vec::new();
+    for fd in watched.iter().flatten() {
+        let _ = fds.push(PollFd::new(fd, PollFlags::IN));
     }
-    now
+    poll(&mut fds, Some(&timespec_ms(ms)))?;
+    let mut ready = [false; WATCHED_MAX];
+    let mut polled = fds.iter();
+    for (ready, fd) in ready.iter_mut().zip(watched) {
+        if fd.is_some() {
+            *ready = polled
+                .next()
+                .is_some_and(|fd| fd.revents().contains(PollFlags::IN));
+        }
+    }
+    Ok(ready)
 }
 
 fn finish_early(

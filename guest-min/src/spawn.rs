@@ -91,39 +91,7 @@ pub fn start_script(
     run_id: RunId,
     inherited: CStrList,
 ) -> Result<Started, Errno> {
-    let mut run_hex = heapless::String::<32>::new();
-    let _ = core::fmt::write(&mut run_hex, format_args!("{run_id}"));
-    let mut fd_text = heapless::String::<4>::new();
-    let _ = core::fmt::write(&mut fd_text, format_args!("{STATUS_FD}"));
-    let area = area_path.to_bytes();
-
-    let mut envb = EnvBlock::new();
-    envb.push(&[env::ARCHIVE_DIR.as_bytes(), b"=", area]);
-    envb.push(&[env::NLXTP_DIR.as_bytes(), b"=", area]);
-    envb.push(&[
-        env::ARCHIVE_VERSION.as_bytes(),
-        b"=",
-        ARCHIVE_VERSION.as_bytes(),
-    ]);
-    envb.push(&[env::RUN_ID.as_bytes(), b"=", run_hex.as_bytes()]);
-    envb.push(&[STATUS_FD_VAR.as_bytes(), b"=", fd_text.as_bytes()]);
-    if inherited.var("PATH").is_none() {
-        envb.push(&[b"PATH=", DEFAULT_PATH.as_bytes()]);
-    }
-    let ours = [
-        env::ARCHIVE_DIR,
-        env::NLXTP_DIR,
-        env::ARCHIVE_VERSION,
-        env::RUN_ID,
-        STATUS_FD_VAR,
-    ];
-    for entry in inherited.iter() {
-        let bytes = entry.to_bytes();
-        let key = bytes.split(|&b| b == b'=').next().unwrap_or(bytes);
-        if !ours.iter().any(|name| name.as_bytes() == key) {
-            envb.push(&[bytes]);
-        }
-    }
+    let envb = script_env(area_path, run_id, inherited);
     let envp = envb.pointers();
     let argv: [*const c_char; 3] = [c"sh".as_ptr(), c"auto_exec.sh".as_ptr(), core::ptr::null()];
     debug_assert_eq!(
@@ -175,4 +143,37 @@ pub fn start_script(
             })
         }
     }
+}
+
+/// The script's environment: the protocol's variables first, a PATH if the daemon had
+/// none, then the daemon's own environment without the protocol's names.
+fn script_env(area_path: &CStr, run_id: RunId, inherited: CStrList) -> EnvBlock {
+    let mut run_hex = heapless::String::<32>::new();
+    let _ = core::fmt::write(&mut run_hex, format_args!("{run_id}"));
+    let mut fd_text = heapless::String::<4>::new();
+    let _ = core::fmt::write(&mut fd_text, format_args!("{STATUS_FD}"));
+    let area = area_path.to_bytes();
+
+    let ours: [(&str, &[u8]); 5] = [
+        (env::ARCHIVE_DIR, area),
+        (env::NLXTP_DIR, area),
+        (env::ARCHIVE_VERSION, ARCHIVE_VERSION.as_bytes()),
+        (env::RUN_ID, run_hex.as_bytes()),
+        (STATUS_FD_VAR, fd_text.as_bytes()),
+    ];
+    let mut envb = EnvBlock::new();
+    for (name, value) in ours {
+        envb.push(&[name.as_bytes(), b"=", value]);
+    }
+    if inherited.var("PATH").is_none() {
+        envb.push(&[b"PATH=", DEFAULT_PATH.as_bytes()]);
+    }
+    for entry in inherited.iter() {
+        let bytes = entry.to_bytes();
+        let key = bytes.split(|&b| b == b'=').next().unwrap_or(bytes);
+        if !ours.iter().any(|(name, _)| name.as_bytes() == key) {
+            envb.push(&[bytes]);
+        }
+    }
+    envb
 }

@@ -58,6 +58,13 @@ impl CStrList {
     }
 }
 
+/// Standard input.
+pub fn stdin() -> BorrowedFd<'static> {
+    // SAFETY: fd 0 belongs to the process for its whole life; a closed fd 0 only makes
+    // reads fail with EBADF.
+    unsafe { BorrowedFd::borrow_raw(0) }
+}
+
 /// Standard output.
 pub fn stdout() -> BorrowedFd<'static> {
     // SAFETY: fd 1 belongs to the process for its whole life; a closed fd 1 only makes
