@@ -20,11 +20,13 @@ use nlxtp_host::ops::{
 
 const EXIT_CODES: &str = "\
 Exit codes of `nlxtp wait` (and `nlxtp exec --wait`):
-  0-123  the script's own exit code
+  0-123  the script's own exit code (0 also when a run of the original implementation,
+         which records no exit code, is done)
   124    --timeout passed before the run ended
   125    nlxtp itself failed (bad target, unreadable image)
-  126    the run will not finish: the monitor was lost (VM died or hung) or the run was
-         aborted, timed out in the guest, or could not start
+  126    the run will not finish: the monitor was lost (VM died or hung), the VM is off
+         with the run cut off, or the run was aborted, timed out in the guest, or could
+         not start
   127    there is no upload to wait for
   128+N  the script was killed by signal N
 Other commands exit 0 on success, 1 on error, 2 on bad usage.";
@@ -193,7 +195,9 @@ struct UploadArgs {
     /// Upload files without an auto_exec.sh (nothing runs).
     #[arg(long)]
     files_only: bool,
-    /// Replace a container's area even while its run goes on.
+    /// Replace the area even while its run goes on and its monitor is alive (a
+    /// container's run: the guest then stops it). Not needed for a VM that is off: a run
+    /// cut off by its power-off is replaced anyway. A running VM's disk is never written.
     #[arg(long)]
     force: bool,
     /// Ask the guest to kill the script after this many seconds.
@@ -574,10 +578,15 @@ fn upload(
     for name in &report.stripped_mode_bits {
         eprintln!("nlxtp: note: cleared setuid/setgid/sticky bits of {name}");
     }
+    if let Some(run) = &report.cut_off_run {
+        eprintln!(
+            "nlxtp: note: replaced run {run}, which was cut off (the VM went off before it ended)"
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let when = if area.location().is_dir() {
+        let when = if area.capabilities().live {
             "the guest runs it now"
         } else {
             "it runs at the VM's next boot"
@@ -657,6 +666,14 @@ fn finish_wait(target: &Path, args: &WaitArgs, outcome: &WaitOutcome) -> Result<
         WaitOutcome::MonitorLost(rec) => {
             eprintln!("nlxtp: the monitor stopped writing (the VM stopped or hung, or the monitor died); the run will not finish");
             (126, Some(rec))
+        }
+        WaitOutcome::CutOff(rec) => {
+            eprintln!("nlxtp: the VM is off (no QEMU holds the image) and its run had not ended: it was cut off and will not finish");
+            (126, Some(rec))
+        }
+        WaitOutcome::LegacyDone(_) => {
+            eprintln!("nlxtp: the run of the original implementation is done (exec_status/done); it records no exit code, so 0 says only that it finished");
+            (0, None)
         }
         WaitOutcome::TimedOut(rec) => {
             eprintln!(

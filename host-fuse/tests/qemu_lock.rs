@@ -169,3 +169,36 @@ fn running_qemu_is_detected_and_blocks_uploads_and_the_guard_blocks_qemu() {
     });
     again.stop();
 }
+
+#[test]
+fn a_running_record_is_cut_off_only_when_no_qemu_holds_the_image() {
+    use nlxtp_core::RunState;
+    use nlxtp_host::ops::{self, Monitor};
+
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("vm.img");
+    create_image(&img, 16 << 20, None, None).unwrap();
+    let rec = common::record(7, RunState::Running, "half way");
+    common::mmd(&img, "nlxtp");
+    common::mcopy(&img, "nlxtp/status.bin", &common::status_file(3, &rec));
+    let area = VfatImage::new(&img);
+
+    let mut qemu = Qemu::start(&img);
+    wait_for("QEMU locks the image", Duration::from_secs(20), || {
+        qemu_holds_image(&img).unwrap()
+    });
+    let held = ops::status(&area).unwrap();
+    assert!(held.vm_running);
+    assert!(
+        matches!(held.monitor, Monitor::Alive { .. }),
+        "{:?}",
+        held.monitor
+    );
+    qemu.stop();
+    wait_for("QEMU's locks go away", Duration::from_secs(5), || {
+        !qemu_holds_image(&img).unwrap()
+    });
+    let off = ops::status(&area).unwrap();
+    assert!(!off.vm_running);
+    assert_eq!(off.monitor, Monitor::CutOff);
+}

@@ -118,6 +118,9 @@ impl Follower {
     }
 
     /// After the run has ended: the rest of each followed stream, from its capture file.
+    /// An area of the original implementation has no capture files but
+    /// `exec_status/out`, standard output and error together: it is shown as standard
+    /// output (for [`Streams::Stdout`] and [`Streams::Both`]).
     ///
     /// # Errors
     /// When a capture file cannot be read.
@@ -133,11 +136,15 @@ impl Follower {
             if !self.streams.wants(stream) {
                 continue;
             }
-            let capture = AreaPath::new(path).expect("protocol path");
-            let bytes = match area.read_file(&capture, MAX_CAPTURE_READ) {
-                Ok(bytes) => bytes,
-                Err(AreaError::NotFound { .. }) => continue,
-                Err(e) => return Err(e),
+            let bytes = match read_capture(area, path)? {
+                Some(bytes) => bytes,
+                None if stream == Stream::Stdout => {
+                    match read_capture(area, layout::legacy::OUT)? {
+                        Some(bytes) => bytes,
+                        None => continue,
+                    }
+                }
+                None => continue,
             };
             let from = (self.next[index(stream)] as usize).min(bytes.len());
             if from < bytes.len() {
@@ -146,6 +153,19 @@ impl Follower {
             self.next[index(stream)] = bytes.len() as u64;
         }
         Ok(())
+    }
+}
+
+/// A capture file's bytes, `None` if there is none.
+fn read_capture(
+    area: &(impl SharedArea + ?Sized),
+    path: &str,
+) -> Result<Option<Vec<u8>>, AreaError> {
+    let path = AreaPath::new(path).expect("protocol path");
+    match area.read_file(&path, MAX_CAPTURE_READ) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(AreaError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -197,7 +217,7 @@ pub fn follow(
         }
         Ok(())
     })?;
-    if let WaitOutcome::Done(_) = outcome {
+    if let WaitOutcome::Done(_) | WaitOutcome::LegacyDone(_) = outcome {
         // The last blocks the monitor flushed before its final record.
         follower.take(&read_live(area)?, emit);
         follower.finish(area, emit)?;

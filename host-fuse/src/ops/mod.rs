@@ -58,7 +58,8 @@ pub struct UploadOptions {
     pub limits: ArchiveLimits,
     /// Upload files without `auto_exec.sh` (nothing runs).
     pub files_only: bool,
-    /// Replace a container's area even while a run there is still going on.
+    /// Replace the area even while the monitor of a run there is alive (a container's
+    /// run, which the guest then stops; a VM that runs cannot be uploaded to at all).
     pub force: bool,
     /// Ask the guest to kill the script after this long.
     pub timeout_secs: Option<u32>,
@@ -89,6 +90,9 @@ pub struct UploadReport {
     pub dropped: Vec<String>,
     /// Members whose setuid, setgid or sticky bits were cleared.
     pub stripped_mode_bits: Vec<String>,
+    /// The run this upload replaced that had been cut off (the VM was off in the middle
+    /// of it), if any.
+    pub cut_off_run: Option<String>,
 }
 
 /// Why an upload failed. The area holds its previous content.
@@ -171,14 +175,19 @@ pub fn prepare_upload<'a>(
         }
         .into());
     }
-    if !options.force {
-        let report = status(area)?;
-        if let (Some(record), Monitor::Alive { .. }) = (&report.record, &report.monitor) {
+    // A run in a live area (a container) would have its files replaced under it. A
+    // VM's image that no QEMU holds runs nothing: a "running" record there belongs to a
+    // run that was cut off, which the upload replaces.
+    let report = status(area)?;
+    let cut_off_run = match (&report.record, &report.monitor) {
+        (Some(record), Monitor::Alive { .. }) if !options.force => {
             return Err(UploadError::RunInProgress {
                 run_id: record.run_id.clone(),
             });
         }
-    }
+        (Some(record), Monitor::CutOff) => Some(record.run_id.clone()),
+        _ => None,
+    };
     let parsed = archive::read_upload(
         source,
         &options.limits,
@@ -218,6 +227,7 @@ pub fn prepare_upload<'a>(
         compression,
         dropped,
         stripped_mode_bits,
+        cut_off_run,
     };
     Ok(PreparedUpload {
         area,

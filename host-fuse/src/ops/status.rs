@@ -9,8 +9,7 @@ use nlxtp_core::{
 use serde::Serialize;
 
 use crate::area::{
-    read_status, read_status_from, AreaKind, AreaSnapshot, LegacyFiles, Patience, SharedArea,
-    StatusError,
+    read_status_from, AreaKind, AreaSnapshot, LegacyFiles, Patience, SharedArea, StatusError,
 };
 
 /// Everything `nlxtp status` says about an area.
@@ -131,6 +130,11 @@ pub enum Monitor {
         /// Host milliseconds since the record last changed.
         silent_ms: u64,
     },
+    /// The record says the run goes on, but the guest verifiably does not hold the area
+    /// (no QEMU holds the image: the VM is off). The run was cut off (the VM was killed
+    /// or powered off in the middle of it) and will not finish; the guest marks it
+    /// aborted when it next starts.
+    CutOff,
 }
 
 /// The original implementation's `exec_status/` files.
@@ -180,6 +184,7 @@ pub fn status(area: &(impl SharedArea + ?Sized)) -> Result<StatusReport, StatusE
     }
     let first_look = previous.is_none() || previous != liveness.last_change();
     let monitor = match verdict {
+        _ if cut_off(area, busy, record.as_ref()) => Monitor::CutOff,
         Verdict::NoStatus => Monitor::NoStatus,
         Verdict::Done(_) => Monitor::Done,
         Verdict::Alive {
@@ -205,6 +210,13 @@ pub fn status(area: &(impl SharedArea + ?Sized)) -> Result<StatusReport, StatusE
     })
 }
 
+/// Whether `record` is of a run that was cut off: it has not ended, the area is one the
+/// guest takes only when it starts (a VM's image) and the guest does not hold it now. A
+/// VM that is verifiably off runs nothing.
+fn cut_off(area: &(impl SharedArea + ?Sized), busy: bool, record: Option<&StatusRecord>) -> bool {
+    !busy && !area.capabilities().live && record.is_some_and(|r| !r.state.is_terminal())
+}
+
 impl LegacyStatus {
     fn new(files: LegacyFiles) -> LegacyStatus {
         let text = |bytes: Option<Vec<u8>>| bytes.map(|b| String::from_utf8_lossy(&b).into_owned());
@@ -225,15 +237,22 @@ pub enum WaitOutcome {
     Done(StatusRecord),
     /// The monitor stopped writing: the VM died or hung, or the monitor was killed.
     MonitorLost(StatusRecord),
+    /// The run was cut off: the VM is verifiably off (see [`Monitor::CutOff`]).
+    CutOff(StatusRecord),
     /// The wait's own timeout passed first.
     TimedOut(Option<StatusRecord>),
     /// There is no upload to wait for.
     NoUpload,
+    /// A run of the original implementation ended (`exec_status/done` exists). It
+    /// records no exit code.
+    LegacyDone(LegacyStatus),
 }
 
 /// Polls the area every `interval` until the run ends, the monitor is lost, or `timeout`
 /// passes. `on_poll` is called after every read with the record read (for progress
-/// output, or to follow the live output); its error ends the wait.
+/// output, or to follow the live output); its error ends the wait. An area of the
+/// original implementation (`exec_status/`, no record) is waited for until its `done`
+/// file appears.
 ///
 /// # Errors
 /// [`StatusError`] when the area or its status cannot be read, or `on_poll` fails.
@@ -248,8 +267,15 @@ pub fn wait(
     let mut liveness = Liveness::new(LivenessPolicy::default());
     let mut checked_upload = false;
     loop {
-        let record = read_status(area, &mut reader, Patience::default())?;
+        let look = area.snapshot()?;
+        let busy = look.busy;
+        let record = read_status_from(area, &mut reader, Patience::default(), look.status_file)?;
         on_poll(record.as_ref())?;
+        if cut_off(area, busy, record.as_ref()) {
+            return Ok(WaitOutcome::CutOff(
+                record.expect("cut off implies a record"),
+            ));
+        }
         match liveness.observe(started.elapsed().as_millis() as u64, record.as_ref()) {
             Verdict::Done(_) => {
                 return Ok(WaitOutcome::Done(record.expect("done implies a record")))
@@ -259,13 +285,19 @@ pub fn wait(
                     record.expect("lost implies a record"),
                 ))
             }
-            Verdict::NoStatus if !checked_upload => {
-                if !area.snapshot()?.script_present {
-                    return Ok(WaitOutcome::NoUpload);
+            Verdict::NoStatus => match look.legacy.map(LegacyStatus::new) {
+                Some(legacy) if legacy.done => return Ok(WaitOutcome::LegacyDone(legacy)),
+                // The original's monitor is at work: its `done` file ends the wait.
+                Some(_) => {}
+                None if !checked_upload => {
+                    if !look.script_present {
+                        return Ok(WaitOutcome::NoUpload);
+                    }
+                    // An upload the guest has not started yet (a VM that is off): wait on.
+                    checked_upload = true;
                 }
-                // An upload the guest has not started yet (a VM that is off): wait on.
-                checked_upload = true;
-            }
+                None => {}
+            },
             _ => {}
         }
         if timeout.is_some_and(|t| started.elapsed() >= t) {
@@ -363,6 +395,9 @@ pub fn render(report: &StatusReport) -> String {
                 silent_ms as f64 / 1000.0,
                 timeout_ms as f64 / 1000.0
             )
+        }
+        Monitor::CutOff => {
+            "cut off: the VM is off (no QEMU holds the image) but the run had not ended; it will not finish".to_string()
         }
         Monitor::Lost { silent_ms } => {
             format!(
