@@ -200,6 +200,11 @@ struct UploadArgs {
     /// cut off by its power-off is replaced anyway. A running VM's disk is never written.
     #[arg(long)]
     force: bool,
+    /// Run an archive that holds the status of an earlier run (a download uploaded
+    /// again): refused without this, as the original implementation refused it. The old
+    /// status files are left out.
+    #[arg(long)]
+    run_again: bool,
     /// Ask the guest to kill the script after this many seconds.
     #[arg(long = "kill-after", value_name = "SECS")]
     kill_after: Option<u32>,
@@ -545,6 +550,7 @@ fn upload(
         },
         files_only: args.files_only,
         force: args.force,
+        run_again: args.run_again,
         timeout_secs: args.kill_after,
         heartbeat_ms: args.heartbeat_ms,
         output_cap: args.output_cap,

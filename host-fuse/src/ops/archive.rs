@@ -136,6 +136,12 @@ pub enum ArchiveError {
         /// The member's name.
         name: String,
     },
+    /// The archive holds the status of a run: it is a download of an area where it ran.
+    #[error("the archive holds the status of an earlier run ({evidence}): it is a download of an area where it already ran, and would run again; pass --run-again to run it anyway (its old status is left out)")]
+    EarlierRun {
+        /// The status file found in the archive.
+        evidence: String,
+    },
     /// The start script is not a regular file.
     #[error("{script} in the archive is not a regular file: it must be a shell script", script = layout::START_SCRIPT)]
     ScriptNotFile,
