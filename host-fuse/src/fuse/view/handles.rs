@@ -9,10 +9,11 @@ use nix::errno::Errno;
 use nlxtp_core::layout::STATUS_FILE;
 use nlxtp_core::DecodeError;
 
+use super::super::error::errno;
 use super::super::stage::{StagedFile, Tree};
 use super::inodes::Key;
 use super::vm::{Vm, VmState};
-use super::{errno, lock, View, META_DIR};
+use super::{lock, View, META_DIR};
 use crate::area::{AreaError, AreaPath, SharedArea};
 
 /// The largest file the view reads into memory at open.
@@ -226,7 +227,7 @@ impl View {
         if st.last_commit.is_some_and(|t| t.elapsed() < BURST) {
             return Ok(());
         }
-        self.commit(vm, st)
+        self.commit(vm, st).map_err(|e| e.errno())
     }
 
     /// `close` of one descriptor (`flush`) by process `pid`: commits when the file was

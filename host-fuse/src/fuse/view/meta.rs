@@ -3,9 +3,10 @@
 
 use std::time::SystemTime;
 
+use super::super::error::chain;
 use super::super::stage::Stage;
 use super::vm::Vm;
-use super::{chain, lock, Attr, Kind, View};
+use super::{lock, Attr, Kind, View};
 use crate::ops;
 
 /// The view's own directory in each VM's directory.

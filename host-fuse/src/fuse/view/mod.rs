@@ -25,8 +25,9 @@ pub(crate) use edit::SetAttr;
 pub(crate) use handles::OpenMode;
 use meta::META_DIR;
 
+use super::error::KeptError;
 use super::stage::{children, Node, Stage};
-use crate::area::{AreaError, SharedArea};
+use crate::area::SharedArea;
 use handles::Handles;
 use inodes::{Inodes, Key};
 use meta::Meta;
@@ -62,34 +63,6 @@ pub(crate) struct Attr {
     pub uid: u32,
     pub gid: u32,
     pub mtime: SystemTime,
-}
-
-/// The errno a failed area call becomes.
-pub(crate) fn errno(e: &AreaError) -> Errno {
-    match e {
-        AreaError::NotFound { .. } | AreaError::NoImage { .. } => Errno::ENOENT,
-        AreaError::NotAFile { .. } => Errno::EISDIR,
-        AreaError::TooLarge { .. } => Errno::EFBIG,
-        AreaError::Busy { .. } => Errno::EROFS,
-        AreaError::NoSpace { .. } => Errno::ENOSPC,
-        AreaError::BadName { .. } => Errno::EINVAL,
-        AreaError::NameCollision { .. } => Errno::EEXIST,
-        AreaError::NotRegular { .. } => Errno::EACCES,
-        AreaError::Io { source, .. } => source.raw_os_error().map_or(Errno::EIO, Errno::from_raw),
-        _ => Errno::EIO,
-    }
-}
-
-/// An error and its causes on one line, for logs and view.json.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Everything the mount serves.
@@ -171,8 +144,8 @@ impl View {
     /// Removes the VM `name` after committing what is pending for it.
     ///
     /// # Errors
-    /// A sentence saying why it stays: files open, or the commit failed.
-    pub(crate) fn remove_vm(&self, name: &str) -> Result<(), String> {
+    /// [`KeptError`]: files are open, or the commit failed.
+    pub(crate) fn remove_vm(&self, name: &str) -> Result<(), KeptError> {
         let Some(vm) = self.vms().by_name.get(name).cloned() else {
             return Ok(());
         };
@@ -183,13 +156,12 @@ impl View {
             .map(|f| f.path)
             .collect();
         if !open.is_empty() {
-            return Err(format!("files are open: {}", open.join(", ")));
+            return Err(KeptError::FilesOpen { files: open });
         }
         {
             let mut st = lock(&vm.state);
             if st.stage.as_ref().is_some_and(Stage::dirty) {
-                self.commit(&vm, &mut st)
-                    .map_err(|_| st.last_error.clone().unwrap_or_default())?;
+                self.commit(&vm, &mut st).map_err(KeptError::Commit)?;
             }
             st.stage = None;
         }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 
+use super::super::error::{chain, errno, CommitError};
 use super::super::stage::{listing, upload_files, Node, Stage, Tree};
-use super::{chain, errno, lock, View};
+use super::{lock, View};
 use crate::area::{ChangeKey, Durability, SharedArea};
 use crate::ops;
 
@@ -137,33 +138,33 @@ impl View {
     }
 
     /// Commits the stage of `vm`, if it has changes, with one [`SharedArea::replace`].
-    pub(super) fn commit(&self, vm: &Vm, st: &mut VmState) -> Result<(), Errno> {
+    pub(super) fn commit(&self, vm: &Vm, st: &mut VmState) -> Result<(), CommitError> {
+        let result = self.try_commit(vm, st);
+        if let Err(e) = &result {
+            let why = chain(e);
+            tracing::warn!("could not commit the changes to {}: {why}", vm.name);
+            st.last_error = Some(why);
+            if let Some(stage) = st.stage.as_mut() {
+                stage.failed = Some(stage.changed);
+            }
+        }
+        result
+    }
+
+    fn try_commit(&self, vm: &Vm, st: &mut VmState) -> Result<(), CommitError> {
         let Some(stage) = st.stage.as_mut() else {
             return Ok(());
         };
         if !stage.dirty() {
             return Ok(());
         }
-        let failed = |st: &mut VmState, why: String, code: Errno| {
-            tracing::warn!("could not commit the changes to {}: {why}", vm.name);
-            st.last_error = Some(why);
-            if let Some(stage) = st.stage.as_mut() {
-                stage.failed = Some(stage.changed);
-            }
-            Err(code)
-        };
         let live = vm.area.capabilities().live;
         if live && run_alive(vm) {
-            return failed(
-                st,
-                "a run is going on in the container; write again when it has ended".into(),
-                Errno::EBUSY,
-            );
+            return Err(CommitError::RunGoingOn);
         }
-        let (tree, run) = match stage.to_commit(&self.stage_dir) {
-            Ok(v) => v,
-            Err(e) => return failed(st, e.to_string(), Errno::EIO),
-        };
+        let (tree, run) = stage
+            .to_commit(&self.stage_dir)
+            .map_err(CommitError::Prepare)?;
         tracing::debug!(
             "{}: committing {} entries ({} bytes), {} open for writing",
             vm.name,
@@ -175,55 +176,46 @@ impl View {
         // failure: the old), so no QEMU can start in between.
         let result = vm
             .area
-            .replace_held(&mut stage.hold, upload_files(&tree), Durability::Synced);
-        let stage = st.stage.as_mut().expect("still there");
-        let outcome = match result {
-            Ok(()) => {
-                stage.tree = tree;
-                stage.committed = stage.changed;
-                stage.failed = None;
-                stage.script_touched = false;
-                stage.manifest_by_user = false;
-                st.last_error = None;
-                st.last_commit = Some(Instant::now());
-                if let Some(run) = run {
-                    tracing::info!("{}: committed a new start script, run {run}", vm.name);
-                    st.last_run = Some(run.to_string());
-                }
-                Ok(())
+            .replace_held(&mut stage.hold, upload_files(&tree), Durability::Synced)
+            .map_err(CommitError::Replace);
+        if result.is_ok() {
+            stage.tree = tree;
+            stage.committed = stage.changed;
+            stage.failed = None;
+            stage.script_touched = false;
+            stage.manifest_by_user = false;
+            st.last_error = None;
+            st.last_commit = Some(Instant::now());
+            if let Some(run) = run {
+                tracing::info!("{}: committed a new start script, run {run}", vm.name);
+                st.last_run = Some(run.to_string());
             }
-            Err(e) => failed(st, chain(&e), errno(&e)),
-        };
+        }
         let stage = st.stage.as_mut().expect("still there");
         // A commit that started a run in a container ends the stage: the guest writes now.
-        let end =
-            stage.writers == 0 && !stage.dirty() || (live && run.is_some() && outcome.is_ok());
+        let end = stage.writers == 0 && !stage.dirty() || (live && run.is_some() && result.is_ok());
         // A held stage keeps its hold: on the new content, or on the old one after a failure.
         if end {
             st.stage = None;
         }
         st.busy = None;
-        outcome
+        result
     }
 
     /// Commits `vm`'s pending changes now.
     pub(super) fn commit_vm(&self, vm: &Vm) -> Result<(), Errno> {
         let mut st = lock(&vm.state);
-        self.commit(vm, &mut st)
+        self.commit(vm, &mut st).map_err(|e| e.errno())
     }
 
-    /// Commits what is pending everywhere; the VMs that failed, with why.
+    /// Commits what is pending everywhere; the VMs that failed, with why (for people).
     pub(crate) fn commit_all(&self) -> Vec<String> {
         let vms: Vec<Arc<Vm>> = self.vms().by_name.values().cloned().collect();
         let mut failed = Vec::new();
         for vm in vms {
             let mut st = lock(&vm.state);
-            if self.commit(&vm, &mut st).is_err() {
-                failed.push(format!(
-                    "{}: {}",
-                    vm.name,
-                    st.last_error.as_deref().unwrap_or("unknown error")
-                ));
+            if let Err(e) = self.commit(&vm, &mut st) {
+                failed.push(format!("{}: {}", vm.name, chain(&e)));
             }
         }
         failed
