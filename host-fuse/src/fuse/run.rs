@@ -4,6 +4,7 @@
 use std::ffi::OsStr;
 use std::fmt;
 use std::io::{self, Write};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -61,35 +62,7 @@ pub(crate) fn serve(opts: &MountOptions) -> Result<(), MountError> {
             }
         })?;
     let notifier = session.notifier();
-    let (tx, rx) = mpsc::channel();
-    let control_err = |source| MountError::Control {
-        path: socket.clone(),
-        source,
-    };
-    let session_tx = tx.clone();
-    let session_thread = std::thread::Builder::new()
-        .name("nlxtp-fuse".into())
-        .spawn(move || {
-            let _ = session_tx.send(Event::SessionEnded(session.run()));
-        })
-        .map_err(control_err)?;
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(control_err)?;
-    let signal_tx = tx.clone();
-    std::thread::spawn(move || {
-        for signal in signals.forever() {
-            if signal_tx.send(Event::Signal(signal)).is_err() {
-                break;
-            }
-        }
-    });
-    std::thread::spawn(move || {
-        control::serve(&listener, |request| {
-            let (reply_tx, reply_rx) = mpsc::channel();
-            tx.send(Event::Control(request, reply_tx)).ok()?;
-            reply_rx.recv().ok()
-        });
-    });
+    let (session_thread, rx) = start_threads(session, listener, &socket)?;
     let ticker = Ticker::start(Arc::clone(&view));
 
     say(&format!(
@@ -117,6 +90,45 @@ pub(crate) fn serve(opts: &MountOptions) -> Result<(), MountError> {
         let _ = session_thread.join();
     }
     mount.finish(&socket, result)
+}
+
+/// The threads that feed the event loop: the FUSE session's, the signals', the control
+/// socket's.
+fn start_threads(
+    session: fuser::Session<Fs>,
+    listener: UnixListener,
+    socket: &Path,
+) -> Result<(JoinHandle<()>, mpsc::Receiver<Event>), MountError> {
+    let (tx, rx) = mpsc::channel();
+    let control_err = |source| MountError::Control {
+        path: socket.to_owned(),
+        source,
+    };
+    let session_tx = tx.clone();
+    let session_thread = std::thread::Builder::new()
+        .name("nlxtp-fuse".into())
+        .spawn(move || {
+            let _ = session_tx.send(Event::SessionEnded(session.run()));
+        })
+        .map_err(control_err)?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(control_err)?;
+    let signal_tx = tx.clone();
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if signal_tx.send(Event::Signal(signal)).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        control::serve(&listener, |request| {
+            let (reply_tx, reply_rx) = mpsc::channel();
+            tx.send(Event::Control(request, reply_tx)).ok()?;
+            reply_rx.recv().ok()
+        });
+    });
+    Ok((session_thread, rx))
 }
 
 /// The mount point as it will be mounted (normalized), if it can be.
