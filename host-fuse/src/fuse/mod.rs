@@ -13,9 +13,9 @@
 //!   anything is uncommitted.
 //! - **Read-only while a VM runs.** While QEMU holds a VM's image (its lock bytes), the
 //!   VM's files show without write bits and every change fails with `EROFS`.
-//! - **Staged writes.** The first change to a stopped VM's area takes the image's
-//!   [`ImageWriteGuard`](crate::area::vfat::ImageWriteGuard) (so no QEMU starts on it
-//!   meanwhile) and copies the area into unnamed temporary files (the stage). Changes go
+//! - **Staged writes.** The first change to a stopped VM's area holds it
+//!   ([`SharedArea::hold`](crate::area::SharedArea::hold): for an image, QEMU's write
+//!   locks, so no QEMU starts on it meanwhile) and copies the area into unnamed temporary files (the stage). Changes go
 //!   to the stage. A **commit** writes the whole stage with one
 //!   [`replace`](crate::area::SharedArea::replace), which swaps the image atomically: a
 //!   crash, a `SIGKILL` included, leaves the old content or the new. Commits happen at
