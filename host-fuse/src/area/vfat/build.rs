@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::dir::{ATTR_ARCHIVE, ATTR_DIR, ATTR_LFN, ENTRY_LEN, LOWER_BASE, LOWER_EXT};
+use super::fat::END_OF_CHAIN;
 use super::geometry::{FatType, Geometry};
 use super::write::Plan;
 use crate::area::{AreaError, AreaPath, Durability, UploadData};
@@ -741,49 +742,10 @@ struct FatTable {
     fat_type: FatType,
 }
 
-/// What [`FatTable::set`] takes for "the chain ends here".
-const END_OF_CHAIN: u32 = u32::MAX;
-
 impl FatTable {
     /// Sets entry `cluster` to `next` (or [`END_OF_CHAIN`]).
     fn set(&mut self, cluster: u32, next: u32) {
-        let c = cluster as usize;
-        match self.fat_type {
-            FatType::Fat12 => {
-                let v = if next == END_OF_CHAIN {
-                    0xFFF
-                } else {
-                    next & 0xFFF
-                } as u16;
-                let at = c * 3 / 2;
-                let b = &mut self.bytes;
-                if c.is_multiple_of(2) {
-                    b[at] = v as u8;
-                    b[at + 1] = (b[at + 1] & 0xF0) | (v >> 8) as u8;
-                } else {
-                    b[at] = (b[at] & 0x0F) | ((v & 0x0F) << 4) as u8;
-                    b[at + 1] = (v >> 4) as u8;
-                }
-            }
-            FatType::Fat16 => {
-                let v = if next == END_OF_CHAIN {
-                    0xFFFF
-                } else {
-                    next as u16
-                };
-                self.bytes[c * 2..c * 2 + 2].copy_from_slice(&v.to_le_bytes());
-            }
-            FatType::Fat32 => {
-                let v = if next == END_OF_CHAIN {
-                    0x0FFF_FFFF
-                } else {
-                    next
-                };
-                let old = u32::from_le_bytes(self.bytes[c * 4..c * 4 + 4].try_into().unwrap());
-                let v = (old & 0xF000_0000) | (v & 0x0FFF_FFFF);
-                self.bytes[c * 4..c * 4 + 4].copy_from_slice(&v.to_le_bytes());
-            }
-        }
+        self.fat_type.set(&mut self.bytes, cluster, next);
     }
 }
 
@@ -795,9 +757,8 @@ fn write_fat(
     end: u64,
     fill: impl FnOnce(&mut FatTable),
 ) -> io::Result<()> {
-    let bits = u64::from(geometry.fat_type.bits());
     let sector = u64::from(geometry.bytes_per_sector);
-    let len = ((end * bits).div_ceil(8) + 1)
+    let len = (geometry.fat_type.bytes_for(end) + 1)
         .div_ceil(sector)
         .saturating_mul(sector)
         .min(geometry.fat_len);
@@ -892,17 +853,5 @@ mod tests {
                 .wrapping_add(b);
         }
         assert_eq!(short_name_checksum(name), sum);
-    }
-
-    #[test]
-    fn fat12_entries_pack_into_one_and_a_half_bytes() {
-        let mut fat = FatTable {
-            bytes: vec![0; 12],
-            fat_type: FatType::Fat12,
-        };
-        fat.set(2, 0x345);
-        fat.set(3, 0xABC);
-        fat.set(4, END_OF_CHAIN);
-        assert_eq!(&fat.bytes[3..8], &[0x45, 0xC3, 0xAB, 0xFF, 0x0F]);
     }
 }

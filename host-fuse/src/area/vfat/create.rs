@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use nlxtp_core::layout::DEFAULT_VOLUME_LABEL;
 
-use super::geometry::FatType;
-use super::volume::{read_geometry, Image};
+use super::block::ImageFile;
+use super::geometry::{FatType, Geometry};
 use super::write::{fatfs_type, fresh_volume_id, guarded, label_bytes};
 use crate::area::AreaError;
 
@@ -177,8 +177,8 @@ fn make(
     .map_err(format_error)?;
     file.sync_all()
         .map_err(|source| CreateError::Area(AreaError::io("flush", path, source)))?;
-    let made = Image::from_file(file, path)
-        .and_then(|image| read_geometry(&image))
+    let made = ImageFile::from_file(file, path)
+        .and_then(|image| Geometry::read(&image))
         .map_err(|e| format_error(io::Error::other(e.to_string())))?;
     match fat_type {
         Some(wanted) if wanted != made.fat_type => Err(CreateError::FatTypeDoesNotFit {

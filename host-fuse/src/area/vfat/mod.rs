@@ -10,26 +10,29 @@
 //! `build.rs` lays the files in, `write.rs` swaps it in). QEMU's image locks say whether the VM runs and keep it from starting
 //! during an upload ([`qemu_holds_image`], [`ImageWriteGuard`]).
 
+pub mod block;
 mod build;
 mod create;
 mod dir;
 mod fat;
 mod geometry;
 mod lock;
+mod snapshot;
 mod status;
 mod volume;
 mod write;
 
 use std::path::{Path, PathBuf};
 
+pub use block::{BlockSource, ImageFile, Window};
 pub use create::{create_image, CreateError, MAX_IMAGE_LEN, MIN_IMAGE_LEN};
 pub use lock::{qemu_holds_image, ImageWriteGuard};
 
 use self::status::StatusCache;
 use self::volume::Volume;
 use crate::area::{
-    AreaError, AreaHold, AreaKind, AreaPath, Capabilities, ChangeKey, Durability, SharedArea,
-    StatusRead, UploadFile, Visitor, WalkLimits,
+    AreaError, AreaHold, AreaKind, AreaPath, AreaSnapshot, Capabilities, ChangeKey, Durability,
+    SharedArea, StatusRead, UploadFile, Visitor, WalkLimits,
 };
 
 /// A VM's shared area: the vFAT image at a path.
@@ -138,5 +141,11 @@ impl SharedArea for VfatImage {
         };
         *slot = Some(guard);
         result
+    }
+
+    /// One open and one pass over the image (`snapshot.rs`), which also remembers where
+    /// the status file is for the next [`SharedArea::read_status_file`].
+    fn snapshot(&self) -> Result<AreaSnapshot, AreaError> {
+        snapshot::snapshot(&self.path, &self.status)
     }
 }

@@ -33,10 +33,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fatfs::FormatVolumeOptions;
 use nlxtp_core::layout::{DEFAULT_VOLUME_LABEL, START_SCRIPT};
 
+use super::block::ImageFile;
 use super::build;
 use super::geometry::{FatType, Geometry};
 use super::lock::ImageWriteGuard;
-use super::volume::{read_geometry, Image};
 use crate::area::{AreaError, AreaPath, Durability, UploadData, UploadFile};
 
 /// Runs a fatfs call, turning a panic inside the crate into an error.
@@ -262,14 +262,14 @@ fn replace_guarded(
     plan: Plan,
     durability: Durability,
 ) -> Result<ImageWriteGuard, AreaError> {
-    let old = Image::from_file(
+    let old = ImageFile::from_file(
         guard
             .file()
             .try_clone()
             .map_err(|e| AreaError::io("open", image, e))?,
         image,
     )?;
-    let geometry = read_geometry(&old)?;
+    let geometry = Geometry::read(&old)?;
     let meta = old
         .file()
         .metadata()
@@ -296,7 +296,7 @@ fn replace_guarded(
     file.set_len(meta.len())
         .map_err(|e| AreaError::io("size", &temp_path, e))?;
     format_like(&mut file, &geometry)?;
-    let fresh = read_geometry(&Image::from_file(
+    let fresh = Geometry::read(&ImageFile::from_file(
         file.try_clone()
             .map_err(|e| AreaError::io("open", &temp_path, e))?,
         &temp_path,
