@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use nlxtp_core::slots::STATUS_FILE_LEN;
 
 use super::block::{BlockSource, ImageFile};
-use super::dir::short_form;
+use super::entry::short_form;
 use super::volume::{read_located, Dirs, Located, Volume};
 use crate::area::{AreaError, StatusRead};
 

@@ -8,31 +8,34 @@
 //! is an error. Reads go through a [`BlockSource`]; nothing here writes.
 
 use std::collections::HashSet;
-use std::io::{self, Read};
 use std::path::Path;
 
 use super::block::{BlockSource, ImageFile};
-use super::dir::{parse_dir, RawEntry, ENTRY_LEN};
+use super::entry::{parse_dir, RawEntry, ENTRY_LEN};
 use super::fat::Fat;
 use super::geometry::Geometry;
-use crate::area::{AreaError, AreaPath, Entry, EntryKind, Visitor, WalkBudget, WalkLimits};
+use super::walk::VolumeWalk;
+use crate::area::{AreaError, AreaPath, Visitor, WalkBudget, WalkLimits};
 
 /// The most bytes a directory may have: 65536 entries, the FAT specification's limit.
 pub const MAX_DIR_BYTES: u64 = 65536 * ENTRY_LEN as u64;
 
+/// Bytes of a directory read at once (a multiple of [`ENTRY_LEN`]).
+const DIR_PIECE: usize = 4096;
+
 /// (offset, length) runs of bytes in the image.
-type Runs = Vec<(u64, usize)>;
+pub type Runs = Vec<(u64, usize)>;
 
 /// A directory as read: its live entries, its raw bytes, and where those bytes are.
-struct Listing {
-    entries: Vec<RawEntry>,
+pub struct Listing {
+    pub entries: Vec<RawEntry>,
     bytes: Vec<u8>,
     runs: Runs,
 }
 
 /// Where a directory's entries are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DirPlace {
+pub enum DirPlace {
     /// The FAT12/16 root directory region.
     Region { offset: u64, len: u64 },
     /// A cluster chain.
@@ -112,12 +115,17 @@ impl<S: BlockSource> Volume<S> {
         })
     }
 
-    fn max_clusters_for(&self, bytes: u64) -> usize {
+    pub(super) fn max_clusters_for(&self, bytes: u64) -> usize {
         bytes.div_ceil(u64::from(self.geometry.cluster_size)) as usize
     }
 
     /// The clusters of a file of `size` bytes starting at `first`, checked against the size.
-    fn file_chain(&self, first: u32, size: u64, name: &str) -> Result<Vec<u32>, AreaError> {
+    pub(super) fn file_chain(
+        &self,
+        first: u32,
+        size: u64,
+        name: &str,
+    ) -> Result<Vec<u32>, AreaError> {
         if size == 0 {
             return Ok(Vec::new());
         }
@@ -139,7 +147,7 @@ impl<S: BlockSource> Volume<S> {
     }
 
     /// (offset, length) runs of contiguous clusters covering `len` bytes of `chain`.
-    fn ranges(&self, chain: &[u32], len: u64) -> Runs {
+    pub(super) fn ranges(&self, chain: &[u32], len: u64) -> Runs {
         let cluster = u64::from(self.geometry.cluster_size);
         let mut out: Runs = Vec::new();
         let mut left = len;
@@ -168,7 +176,8 @@ impl<S: BlockSource> Volume<S> {
         Ok(())
     }
 
-    /// A directory's bytes and the image offset of each of its entries' slot.
+    /// A directory's bytes up to its end marker (an entry starting with 0: nothing after
+    /// it counts), and where all of its bytes are. The whole chain is followed either way.
     fn read_dir(&self, place: DirPlace, name: &str) -> Result<(Vec<u8>, Runs), AreaError> {
         let ranges = match place {
             DirPlace::Region { offset, len } => vec![(offset, len as usize)],
@@ -180,9 +189,23 @@ impl<S: BlockSource> Volume<S> {
                 self.ranges(&chain, len)
             }
         };
-        let total: usize = ranges.iter().map(|r| r.1).sum();
-        let mut bytes = vec![0u8; total];
-        self.read_runs(&ranges, &mut bytes)?;
+        // In pieces, stopping after the end marker: a root region of 16 KiB usually
+        // holds a handful of entries.
+        let mut bytes = Vec::new();
+        for &(offset, len) in &ranges {
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(DIR_PIECE);
+                let at = bytes.len();
+                bytes.resize(at + n, 0);
+                self.source
+                    .read_at(offset + done as u64, &mut bytes[at..])?;
+                done += n;
+                if bytes[at..].chunks_exact(ENTRY_LEN).any(|e| e[0] == 0) {
+                    return Ok((bytes, ranges));
+                }
+            }
+        }
         Ok((bytes, ranges))
     }
 
@@ -193,7 +216,7 @@ impl<S: BlockSource> Volume<S> {
         }
     }
 
-    fn entries(&self, place: DirPlace, name: &str) -> Result<Listing, AreaError> {
+    pub(super) fn entries(&self, place: DirPlace, name: &str) -> Result<Listing, AreaError> {
         let (bytes, runs) = self.read_dir(place, name)?;
         let hi = self.geometry.root_region.is_none();
         Ok(Listing {
@@ -203,7 +226,7 @@ impl<S: BlockSource> Volume<S> {
         })
     }
 
-    fn subdir(&self, entry: &RawEntry, path: &str) -> Result<DirPlace, AreaError> {
+    pub(super) fn subdir(&self, entry: &RawEntry, path: &str) -> Result<DirPlace, AreaError> {
         if !self.geometry.is_data_cluster(entry.first_cluster) {
             return Err(AreaError::Corrupt {
                 what: format!(
@@ -414,107 +437,12 @@ pub fn read_located(
     Ok(())
 }
 
-/// One walk over a volume: what it has used of its limits, and the directories it has
-/// entered (a directory reached twice is a loop).
-struct VolumeWalk<'a, 'v, S> {
-    volume: &'a Volume<S>,
-    budget: WalkBudget,
-    seen_dirs: HashSet<u32>,
-    visit: &'a mut Visitor<'v>,
-}
-
-impl<S: BlockSource> VolumeWalk<'_, '_, S> {
-    /// Visits the entries of the directory at `place`, whose path is `parent`.
-    fn dir(
-        &mut self,
-        place: DirPlace,
-        parent: Option<&AreaPath>,
-        depth: usize,
-    ) -> Result<(), AreaError> {
-        let shown = parent.map_or("/", AreaPath::as_str);
-        let mut entries = self.volume.entries(place, shown)?.entries;
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Some(pair) = entries.windows(2).find(|w| w[0].name == w[1].name) {
-            return Err(AreaError::Corrupt {
-                what: format!("two entries named {:?} in {shown}", pair[0].name),
-            });
-        }
-        for raw in entries {
-            self.budget.count_entries(1)?;
-            let path = match parent {
-                Some(p) => p.join(&raw.name),
-                None => AreaPath::new(raw.name.clone()),
-            }
-            .map_err(|_| AreaError::Corrupt {
-                what: format!("the name {:?} in {shown}", raw.name),
-            })?;
-            if raw.is_dir {
-                self.subdir(&raw, path, depth)?;
-            } else {
-                self.file(&raw, path)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn subdir(&mut self, raw: &RawEntry, path: AreaPath, depth: usize) -> Result<(), AreaError> {
-        let entry = Entry {
-            path,
-            kind: EntryKind::Dir,
-            size: 0,
-            mode: 0o755,
-        };
-        self.budget.enter(depth + 1, &entry.path)?;
-        let sub = self.volume.subdir(raw, entry.path.as_str())?;
-        if !self.seen_dirs.insert(raw.first_cluster) {
-            return Err(AreaError::Corrupt {
-                what: format!(
-                    "the directory {} is reached twice (a directory loop)",
-                    entry.path
-                ),
-            });
-        }
-        (self.visit)(&entry, None).map_err(AreaError::sink)?;
-        self.dir(sub, Some(&entry.path), depth + 1)
-    }
-
-    fn file(&mut self, raw: &RawEntry, path: AreaPath) -> Result<(), AreaError> {
-        let volume = self.volume;
-        let size = u64::from(raw.size);
-        let chain = volume.file_chain(raw.first_cluster, size, path.as_str())?;
-        self.budget.count_file(size)?;
-        // Each file's chain holds its size, so files holding more than the data region
-        // share clusters: a guest multiplying what a download reads.
-        let region = u64::from(volume.geometry.clusters) * u64::from(volume.geometry.cluster_size);
-        if self.budget.bytes() > region {
-            return Err(AreaError::Corrupt {
-                what: format!(
-                    "the files hold {} bytes, more than the volume's {region}: files share (cross-link) clusters",
-                    self.budget.bytes()
-                ),
-            });
-        }
-        let entry = Entry {
-            path,
-            kind: EntryKind::File,
-            size,
-            mode: if raw.read_only { 0o444 } else { 0o644 },
-        };
-        let mut reader = RangeReader::new(&volume.source, volume.ranges(&chain, size));
-        let visited = (self.visit)(&entry, Some(&mut reader));
-        if let Some(failed) = reader.failed.take() {
-            return Err(failed);
-        }
-        visited.map_err(AreaError::sink)
-    }
-}
-
 fn names_match(a: &str, b: &str) -> bool {
     a == b || a.to_lowercase() == b.to_lowercase()
 }
 
 fn short_matches(short: &[u8; 11], name: &str) -> bool {
-    super::dir::short_form(name).is_some_and(|s| &s == short)
+    super::entry::short_form(name).is_some_and(|s| &s == short)
 }
 
 /// The image offset of byte `at` of a directory laid out in `ranges`.
@@ -526,49 +454,6 @@ fn offset_in(ranges: &[(u64, usize)], mut at: usize) -> u64 {
         at -= len;
     }
     unreachable!("an entry index inside the directory's bytes")
-}
-
-/// Reads exactly the bytes of some (offset, length) runs of an image, then ends.
-struct RangeReader<'a> {
-    source: &'a dyn BlockSource,
-    ranges: std::vec::IntoIter<(u64, usize)>,
-    current: Option<(u64, usize)>,
-    /// Why a read failed: reported by the walk instead of the visitor's error.
-    failed: Option<AreaError>,
-}
-
-impl<'a> RangeReader<'a> {
-    fn new(source: &'a dyn BlockSource, ranges: Runs) -> Self {
-        RangeReader {
-            source,
-            ranges: ranges.into_iter(),
-            current: None,
-            failed: None,
-        }
-    }
-}
-
-impl Read for RangeReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.current {
-                Some((_, 0)) | None => match self.ranges.next() {
-                    Some(next) => self.current = Some(next),
-                    None => return Ok(0),
-                },
-                Some((offset, left)) => {
-                    let n = left.min(buf.len());
-                    // The image may shrink under us; read_at then reports it.
-                    if let Err(failed) = self.source.read_at(offset, &mut buf[..n]) {
-                        self.failed = Some(failed);
-                        return Err(io::Error::other("reading the image failed"));
-                    }
-                    self.current = Some((offset + n as u64, left - n));
-                    return Ok(n);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
