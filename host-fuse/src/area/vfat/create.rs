@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use nlxtp_core::layout::DEFAULT_VOLUME_LABEL;
 
-use super::geometry::FatType;
-use super::volume::{read_geometry, Image};
-use super::write::{fatfs_type, fresh_volume_id, guarded, label_bytes};
+use super::block::ImageFile;
+use super::format::{fatfs_type, format, fresh_volume_id, label_bytes};
+use super::geometry::{FatType, Geometry};
 use crate::area::AreaError;
 
 /// The smallest image [`create_image`] makes (FAT12 with room for a few files).
@@ -155,11 +155,12 @@ fn make(
         let said = String::from_utf8_lossy(&out.stderr);
         return Err(qemu_img(format!("{}: {}", out.status, said.trim())));
     }
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(|source| CreateError::Area(AreaError::io("open", path, source)))?;
+    let image = ImageFile::from_file(file, path)?;
     let mut options = fatfs::FormatVolumeOptions::new()
         .volume_label(label)
         .volume_id(fresh_volume_id());
@@ -170,16 +171,14 @@ fn make(
         path: path.into(),
         source,
     };
-    guarded("formatted a new image", || {
-        fatfs::format_volume(&mut file, options)
-    })
-    .map_err(|e| format_error(io::Error::other(e.to_string())))?
-    .map_err(format_error)?;
-    file.sync_all()
+    format(&image, options, "formatted a new image")
+        .map_err(|e| format_error(io::Error::other(e.to_string())))?
+        .map_err(format_error)?;
+    image
+        .file()
+        .sync_all()
         .map_err(|source| CreateError::Area(AreaError::io("flush", path, source)))?;
-    let made = Image::from_file(file, path)
-        .and_then(|image| read_geometry(&image))
-        .map_err(|e| format_error(io::Error::other(e.to_string())))?;
+    let made = Geometry::read(&image).map_err(|e| format_error(io::Error::other(e.to_string())))?;
     match fat_type {
         Some(wanted) if wanted != made.fat_type => Err(CreateError::FatTypeDoesNotFit {
             bits: wanted.bits(),
