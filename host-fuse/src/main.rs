@@ -15,7 +15,8 @@ use nlxtp_core::RunState;
 use nlxtp_host::area::{Durability, WalkLimits};
 use nlxtp_host::ops::logs::Streams;
 use nlxtp_host::ops::{
-    self, status::RecordView, ArchiveLimits, Compression, UploadOptions, WaitOutcome,
+    self, status::RecordView, ArchiveLimits, Compression, DownloadOptions, UploadOptions,
+    WaitOutcome,
 };
 
 const EXIT_CODES: &str = "\
@@ -359,15 +360,9 @@ fn run(command: Command, rootfs: Option<&Path>) -> Result<ExitCode, Failure> {
             json,
         } => {
             let area = open_area(rootfs, &target)?;
-            if area.is_busy()? {
-                let report = ops::status(area.as_ref())?;
-                let done = report.record.as_ref().is_some_and(|r| r.done);
-                if !done && !live {
-                    return Err(Failure { error: "the VM is running and its run is not done: wait for it (nlxtp wait), or pass --live to pack files that may be mid-write".into(), code: 1 });
-                }
-                if !done {
-                    eprintln!("nlxtp: warning: the VM is running; files being written may be inconsistent in the archive");
-                }
+            let prepared = ops::prepare_download(area.as_ref(), live)?;
+            if prepared.is_mid_run() {
+                eprintln!("nlxtp: warning: the VM is running; files being written may be inconsistent in the archive");
             }
             let compression = match format.as_deref() {
                 None if output == Path::new("-") => Compression::None,
@@ -383,39 +378,15 @@ fn run(command: Command, rootfs: Option<&Path>) -> Result<ExitCode, Failure> {
                     })
                 }
             };
+            let options = DownloadOptions {
+                compression,
+                limits: WalkLimits::default(),
+            };
             let progress = Progress::new("packing");
             let report = if output == Path::new("-") {
-                ops::archive::write_download(
-                    area.as_ref(),
-                    io::stdout().lock(),
-                    compression,
-                    &WalkLimits::default(),
-                    &mut |b| progress.set(b),
-                )?
+                prepared.to_writer(io::stdout().lock(), &options, &mut |b| progress.set(b))?
             } else {
-                // Write beside the target name, then rename: no half archive under the real name.
-                let tmp = output.with_extension("partial");
-                let file = File::create(&tmp).map_err(|e| Failure {
-                    error: format!("cannot create {}: {e}", tmp.display()).into(),
-                    code: 1,
-                })?;
-                let result = ops::archive::write_download(
-                    area.as_ref(),
-                    io::BufWriter::new(file),
-                    compression,
-                    &WalkLimits::default(),
-                    &mut |b| progress.set(b),
-                );
-                match result {
-                    Ok(report) => {
-                        std::fs::rename(&tmp, &output)?;
-                        report
-                    }
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&tmp);
-                        return Err(e.into());
-                    }
-                }
+                prepared.to_file(&output, &options, &mut |b| progress.set(b))?
             };
             progress.finish();
             if json {

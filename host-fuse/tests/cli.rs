@@ -1,6 +1,8 @@
 //! The `nlxtp` command as a user runs it: real processes, real directories and images,
 //! snapshots of what a person and a script read.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -20,6 +22,17 @@ fn nlxtp(args: &[&str], state: &Path) -> Output {
 
 /// Writes a status file as a guest's monitor would.
 fn write_status(area: &Path, state: RunState, interval_ms: u32) {
+    std::fs::create_dir_all(area.join("nlxtp")).unwrap();
+    std::fs::write(
+        area.join("nlxtp/status.bin"),
+        status_file(state, interval_ms),
+    )
+    .unwrap();
+    std::fs::write(area.join("auto_exec.sh"), "echo hi\n").unwrap();
+}
+
+/// A status file as a guest's monitor writes it.
+fn status_file(state: RunState, interval_ms: u32) -> Vec<u8> {
     let mut rec = StatusRecord {
         run_id: RunId::from_hex("0123456789abcdef0123456789abcdef").unwrap(),
         boot_id: BootId([0x11; 16]),
@@ -47,9 +60,7 @@ fn write_status(area: &Path, state: RunState, interval_ms: u32) {
         let at = writer.encode(&mut rec, &mut slot).unwrap();
         file[at..at + STATUS_SLOT_LEN].copy_from_slice(&slot);
     }
-    std::fs::create_dir_all(area.join("nlxtp")).unwrap();
-    std::fs::write(area.join("nlxtp/status.bin"), file).unwrap();
-    std::fs::write(area.join("auto_exec.sh"), "echo hi\n").unwrap();
+    file
 }
 
 fn text(out: &Output, dir: &Path) -> String {
@@ -239,6 +250,58 @@ fn exec_upload_download_round_trip_on_an_image() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&script.stdout).contains("sh -c"));
+}
+
+#[test]
+fn download_from_a_running_vm_waits_for_its_run_or_takes_it_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("shared.img");
+    let img = image.to_str().unwrap();
+    assert!(nlxtp(&["create-disk", img, "--size", "8M"], dir.path())
+        .status
+        .success());
+    common::mmd(&image, "nlxtp");
+    common::mcopy(
+        &image,
+        "nlxtp/status.bin",
+        &status_file(RunState::Running, 60_000),
+    );
+    let output = dir.path().join("out.tar");
+    let out_tar = output.to_str().unwrap();
+    // Held as a running QEMU holds it.
+    let vm = nlxtp_host::area::vfat::ImageWriteGuard::acquire(&image).unwrap();
+
+    let out = nlxtp(&["download", img, out_tar], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the VM is running and its run is not done"),
+        "{err}"
+    );
+    assert!(!output.exists() && !dir.path().join("out.partial").exists());
+
+    let out = nlxtp(&["download", "--live", img, out_tar], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning: the VM is running"), "{err}");
+    assert!(output.is_file() && !dir.path().join("out.partial").exists());
+
+    drop(vm);
+    common::mcopy(
+        &image,
+        "nlxtp/status.bin",
+        &status_file(RunState::Exited(0), 60_000),
+    );
+    let _vm = nlxtp_host::area::vfat::ImageWriteGuard::acquire(&image).unwrap();
+    std::fs::remove_file(&output).unwrap();
+    let out = nlxtp(&["download", img, out_tar], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("warning"),
+        "a run that is done is packed as it is: {err}"
+    );
+    assert!(output.is_file());
 }
 
 #[test]
