@@ -4,7 +4,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use nlxtp_core::record::STATUS_SLOT_LEN;
 use nlxtp_core::slots::STATUS_FILE_LEN;
@@ -302,6 +303,91 @@ fn download_from_a_running_vm_waits_for_its_run_or_takes_it_live() {
         "a run that is done is packed as it is: {err}"
     );
     assert!(output.is_file());
+}
+
+/// Runs `nlxtp` with its standard output a pipe whose reader has gone, as in
+/// `nlxtp logs T | head -2` once `head` has read its lines.
+fn nlxtp_to_closed_pipe(args: &[&str], state: &Path) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(NLXTP)
+        .args(args)
+        .env("XDG_STATE_HOME", state)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("shared.img");
+    let img = image.to_str().unwrap();
+    assert!(nlxtp(&["create-disk", img, "--size", "8M"], dir.path())
+        .status
+        .success());
+    common::mmd(&image, "nlxtp");
+    common::mcopy(&image, "auto_exec.sh", b"echo hi\n");
+    common::mcopy(
+        &image,
+        "nlxtp/status.bin",
+        &status_file(RunState::Exited(3), 60_000),
+    );
+    // More than a pipe holds.
+    let lines = "a line of the script's output\n".repeat(20_000);
+    common::mcopy(&image, "nlxtp/stdout.txt", lines.as_bytes());
+    common::mcopy(&image, "nlxtp/stderr.txt", lines.as_bytes());
+
+    // Commands whose exit code says only that they worked: 0, whatever was left unread.
+    for args in [
+        &["logs", img][..],
+        &["logs", "--both", img],
+        &["status", "--json", img],
+        &["status", img],
+        &["download", img, "-"],
+        &[
+            "download",
+            "--json",
+            img,
+            dir.path().join("out.tar").to_str().unwrap(),
+        ],
+    ] {
+        let out = nlxtp_to_closed_pipe(args, dir.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: nothing on stderr, got {err:?}");
+    }
+    // Commands whose exit code carries the run's result keep it.
+    for args in [
+        &["wait", "--quiet", "--json-result", img][..],
+        &["logs", "--follow", "--json-result", img],
+    ] {
+        let out = nlxtp_to_closed_pipe(args, dir.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: nothing on stderr, got {err:?}");
+    }
+
+    // Following a run that goes on stops when the reader goes: no result yet, exit 0.
+    let area = dir.path().join("running");
+    write_status(&area, RunState::Running, 60_000);
+    let mut live = vec![0u8; nlxtp_core::live::LIVE_FILE_LEN];
+    nlxtp_core::live::put_block(&mut live, 1, nlxtp_core::live::Stream::Stdout, 0, b"hi\n")
+        .unwrap();
+    std::fs::write(area.join(nlxtp_core::layout::LIVE_FILE), live).unwrap();
+    let started = Instant::now();
+    let out = nlxtp_to_closed_pipe(
+        &["logs", "-f", "--timeout", "20", area.to_str().unwrap()],
+        dir.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "nothing on stderr, got {err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it stopped at the first write, not at the run's end"
+    );
 }
 
 #[test]

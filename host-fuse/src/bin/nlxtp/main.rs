@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod out;
 mod progress;
 mod transfer;
 mod watch;
@@ -17,6 +18,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use args::{Cli, Command};
+use out::note;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -36,11 +38,13 @@ fn main() -> ExitCode {
     }
     match run(cli) {
         Ok(code) => code,
+        // The reader of the output has gone: the quiet end of the output, not an error.
+        Err(failure) if out::reader_gone() && failure.is_gone() => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("nlxtp: {}", failure.error);
+            note!("nlxtp: {}", failure.error);
             let mut source = failure.error.source();
             while let Some(cause) = source {
-                eprintln!("  because: {cause}");
+                note!("  because: {cause}");
                 source = cause.source();
             }
             ExitCode::from(failure.code)
@@ -60,6 +64,14 @@ impl<E: std::error::Error + 'static> From<E> for Failure {
             error: Box::new(error),
             code: 1,
         }
+    }
+}
+
+impl Failure {
+    /// Whether a write to a reader that has gone caused it.
+    fn is_gone(&self) -> bool {
+        std::iter::successors(Some(&*self.error as &dyn std::error::Error), |e| e.source())
+            .any(|e| e.downcast_ref::<io::Error>().is_some_and(out::is_gone))
     }
 }
 
@@ -85,7 +97,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             label,
         } => {
             nlxtp_host::area::vfat::create_image(&image, size, fat, label.as_deref())?;
-            eprintln!(
+            note!(
                 "created {} ({size} bytes); attach it with -drive file={},format=raw,if=virtio",
                 image.display(),
                 image.display()
@@ -138,7 +150,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Umount { mountpoint, lazy } => {
-            eprintln!("nlxtp: {}", nlxtp_host::fuse::umount(&mountpoint, lazy)?);
+            note!("nlxtp: {}", nlxtp_host::fuse::umount(&mountpoint, lazy)?);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -10,6 +10,7 @@ use nlxtp_host::area::WalkLimits;
 use nlxtp_host::ops::{self, Compression, DownloadOptions};
 
 use crate::args::{Format, Target, UploadArgs, WaitArgs};
+use crate::out::{self, note};
 use crate::progress::{CountingReader, Progress};
 use crate::{watch, Failure};
 
@@ -71,22 +72,24 @@ fn upload_from(
     let report = prepared.write()?;
     progress.finish();
     for name in &report.dropped {
-        eprintln!("nlxtp: note: left out {name} from the archive: it belongs to an earlier run");
+        note!("nlxtp: note: left out {name} from the archive: it belongs to an earlier run");
     }
     for name in &report.stripped_mode_bits {
-        eprintln!("nlxtp: note: cleared setuid/setgid/sticky bits of {name}");
+        note!("nlxtp: note: cleared setuid/setgid/sticky bits of {name}");
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out::json(&report)?;
     } else {
         let when = if area.location().is_dir() {
             "the guest runs it now"
         } else {
             "it runs at the VM's next boot"
         };
-        eprintln!(
+        note!(
             "uploaded run {} ({} entries, {} bytes); {when}",
-            report.run_id, report.entries, report.bytes
+            report.run_id,
+            report.entries,
+            report.bytes
         );
     }
     Ok(())
@@ -103,7 +106,7 @@ pub fn download(
     let area = target.open()?;
     let prepared = ops::prepare_download(area.as_ref(), live)?;
     if prepared.is_mid_run() {
-        eprintln!("nlxtp: warning: the VM is running; files being written may be inconsistent in the archive");
+        note!("nlxtp: warning: the VM is running; files being written may be inconsistent in the archive");
     }
     let to_stdout = output == Path::new("-");
     let options = DownloadOptions {
@@ -116,15 +119,15 @@ pub fn download(
     };
     let progress = Progress::new("packing");
     let report = if to_stdout {
-        prepared.to_writer(io::stdout().lock(), &options, &mut |b| progress.set(b))?
+        prepared.to_writer(out::stdout(), &options, &mut |b| progress.set(b))?
     } else {
         prepared.to_file(output, &options, &mut |b| progress.set(b))?
     };
     progress.finish();
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out::json(&report)?;
     } else if !to_stdout {
-        eprintln!(
+        note!(
             "packed {} files, {} directories, {} bytes into {}",
             report.files,
             report.dirs,

@@ -1,14 +1,14 @@
 //! Watching a run: `status`, `wait` and `logs`.
 
-use std::io::{self, Write};
 use std::process::ExitCode;
 
-use nlxtp_core::live::Stream;
 use nlxtp_core::RunState;
+use nlxtp_host::area::SharedArea;
 use nlxtp_host::ops::logs::Streams;
 use nlxtp_host::ops::{self, status::RecordView, WaitOutcome};
 
 use crate::args::{Target, WaitArgs};
+use crate::out::{self, note, RunOutput};
 use crate::{with_code, Failure};
 
 /// `nlxtp status`.
@@ -16,9 +16,9 @@ pub fn status(target: &Target, json: bool) -> Result<ExitCode, Failure> {
     let area = target.open()?;
     let report = ops::status(area.as_ref())?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out::json(&report)?;
     } else {
-        print!("{}", ops::status::render(&report));
+        out::print(&ops::status::render(&report))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -39,7 +39,7 @@ pub fn wait(target: &Target, args: &WaitArgs) -> Result<ExitCode, Failure> {
                     custom => format!("{}: {custom}", rec.state),
                 };
                 if line != last_line {
-                    eprintln!("nlxtp: {line}");
+                    note!("nlxtp: {line}");
                     last_line = line;
                 }
             }
@@ -63,38 +63,38 @@ pub fn logs(
     }
     let area = target.open()?;
     let mut follower = ops::logs::Follower::new(streams);
-    let mut out = io::stdout().lock();
+    let mut output = RunOutput::new(false);
     let mut failed = None;
     follower.finish(area.as_ref(), &mut |stream, bytes| {
-        let written = match stream {
-            Stream::Stdout => out.write_all(bytes),
-            Stream::Stderr => io::stderr().write_all(bytes),
-        };
+        let written = out::ended(output.write(stream, bytes));
         failed = failed.take().or(written.err());
     })?;
-    match failed {
-        Some(e) => Err(e.into()),
-        None => Ok(ExitCode::SUCCESS),
+    if let Some(e) = failed {
+        return Err(e.into());
     }
+    out::ended(output.flush())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Follows the output (`nlxtp logs --follow`), then ends as `nlxtp wait` does.
 fn follow_logs(target: &Target, streams: Streams, wait: &WaitArgs) -> Result<ExitCode, Failure> {
     let area = target.open().map_err(|e| with_code(125)(e.into()))?;
-    let mut stdout = io::stdout().lock();
-    let mut stderr = io::stderr();
+    let mut output = RunOutput::new(true);
     let outcome = ops::logs::follow(
         area.as_ref(),
         streams,
         wait.timeout(),
         wait.interval(),
         &mut |stream, bytes| {
-            let _ = match stream {
-                Stream::Stdout => stdout.write_all(bytes).and_then(|()| stdout.flush()),
-                Stream::Stderr => stderr.write_all(bytes),
-            };
+            // Other errors are ignored, as the output keeps coming.
+            let written = output.write(stream, bytes);
+            if written.is_err_and(|e| out::is_gone(&e)) && !has_ended(area.as_ref()) {
+                // The reader has gone while the run goes on: stop following here, as
+                // SIGPIPE stops a C program. No result is known yet, so the exit is 0.
+                std::process::exit(0);
+            }
         },
-        &mut || eprintln!("nlxtp: the output comes faster than the live ring keeps it; the rest is printed when the run ends"),
+        &mut || note!("nlxtp: the output comes faster than the live ring keeps it; the rest is printed when the run ends"),
     )
     .map_err(|e| with_code(125)(e.into()))?;
     finish_wait(target, wait, &outcome)
@@ -116,18 +116,18 @@ fn finish_wait(
             Some(rec),
         ),
         WaitOutcome::MonitorLost(rec) => {
-            eprintln!("nlxtp: the monitor stopped writing (the VM stopped or hung, or the monitor died); the run will not finish");
+            note!("nlxtp: the monitor stopped writing (the VM stopped or hung, or the monitor died); the run will not finish");
             (126, Some(rec))
         }
         WaitOutcome::TimedOut(rec) => {
-            eprintln!(
+            note!(
                 "nlxtp: gave up waiting after {:.1} s; the run goes on",
                 args.timeout.unwrap_or(0.0)
             );
             (124, rec.as_ref())
         }
         WaitOutcome::NoUpload => {
-            eprintln!(
+            note!(
                 "nlxtp: there is no upload in {} (no auto_exec.sh): nothing to wait for",
                 target.path.display()
             );
@@ -136,10 +136,12 @@ fn finish_wait(
     };
     if args.json_result {
         let view = record.map(RecordView::new);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "exit": code, "record": view }))?
-        );
+        out::json(&serde_json::json!({ "exit": code, "record": view }))?;
     }
     Ok(ExitCode::from(code))
+}
+
+/// Whether the run has ended (so a follow that goes on ends with its result at once).
+fn has_ended(area: &dyn SharedArea) -> bool {
+    ops::status(area).is_ok_and(|report| report.record.is_some_and(|r| r.done))
 }
