@@ -2,6 +2,7 @@
 //! download, exec. The CLI, the FUSE view and the harness all go through these.
 
 pub mod archive;
+pub mod download;
 pub mod logs;
 pub mod status;
 
@@ -12,6 +13,7 @@ use nlxtp_core::record::MANIFEST_LEN;
 use nlxtp_core::{layout, Manifest, RunId};
 
 pub use archive::{ArchiveError, ArchiveLimits, Compression, DownloadReport, ParsedUpload};
+pub use download::{prepare_download, DownloadError, DownloadOptions, PreparedDownload};
 pub use status::{status, wait, Monitor, StatusReport, WaitOutcome};
 
 use crate::area::dir::ContainerDir;
