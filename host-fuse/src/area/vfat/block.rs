@@ -50,6 +50,29 @@ pub trait BlockSource: fmt::Debug + Send + Sync {
     fn name(&self) -> &Path;
 }
 
+/// A borrowed source is a source: a window can look into one it does not own.
+impl<T: BlockSource + ?Sized> BlockSource for &T {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), AreaError> {
+        (**self).read_at(offset, buf)
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), AreaError> {
+        (**self).write_at(offset, buf)
+    }
+
+    fn flush(&self) -> Result<(), AreaError> {
+        (**self).flush()
+    }
+
+    fn name(&self) -> &Path {
+        (**self).name()
+    }
+}
+
 /// The error for a range outside a source of `len` bytes, or `None` if it is inside.
 fn outside(offset: u64, n: usize, len: u64, verb: &str) -> Option<AreaError> {
     let end = offset.checked_add(n as u64);
@@ -138,6 +161,10 @@ impl BlockSource for ImageFile {
         &self.path
     }
 }
+
+/// The FAT volume of a local image: the whole image, or the partition that holds it
+/// (see [`super::partition`]).
+pub type Disk = Window<ImageFile>;
 
 /// `len` bytes of another source from `offset` on, as a source of their own.
 #[derive(Debug)]

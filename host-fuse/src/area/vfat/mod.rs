@@ -1,5 +1,5 @@
 //! The vFAT disk-image backend: a VM's shared area is a raw image with a FAT12, FAT16 or
-//! FAT32 volume (no partition table), read and written in user space.
+//! FAT32 volume, the whole image or one partition of it, read and written in user space.
 //!
 //! The image is the guest's, so every byte of it is hostile. Reading never goes through
 //! a general-purpose FAT library: the host's own parser checks the boot sector, follows
@@ -23,6 +23,8 @@
 //! - `names.rs` (short names for long ones), `plan.rs` (an upload checked and ordered),
 //!   `layout.rs` (where it goes), `build.rs` (writing it), `format.rs` (fatfs
 //!   formatting), `replace.rs` (the new image swapped in), `create.rs` (a new disk);
+//! - `partition.rs`: where the volume lies: the whole image, or an MBR or GPT
+//!   partition ([`find_volume`]);
 //! - `lock.rs`: QEMU's lock bytes.
 
 pub mod block;
@@ -35,6 +37,7 @@ mod geometry;
 mod layout;
 mod lock;
 mod names;
+pub mod partition;
 mod plan;
 mod replace;
 mod snapshot;
@@ -44,9 +47,12 @@ mod walk;
 
 use std::path::{Path, PathBuf};
 
-pub use block::{BlockSource, ImageFile, Window};
-pub use create::{create_image, CreateError, MAX_IMAGE_LEN, MIN_IMAGE_LEN};
+pub use block::{BlockSource, Disk, ImageFile, Window};
+pub use create::{
+    create_disk, create_image, CreateError, DiskOptions, MAX_IMAGE_LEN, MIN_IMAGE_LEN,
+};
 pub use lock::{qemu_holds_image, ImageWriteGuard};
+pub use partition::{find_volume, Partition, Scheme, VolumePlace};
 
 use self::status::StatusCache;
 use self::volume::Volume;

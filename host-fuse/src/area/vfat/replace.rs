@@ -27,11 +27,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use super::block::ImageFile;
+use super::block::{BlockSource, ImageFile, Window};
 use super::build;
 use super::format::format_like;
 use super::geometry::Geometry;
 use super::lock::ImageWriteGuard;
+use super::partition::{self, VolumePlace};
 use super::plan::Plan;
 use crate::area::{AreaError, Durability, UploadFile};
 
@@ -78,15 +79,17 @@ fn replace_guarded(
     plan: Plan,
     durability: Durability,
 ) -> Result<ImageWriteGuard, AreaError> {
-    let old = ImageFile::from_file(
+    let old_disk = ImageFile::from_file(
         guard
             .file()
             .try_clone()
             .map_err(|e| AreaError::io("open", image, e))?,
         image,
     )?;
+    let place = partition::find_volume(&old_disk)?;
+    let old = Window::new(&old_disk, place.offset, place.len)?;
     let geometry = Geometry::read(&old)?;
-    let meta = old
+    let meta = old_disk
         .file()
         .metadata()
         .map_err(|e| AreaError::io("inspect", image, e))?;
@@ -111,12 +114,14 @@ fn replace_guarded(
     )?;
     file.set_len(meta.len())
         .map_err(|e| AreaError::io("size", &temp_path, e))?;
-    let new = ImageFile::with_len(
+    let new_disk = ImageFile::with_len(
         file.try_clone()
             .map_err(|e| AreaError::io("open", &temp_path, e))?,
         meta.len(),
         &temp_path,
     );
+    copy_outside(&old_disk, &new_disk, &place)?;
+    let new = Window::new(&new_disk, place.offset, place.len)?;
     format_like(&new, &geometry)?;
     build::write_plan(&new, &Geometry::read(&new)?, plan, durability)?;
     file.set_permissions(meta.permissions())
@@ -145,6 +150,27 @@ fn replace_guarded(
         tracing::info!("removed {removed} temporary image(s) of killed uploads");
     }
     Ok(temp_guard)
+}
+
+/// Copies what lies outside the volume (a partition table, other partitions, a GPT's
+/// backup) from `old` to `new` byte for byte; runs of zeros are left as holes, as the
+/// new file is sparse.
+fn copy_outside(old: &ImageFile, new: &ImageFile, place: &VolumePlace) -> Result<(), AreaError> {
+    const CHUNK: u64 = 1 << 20;
+    let end = place.offset + place.len;
+    for (from, to) in [(0, place.offset), (end, old.len())] {
+        let mut at = from;
+        let mut buf = vec![0u8; CHUNK.min(to.saturating_sub(from)) as usize];
+        while at < to {
+            let n = CHUNK.min(to - at) as usize;
+            old.read_at(at, &mut buf[..n])?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                new.write_at(at, &buf[..n])?;
+            }
+            at += n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// What a temporary image's name starts and ends with.

@@ -19,6 +19,7 @@ use nlxtp_core::layout;
 
 use super::block::{BlockSource, ImageFile};
 use super::lock;
+use super::partition;
 use super::status::{self, StatusCache};
 use super::volume::{Dirs, FoundFile, Volume};
 use crate::area::{AreaError, AreaPath, AreaSnapshot, LegacyFiles, LEGACY_FILE_MAX, START_SCRIPT};
@@ -37,7 +38,8 @@ pub fn snapshot(path: &Path, cache: &StatusCache) -> Result<AreaSnapshot, AreaEr
     let meta = file
         .metadata()
         .map_err(|source| AreaError::io("inspect", path, source))?;
-    let volume = Volume::new_unchecked(ImageFile::with_len(file, meta.len(), path))?;
+    let disk = partition::volume_in(ImageFile::with_len(file, meta.len(), path))?;
+    let volume = Volume::new_unchecked(disk)?;
     let mut dirs = Dirs::default();
     let located = status::locate_in(&volume, &mut dirs)?;
     let mut status_file = Vec::new();
@@ -49,7 +51,7 @@ pub fn snapshot(path: &Path, cache: &StatusCache) -> Result<AreaSnapshot, AreaEr
     } else {
         None
     };
-    let busy = lock::holds(volume.source.file(), path)?;
+    let busy = lock::holds(volume.source.inner().file(), path)?;
     let script_present = exists(&volume, &mut dirs, START_SCRIPT)?;
     let inode = (meta.dev(), meta.ino());
     cache.remember(located.map(|found| status::place(volume.source, inode, found)));

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use nlxtp_core::slots::STATUS_FILE_LEN;
 
-use super::block::{BlockSource, ImageFile};
+use super::block::{BlockSource, Disk};
 use super::entry::short_form;
 use super::volume::{read_located, Dirs, Located, Volume};
 use crate::area::{AreaError, StatusRead};
@@ -26,7 +26,7 @@ pub const WANTED: u64 = STATUS_FILE_LEN as u64 + 1;
 /// Where one image's status file is.
 #[derive(Debug)]
 pub struct Place {
-    image: ImageFile,
+    image: Disk,
     inode: (u64, u64),
     located: Located,
 }
@@ -107,6 +107,7 @@ fn locate(path: &Path) -> Result<Option<Place>, AreaError> {
     // between shows as a mismatch at the next read rather than as a stale cache.
     let meta = volume
         .source
+        .inner()
         .file()
         .metadata()
         .map_err(|e| AreaError::io("inspect", path, e))?;
@@ -143,7 +144,7 @@ pub fn locate_in<S: BlockSource>(
 
 /// The place of a status file found in the image `image`, whose device and inode are
 /// `inode`.
-pub fn place(image: ImageFile, inode: (u64, u64), located: Located) -> Place {
+pub fn place(image: Disk, inode: (u64, u64), located: Located) -> Place {
     Place {
         image,
         inode,

@@ -10,10 +10,11 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use super::block::{BlockSource, ImageFile};
+use super::block::{BlockSource, Disk, ImageFile};
 use super::entry::{parse_dir, RawEntry, ENTRY_LEN};
 use super::fat::Fat;
 use super::geometry::Geometry;
+use super::partition;
 use super::walk::VolumeWalk;
 use crate::area::{AreaError, AreaPath, Visitor, WalkBudget, WalkLimits};
 
@@ -57,20 +58,20 @@ pub struct Located {
 
 /// A FAT volume in a [`BlockSource`]: its boot sector checked, its FAT read as needed.
 #[derive(Debug)]
-pub struct Volume<S = ImageFile> {
+pub struct Volume<S = Disk> {
     pub source: S,
     pub geometry: Geometry,
     fat: Fat,
 }
 
-impl Volume<ImageFile> {
+impl Volume<Disk> {
     /// Opens the image at `path`, checking only its boot sector (see
     /// [`Volume::new_unchecked`]).
     ///
     /// # Errors
     /// As [`Volume::open`].
     pub fn open_unchecked(path: &Path) -> Result<Self, AreaError> {
-        Self::new_unchecked(ImageFile::open(path)?)
+        Self::new_unchecked(partition::volume_in(ImageFile::open(path)?)?)
     }
 
     /// Opens and checks the image at `path`: boot sector and the whole FAT.
@@ -79,7 +80,7 @@ impl Volume<ImageFile> {
     /// [`AreaError::Corrupt`] for a bad boot sector or FAT, [`AreaError::Io`] and
     /// [`AreaError::NoImage`] from opening it.
     pub fn open(path: &Path) -> Result<Self, AreaError> {
-        Self::new(ImageFile::open(path)?)
+        Self::new(partition::volume_in(ImageFile::open(path)?)?)
     }
 }
 

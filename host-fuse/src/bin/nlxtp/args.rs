@@ -67,6 +67,11 @@ pub enum Command {
         /// Volume label; the guest finds its disk by it.
         #[arg(long)]
         label: Option<String>,
+        /// Put the FAT volume in a partition (1 MiB in, to the end) of an MBR or GPT
+        /// partition table, as installers and the original testbed made shared disks.
+        /// The guest finds the partition by its label as it finds a whole disk.
+        #[arg(long, value_enum, value_name = "TABLE")]
+        partition: Option<PartitionTable>,
     },
     /// Replace the shared area's content with an archive whose auto_exec.sh the guest runs.
     ///
@@ -217,6 +222,24 @@ impl Target {
 }
 
 /// An archive format for `download --format`.
+/// A partition table for `create-disk --partition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PartitionTable {
+    /// A DOS (MBR) partition table.
+    Mbr,
+    /// A GUID partition table.
+    Gpt,
+}
+
+impl From<PartitionTable> for nlxtp_host::area::vfat::Scheme {
+    fn from(table: PartitionTable) -> Self {
+        match table {
+            PartitionTable::Mbr => Self::Mbr,
+            PartitionTable::Gpt => Self::Gpt,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     #[value(name = "tar")]

@@ -95,8 +95,15 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             size,
             fat,
             label,
+            partition,
         } => {
-            nlxtp_host::area::vfat::create_image(&image, size, fat, label.as_deref())?;
+            let options = nlxtp_host::area::vfat::DiskOptions {
+                size,
+                fat_bits: fat,
+                label,
+                partition: partition.map(Into::into),
+            };
+            nlxtp_host::area::vfat::create_disk(&image, &options)?;
             note!(
                 "created {} ({size} bytes); attach it with -drive file={},format=raw,if=virtio",
                 image.display(),
