@@ -132,14 +132,44 @@ macro_rules! log {
     }};
 }
 
-/// Prints to standard output (no prefix).
+/// Standard output through a small buffer that is written out whenever it fills: unlike
+/// a log [`Line`], output of any length is printed whole (the usage text, a long custom
+/// status).
+pub struct Out(heapless::Vec<u8, 1024>);
+
+impl Out {
+    /// An empty buffer.
+    pub const fn new() -> Self {
+        Out(heapless::Vec::new())
+    }
+
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) {
+        let _ = write_all(stdout(), &self.0);
+        self.0.clear();
+    }
+}
+
+impl fmt::Write for Out {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.0.len() + s.len() > self.0.capacity() {
+            self.flush();
+        }
+        if self.0.extend_from_slice(s.as_bytes()).is_err() {
+            let _ = write_all(stdout(), s.as_bytes());
+        }
+        Ok(())
+    }
+}
+
+/// Prints to standard output (no prefix), whole.
 #[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
-        let mut line = $crate::sys::Line::new();
-        let _ = write!(line, $($arg)*);
-        let _ = $crate::sys::write_all($crate::sys::stdout(), line.0.as_bytes());
+        let mut out = $crate::sys::Out::new();
+        let _ = write!(out, $($arg)*);
+        out.flush();
     }};
 }
 

@@ -403,3 +403,27 @@ fn a_full_shared_area_cuts_the_output_and_keeps_the_final_record() {
     assert!(on_disk < 300_000);
     assert!(String::from_utf8_lossy(&out.stderr).contains("output capture stopped"));
 }
+
+#[test]
+fn help_is_printed_whole() {
+    let out = std::process::Command::new(harness::GUEST)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.len() > 1024, "longer than the old fixed buffer");
+    for part in [
+        "nlxtp-guest daemon",
+        "--boot-id HEX",
+        "nlxtp-guest status set TEXT... | -",
+        "archive_setstatus and nlxtp-status",
+        "nlxtp-guest status show [DIR]",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from:\n{text}");
+    }
+    assert!(
+        text.ends_with("(default /mnt/nlXTP).\n"),
+        "cut off:\n{text}"
+    );
+}
