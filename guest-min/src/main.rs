@@ -17,6 +17,7 @@ mod disk;
 mod helper;
 mod live;
 mod monitor;
+mod shebang;
 mod spawn;
 mod sys;
 

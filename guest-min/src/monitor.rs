@@ -22,7 +22,8 @@ use crate::area::{Area, StatusFile};
 use crate::capture::{Capture, Requests};
 use crate::clock::{now_ms, timespec_ms, unix_secs};
 use crate::live::LiveRing;
-use crate::spawn::{start_script, Started};
+use crate::shebang::Command;
+use crate::spawn::{start_script, StartError, Started};
 use crate::sys::{self, CStrList};
 
 /// How the monitor behaves; defaults come from the daemon, the manifest may override.
@@ -71,12 +72,28 @@ pub fn run(
     let files = match captures {
         (Ok(out), Ok(err)) => (out, err),
         (Err(e), _) | (_, Err(e)) => {
-            return finish_early(&mut status, &mut record, e, "cannot create output files")
+            let why = format_args!("cannot create output files (errno {})", e.raw_os_error());
+            return finish_early(&mut status, &mut record, e, why, None);
         }
     };
-    let started = match start_script(area.dir(), area_path, record.run_id, env) {
+    let command = match Command::read(area.dir()) {
+        Ok(command) => command,
+        Err(problem) => {
+            let errno = problem.errno();
+            let why = format_args!("{problem}");
+            return finish_early(&mut status, &mut record, errno, why, Some(&files.1));
+        }
+    };
+    let started = match start_script(area.dir(), area_path, record.run_id, &command, env) {
         Ok(started) => started,
-        Err(e) => return finish_early(&mut status, &mut record, e, "cannot start auto_exec.sh"),
+        Err(StartError::Exec(e)) => {
+            let why = format_args!("{}", command.exec_failure(e));
+            return finish_early(&mut status, &mut record, e, why, Some(&files.1));
+        }
+        Err(StartError::System(e)) => {
+            let why = format_args!("cannot start auto_exec.sh (errno {})", e.raw_os_error());
+            return finish_early(&mut status, &mut record, e, why, Some(&files.1));
+        }
     };
     let mut run = Run::new(area, started, files, signals, status, record, &config);
     let state = run.supervise();
@@ -451,13 +468,25 @@ fn poll_in(watched: &[Option<BorrowedFd<'_>>], ms: u64) -> Result<[bool; WATCHED
     Ok(ready)
 }
 
+/// Records a run that could not start, with `errno` in the record and `why` in the
+/// daemon's log and, when there is one, in the captured standard error the host reads.
 fn finish_early(
     status: &mut StatusFile,
     record: &mut StatusRecord,
     errno: Errno,
-    what: &str,
+    why: core::fmt::Arguments<'_>,
+    stderr: Option<&OwnedFd>,
 ) -> i32 {
-    crate::log!("{what}: {errno:?}");
+    crate::log!("run {}: {why}", record.run_id);
+    if let Some(file) = stderr {
+        use core::fmt::Write as _;
+        let mut line = sys::Line::new();
+        let _ = writeln!(line, "nlxtp-guest: {why}");
+        if sys::write_all(file.as_fd(), line.0.as_bytes()).is_ok() {
+            record.stderr.bytes = line.0.len() as u64;
+            let _ = rustix::fs::fdatasync(file);
+        }
+    }
     record.state = RunState::StartFailed(errno.raw_os_error());
     record.finished_unix = Some(unix_secs());
     record.updated_unix = unix_secs();

@@ -239,6 +239,8 @@ fn a_script_that_is_a_directory_or_a_symlink_is_recorded_not_run() {
 }
 
 mod libc_errno {
+    pub const ENOENT: i32 = 2;
+    pub const ENOEXEC: i32 = 8;
     pub const EISDIR: i32 = 21;
     pub const ELOOP: i32 = 40;
     pub const EBADMSG: i32 = 74;
@@ -426,4 +428,111 @@ fn help_is_printed_whole() {
         text.ends_with("(default /mnt/nlXTP).\n"),
         "cut off:\n{text}"
     );
+}
+
+/// Runs `script` once to its end; the final record, standard output and standard error.
+fn run_once(script: &str) -> (nlxtp_core::StatusRecord, String, String) {
+    let mut area = Area::new();
+    area.upload_script(script);
+    let out = area.daemon_once(&[]);
+    let rec = area.wait_done(10);
+    let daemon_log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = area.read(layout::STDOUT_FILE);
+    let stderr = area.read(layout::STDERR_FILE);
+    assert!(out.status.success(), "daemon: {daemon_log}");
+    (rec, stdout, stderr)
+}
+
+#[test]
+fn a_bash_script_runs_under_bash() {
+    let (rec, out, err) = run_once(
+        r#"#!/bin/bash
+set -o pipefail
+trap 'echo "trapped at $LINENO" >&2' ERR
+arr=(one two three)
+echo "len=${#arr[@]} second=${arr[1]}"
+n=0; for i in {1..100}; do n=$((n+i)); done; echo "sum=$n"
+if [[ "abc" == a* && -n "$BASH_VERSION" ]]; then echo "double-brackets"; fi
+false | true; echo "pipefail=$?"
+archive_setstatus "bash ${BASH_VERSINFO[0]}" || echo "helper failed"
+readlink /proc/$$/exe
+"#,
+    );
+    assert_eq!(rec.state, RunState::Exited(0), "stderr: {err}");
+    let bash = fs::canonicalize("/bin/bash").unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "len=3 second=two\nsum=5050\ndouble-brackets\npipefail=1\n{}\n",
+            bash.display()
+        )
+    );
+    assert_eq!(
+        err, "trapped at 8\n",
+        "the ERR trap fired for the failed pipeline"
+    );
+    assert!(rec.custom.starts_with("bash "), "{:?}", rec.custom);
+}
+
+#[test]
+fn one_argument_from_the_line_and_blanks_around_it() {
+    // As the kernel: blanks after #! and around the argument are dropped.
+    let (rec, out, _) = run_once("#! /bin/sh -e \t\necho one\nfalse\necho two\n");
+    assert_eq!(rec.state, RunState::Exited(1));
+    assert_eq!(out, "one\n");
+    // Blanks inside the argument are kept: it is one argument, then the script's name.
+    let (rec, out, _) = run_once("#!/bin/echo  one  two \nignored\n");
+    assert_eq!(rec.state, RunState::Exited(0));
+    assert_eq!(out, "one  two auto_exec.sh\n");
+}
+
+#[test]
+fn a_script_without_a_line_runs_under_bin_sh() {
+    let (rec, out, _) = run_once("readlink /proc/$$/exe\necho \"$0\"\n");
+    assert_eq!(rec.state, RunState::Exited(0));
+    let sh = fs::canonicalize("/bin/sh").unwrap();
+    assert_eq!(out, format!("{}\nauto_exec.sh\n", sh.display()));
+    // `#!` with nothing after it: the same.
+    let (rec, out, _) = run_once("#!\nreadlink /proc/$$/exe\n");
+    assert_eq!(rec.state, RunState::Exited(0));
+    assert_eq!(out, format!("{}\n", sh.display()));
+}
+
+#[test]
+fn a_python_script_runs_under_python() {
+    let (rec, out, err) = run_once(
+        "#!/usr/bin/env python3\nimport sys\nprint('python', sys.version_info[0], sys.argv[0])\nsys.exit(7)\n",
+    );
+    assert_eq!(rec.state, RunState::Exited(7), "stderr: {err}");
+    assert_eq!(out, "python 3 auto_exec.sh\n");
+}
+
+#[test]
+fn a_missing_interpreter_is_a_recorded_failure() {
+    let (rec, out, err) = run_once("#!/nonexistent/sh\necho ran\n");
+    assert_eq!(rec.state, RunState::StartFailed(libc_errno::ENOENT));
+    assert_eq!(out, "", "not run by another shell");
+    assert_eq!(
+        err,
+        "nlxtp-guest: the interpreter /nonexistent/sh named by the #! line of auto_exec.sh \
+         does not exist in this guest (install it, or change the #! line) (errno 2); the \
+         script did not run\n"
+    );
+    assert_eq!(rec.stderr.bytes, err.len() as u64);
+}
+
+#[test]
+fn windows_line_endings_in_the_line_are_refused_with_the_fix() {
+    let (rec, out, err) = run_once("#!/bin/sh\r\necho ran\r\n");
+    assert_eq!(rec.state, RunState::StartFailed(libc_errno::ENOENT));
+    assert_eq!(out, "");
+    assert!(err.contains("Windows line endings (CR LF)"), "{err}");
+    assert!(err.contains("dos2unix auto_exec.sh"), "{err}");
+}
+
+#[test]
+fn an_overlong_line_is_refused() {
+    let (rec, _, err) = run_once(&format!("#!/bin/sh {}\necho ran\n", "x".repeat(300)));
+    assert_eq!(rec.state, RunState::StartFailed(libc_errno::ENOEXEC));
+    assert!(err.contains("longer than 255 bytes"), "{err}");
 }
