@@ -12,13 +12,6 @@ use rustix::process::Pid;
 use crate::shebang::Command;
 use crate::sys::{self, CStrList};
 
-/// The descriptor number the script (and its `archive_setstatus`) finds the status
-/// request pipe at; also given in `NLXTP_STATUS_FD`.
-pub const STATUS_FD: i32 = 3;
-
-/// Environment variable naming [`STATUS_FD`].
-pub const STATUS_FD_VAR: &str = "NLXTP_STATUS_FD";
-
 /// Protocol version a script sees in `archive_version`.
 const ARCHIVE_VERSION: &str = "1";
 
@@ -77,8 +70,6 @@ pub struct Started {
     pub stdout: OwnedFd,
     /// Read end of the script's standard error.
     pub stderr: OwnedFd,
-    /// Read end of the status request pipe.
-    pub requests: OwnedFd,
 }
 
 /// Why the script did not start.
@@ -91,8 +82,8 @@ pub enum StartError {
 }
 
 /// Runs `command` (the script's interpreter, see [`crate::shebang`]) in the shared area,
-/// in a new process group, with standard input empty, standard output and error into
-/// pipes, and the status request pipe at [`STATUS_FD`].
+/// in a new process group, with standard input empty and standard output and error
+/// into pipes.
 pub fn start_script(
     area_dir: rustix::fd::BorrowedFd<'_>,
     area_path: &CStr,
@@ -122,7 +113,6 @@ fn fork_exec(
     let (stdin_r, stdin_w) = pipe()?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let (req_r, req_w) = pipe()?;
     let (exec_r, exec_w) = pipe()?;
 
     match sys::fork().map_err(StartError::System)? {
@@ -135,7 +125,6 @@ fn fork_exec(
                 rustix::stdio::dup2_stdin(&stdin_r)?;
                 rustix::stdio::dup2_stdout(&out_w)?;
                 rustix::stdio::dup2_stderr(&err_w)?;
-                sys::dup_to(req_w.as_fd(), STATUS_FD)?;
                 Ok(sys::execve(path, argv, envp))
             })();
             let (stage, errno) = match failed {
@@ -148,7 +137,7 @@ fn fork_exec(
             sys::exit_now(127);
         }
         Some(pid) => {
-            drop((stdin_r, stdin_w, out_w, err_w, req_w, exec_w));
+            drop((stdin_r, stdin_w, out_w, err_w, exec_w));
             // EOF means exec succeeded (the CLOEXEC write end closed); 5 bytes are the
             // failed step (1: execve itself) and its errno.
             let mut report = [0u8; 5];
@@ -162,14 +151,13 @@ fn fork_exec(
                     _ => StartError::System(errno),
                 });
             }
-            for fd in [&out_r, &err_r, &req_r] {
+            for fd in [&out_r, &err_r] {
                 let _ = rustix::io::ioctl_fionbio(fd, true);
             }
             Ok(Started {
                 pid,
                 stdout: out_r,
                 stderr: err_r,
-                requests: req_r,
             })
         }
     }
@@ -180,8 +168,7 @@ fn fork_exec(
 fn script_env(area_path: &CStr, run_id: RunId, inherited: CStrList) -> EnvBlock {
     let mut run_hex = heapless::String::<32>::new();
     let _ = core::fmt::write(&mut run_hex, format_args!("{run_id}"));
-    let mut fd_text = heapless::String::<4>::new();
-    let _ = core::fmt::write(&mut fd_text, format_args!("{STATUS_FD}"));
+    let custom = crate::area::custom_file_path(area_path).unwrap_or_default();
     let area = area_path.to_bytes();
 
     let ours: [(&str, &[u8]); 5] = [
@@ -189,7 +176,7 @@ fn script_env(area_path: &CStr, run_id: RunId, inherited: CStrList) -> EnvBlock 
         (env::NLXTP_DIR, area),
         (env::ARCHIVE_VERSION, ARCHIVE_VERSION.as_bytes()),
         (env::RUN_ID, run_hex.as_bytes()),
-        (STATUS_FD_VAR, fd_text.as_bytes()),
+        (env::CUSTOM_FILE, custom.strip_suffix(&[0]).unwrap_or(&[])),
     ];
     let mut envb = EnvBlock::new();
     for (name, value) in ours {
