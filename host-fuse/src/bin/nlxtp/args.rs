@@ -50,6 +50,47 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The command line `args` (without the program's name), parsed.
+    ///
+    /// `nlxtp status` is polled in tight loops, and building the whole command line's
+    /// definition costs about a third of such a call (every subcommand's arguments, the
+    /// pages of code that make them). Its two plain forms, `status TARGET` and
+    /// `status --json TARGET` (either order), are therefore read without it; they mean
+    /// exactly what clap would make of them. Everything else, and every form with
+    /// another option, `--` or a TARGET that starts with `-`, goes through clap.
+    pub fn from_args(args: Vec<std::ffi::OsString>) -> Cli {
+        if let Some(cli) = Self::plain_status(&args) {
+            return cli;
+        }
+        Cli::parse_from(std::iter::once("nlxtp".into()).chain(args))
+    }
+
+    fn plain_status(args: &[std::ffi::OsString]) -> Option<Cli> {
+        let is_option = |a: &std::ffi::OsString| a.as_encoded_bytes().starts_with(b"-");
+        let (json, target) = match args {
+            [cmd, target] if cmd == "status" && !is_option(target) => (false, target),
+            [cmd, flag, target] | [cmd, target, flag]
+                if cmd == "status" && flag == "--json" && !is_option(target) =>
+            {
+                (true, target)
+            }
+            _ => return None,
+        };
+        Some(Cli {
+            verbose: 0,
+            rootfs: None,
+            command: Command::Status {
+                target: Target {
+                    path: target.into(),
+                    rootfs: None,
+                },
+                json,
+            },
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a raw disk image with a FAT filesystem for a VM's shared area.

@@ -15,13 +15,11 @@ mod watch;
 use std::io;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use args::{Cli, Command};
 use out::note;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_args(std::env::args_os().skip(1).collect());
     // Logging only when asked for: `nlxtp status` is called in tight loops, and setting
     // up a subscriber costs more than the status read itself.
     if cli.verbose > 0 {
