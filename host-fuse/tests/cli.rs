@@ -3,23 +3,17 @@
 
 mod common;
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cli::{nlxtp, NLXTP};
 use nlxtp_core::record::STATUS_SLOT_LEN;
 use nlxtp_core::slots::STATUS_FILE_LEN;
 use nlxtp_core::{BootId, OutputInfo, RunId, RunState, StatusRecord, StatusWriter};
-
-const NLXTP: &str = env!("CARGO_BIN_EXE_nlxtp");
-
-fn nlxtp(args: &[&str], state: &Path) -> Output {
-    Command::new(NLXTP)
-        .args(args)
-        .env("XDG_STATE_HOME", state)
-        .output()
-        .unwrap()
-}
 
 /// Writes a status file as a guest's monitor would.
 fn write_status(area: &Path, state: RunState, interval_ms: u32) {
