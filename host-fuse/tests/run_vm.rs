@@ -17,16 +17,21 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The static guest binary, built once (cargo does nothing when it is up to date).
+/// The static x86_64 guest binary, built once (cargo does nothing when it is up to date).
 fn guest() -> &'static Path {
     static GUEST: OnceLock<PathBuf> = OnceLock::new();
-    GUEST.get_or_init(|| {
-        let target = "x86_64-unknown-linux-musl";
+    GUEST.get_or_init(|| build_guest("x86_64-unknown-linux-musl"))
+}
+
+fn build_guest(target: &str) -> PathBuf {
+    {
         let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .args(["build", "--quiet", "--release", "--target", target])
             .arg("--manifest-path")
             .arg(repo().join("guest-min/Cargo.toml"))
             .env_remove("CARGO_TARGET_DIR")
+            // Where .cargo/config.toml (the aarch64 linker) is found.
+            .current_dir(repo())
             .status()
             .expect("cargo runs");
         assert!(
@@ -34,7 +39,7 @@ fn guest() -> &'static Path {
             "building nlxtp-guest failed: rustup target add {target}"
         );
         repo().join(format!("guest-min/target/{target}/release/nlxtp-guest"))
-    })
+    }
 }
 
 /// An `nlxtp run` with its own TMPDIR and the guest binary given.
@@ -45,6 +50,10 @@ struct Run {
 
 impl Run {
     fn new(args: &[&str]) -> Run {
+        Run::with_guest(guest(), args)
+    }
+
+    fn with_guest(guest: &Path, args: &[&str]) -> Run {
         let tmp = tempfile::Builder::new()
             .prefix("nlxtp-run-test-")
             .tempdir()
@@ -53,7 +62,7 @@ impl Run {
         command
             .arg("run")
             .arg("--guest")
-            .arg(guest())
+            .arg(guest)
             .args(args)
             .env("TMPDIR", tmp.path())
             .stdin(Stdio::null());
@@ -353,5 +362,20 @@ fn a_config_file_with_two_targets() {
     );
     // No control characters when not on a terminal.
     assert!(!stderr.contains('\x1b'), "{stderr:?}");
+    assert_nothing_left(tmp.path());
+}
+
+#[test]
+fn an_aarch64_guest() {
+    // scripts/setup adds the target, qemu-system-arm and dpkg's arm64 architecture; the
+    // kernel and busybox-static come from Debian's arm64 packages, fetched once.
+    let guest = build_guest("aarch64-unknown-linux-musl");
+    let run = Run::with_guest(
+        &guest,
+        &["--arch", "aarch64", "--timeout", "170", "--", "uname", "-m"],
+    );
+    let (out, tmp) = run.output();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "aarch64\n");
     assert_nothing_left(tmp.path());
 }
