@@ -2,7 +2,8 @@
 //! operations upload, status, wait and download, and the FUSE view.
 //!
 //! [`area`] is the shared-area abstraction and its vFAT image backend; the operations,
-//! the CLI and the FUSE view build on it.
+//! the CLI and the FUSE view build on it. [`vm`] boots throwaway VMs for `nlxtp run`
+//! and the harness.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -10,5 +11,6 @@ pub mod area;
 pub mod fuse;
 pub mod ops;
 mod stable_hash;
+pub mod vm;
 
 pub use nlxtp_core as protocol;

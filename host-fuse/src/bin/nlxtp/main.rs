@@ -9,6 +9,7 @@
 mod args;
 mod out;
 mod progress;
+mod run;
 mod transfer;
 mod watch;
 
@@ -78,6 +79,10 @@ fn with_code(code: u8) -> impl FnOnce(Failure) -> Failure {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    // `nlxtp run --rootfs DIR`: the guest's root filesystem, not a container's.
+    if let Command::Run(args) = cli.command {
+        return run::run(&args, cli.rootfs.as_deref());
+    }
     if cli.rootfs.is_some() && !cli.command.has_target() {
         return Err(Failure {
             error: "--rootfs names the container of a TARGET, and this command takes none; \
@@ -154,6 +159,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(_) => unreachable!("handled above"),
+        Command::Guest {
+            command: args::GuestCommand::Build { guest, output },
+        } => run::guest_build(&guest, &output),
         Command::Umount { mountpoint, lazy } => {
             note!("nlxtp: {}", nlxtp_host::fuse::umount(&mountpoint, lazy)?);
             Ok(ExitCode::SUCCESS)
