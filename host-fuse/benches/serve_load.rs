@@ -1,0 +1,2 @@
+//! The serve benchmark (written in the next commit).
+fn main() {}
