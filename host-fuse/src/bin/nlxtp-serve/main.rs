@@ -225,8 +225,17 @@ fn run(args: ServeArgs) -> Fallible<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(server.run(listener, tls, async {
-        let _ = tokio::signal::ctrl_c().await;
-    }))?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        server
+            .run(listener, tls, async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            })
+            .await
+            .map_err(Box::<dyn std::error::Error>::from)
+    })?;
     Ok(())
 }
