@@ -1,5 +1,6 @@
 //! The nlxtp host library: shared-area backends (vFAT image, container directory), the
-//! operations upload, status, wait and download, and the FUSE view.
+//! operations upload, status, wait and download, the FUSE view, and (feature `serve`)
+//! the HTTP API.
 //!
 //! [`area`] is the shared-area abstraction and its vFAT image backend; the operations,
 //! the CLI and the FUSE view build on it. [`vm`] boots throwaway VMs for `nlxtp run`
@@ -10,6 +11,8 @@
 pub mod area;
 pub mod fuse;
 pub mod ops;
+#[cfg(feature = "serve")]
+pub mod serve;
 mod stable_hash;
 pub mod vm;
 
