@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State as Shared};
 use axum::http::{HeaderMap, StatusCode};
@@ -13,10 +14,12 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use nlxtp_core::live::Stream;
+use tokio::sync::mpsc;
 
 use super::api::{operator, vm};
 use super::error::{chain, ApiError};
 use super::State;
+use crate::fuse::VmSpec;
 use crate::ops::logs::{follow_until, Streams};
 use crate::ops::status::RecordView;
 use crate::ops::WaitOutcome;
@@ -130,29 +133,8 @@ pub(super) async fn follow(
     let Query(query) = query.map_err(|e| bad(e.body_text()))?;
     operator(&state, &headers, query.access_token.as_deref())?;
     let spec = vm(&state, &name)?.spec.clone();
-    let streams = match query.streams.as_deref().unwrap_or("both") {
-        "both" => Streams::Both,
-        "stdout" => Streams::Stdout,
-        "stderr" => Streams::Stderr,
-        other => {
-            return Err(bad(format!(
-                "streams must be both, stdout or stderr, not {other:?}"
-            )))
-        }
-    };
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or(query.from);
-    let skip = match resume {
-        None => [0, 0],
-        Some(text) => parse_from(&text).ok_or_else(|| {
-            bad(format!(
-                "an offset is STDOUT.STDERR, like 120.0, not {text:?}"
-            ))
-        })?,
-    };
+    let streams = parse_streams(query.streams.as_deref()).map_err(bad)?;
+    let skip = resume_offsets(&headers, query.from).map_err(bad)?;
     let Ok(permit) = state.followers.clone().try_acquire_owned() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -161,79 +143,138 @@ pub(super) async fn follow(
         ));
     };
     let interval = state.limits.follow_interval;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(16);
+    let (tx, mut rx) = mpsc::channel::<Event>(16);
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "the client went away");
-        let area = match spec.open() {
-            Ok(area) => area,
-            Err(e) => {
-                let e = ApiError::from(e);
-                let _ = tx.blocking_send(error_event(&e));
-                return;
-            }
-        };
-        let mut text = [Utf8Stream::default(), Utf8Stream::default()];
-        text[0].skip = skip[0];
-        text[1].skip = skip[1];
-        let event = |text: &[Utf8Stream; 2], at: usize, piece: String| {
-            Event::default()
-                .event("output")
-                .id(format!("{}.{}", text[0].position(), text[1].position()))
-                .json_data(serde_json::json!({ "stream": stream_name(at), "text": piece }))
-                .expect("JSON of a string")
-        };
-        let mut emit = |stream: Stream, bytes: &[u8]| -> io::Result<()> {
-            let at = match stream {
-                Stream::Stdout => 0,
-                Stream::Stderr => 1,
-            };
-            for part in bytes.chunks(PIECE) {
-                let piece = text[at].push(part);
-                if !piece.is_empty() {
-                    tx.blocking_send(event(&text, at, piece))
-                        .map_err(|_| gone())?;
-                }
-            }
-            Ok(())
-        };
-        let result = follow_until(
-            area.as_ref(),
-            streams,
-            None,
-            interval,
-            &mut emit,
-            &mut || {
-                let _ = tx.try_send(Event::default().event("behind").data(
-                    "the live ring lost output; the rest arrives from the capture files when the run ends",
-                ));
-            },
-            &mut || if tx.is_closed() { Err(gone()) } else { Ok(()) },
-        );
-        match result {
-            Ok(outcome) => {
-                for at in 0..2 {
-                    let piece = text[at].finish();
-                    if !piece.is_empty() {
-                        let _ = tx.blocking_send(event(&text, at, piece));
-                    }
-                }
-                let end = Event::default()
-                    .event("end")
-                    .json_data(outcome_json(&outcome))
-                    .expect("JSON of plain data");
-                let _ = tx.blocking_send(end);
-            }
-            Err(_) if tx.is_closed() => {}
-            Err(e) => {
-                let _ = tx.blocking_send(error_event(&ApiError::from(e)));
-            }
-        }
+        send_output(&spec, streams, skip, interval, &tx);
     });
     let events = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     Ok(Sse::new(events.map(Ok::<_, Infallible>))
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// The `streams` asked for (default both).
+fn parse_streams(streams: Option<&str>) -> Result<Streams, String> {
+    match streams.unwrap_or("both") {
+        "both" => Ok(Streams::Both),
+        "stdout" => Ok(Streams::Stdout),
+        "stderr" => Ok(Streams::Stderr),
+        other => Err(format!(
+            "streams must be both, stdout or stderr, not {other:?}"
+        )),
+    }
+}
+
+/// The offsets per stream the client has already: from `Last-Event-ID`, else `from`.
+fn resume_offsets(headers: &HeaderMap, from: Option<String>) -> Result<[u64; 2], String> {
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(from);
+    match resume {
+        None => Ok([0, 0]),
+        Some(text) => parse_from(&text)
+            .ok_or_else(|| format!("an offset is STDOUT.STDERR, like 120.0, not {text:?}")),
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the client went away")
+}
+
+/// On the blocking pool: follows the output of `spec`'s area from the offsets `skip`
+/// into `tx` as events, until the run ends or the client goes.
+fn send_output(
+    spec: &VmSpec,
+    streams: Streams,
+    skip: [u64; 2],
+    interval: Duration,
+    tx: &mpsc::Sender<Event>,
+) {
+    let area = match spec.open() {
+        Ok(area) => area,
+        Err(e) => {
+            let e = ApiError::from(e);
+            let _ = tx.blocking_send(error_event(&e));
+            return;
+        }
+    };
+    let mut text = Text::resumed(skip);
+    let result = follow_until(
+        area.as_ref(),
+        streams,
+        None,
+        interval,
+        &mut |stream, bytes| text.emit(stream, bytes, tx),
+        &mut || {
+            let _ = tx.try_send(Event::default().event("behind").data(
+                "the live ring lost output; the rest arrives from the capture files when the run ends",
+            ));
+        },
+        &mut || if tx.is_closed() { Err(gone()) } else { Ok(()) },
+    );
+    match result {
+        Ok(outcome) => text.end(&outcome, tx),
+        Err(_) if tx.is_closed() => {}
+        Err(e) => {
+            let _ = tx.blocking_send(error_event(&ApiError::from(e)));
+        }
+    }
+}
+
+/// Both streams' text as one client gets it.
+struct Text([Utf8Stream; 2]);
+
+impl Text {
+    /// Text that starts after the offsets `skip` (0 for stdout, 1 for stderr).
+    fn resumed(skip: [u64; 2]) -> Text {
+        let mut text = [Utf8Stream::default(), Utf8Stream::default()];
+        text[0].skip = skip[0];
+        text[1].skip = skip[1];
+        Text(text)
+    }
+
+    /// An `output` event with `piece` of stream `at`, its id the offsets reached.
+    fn event(&self, at: usize, piece: String) -> Event {
+        Event::default()
+            .event("output")
+            .id(format!("{}.{}", self.0[0].position(), self.0[1].position()))
+            .json_data(serde_json::json!({ "stream": stream_name(at), "text": piece }))
+            .expect("JSON of a string")
+    }
+
+    /// Sends `bytes` of `stream` to `tx`, in pieces of at most [`PIECE`].
+    fn emit(&mut self, stream: Stream, bytes: &[u8], tx: &mpsc::Sender<Event>) -> io::Result<()> {
+        let at = match stream {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+        };
+        for part in bytes.chunks(PIECE) {
+            let piece = self.0[at].push(part);
+            if !piece.is_empty() {
+                tx.blocking_send(self.event(at, piece))
+                    .map_err(|_| gone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// At the run's end: what is left of each stream, then the `end` event.
+    fn end(&mut self, outcome: &WaitOutcome, tx: &mpsc::Sender<Event>) {
+        for at in 0..2 {
+            let piece = self.0[at].finish();
+            if !piece.is_empty() {
+                let _ = tx.blocking_send(self.event(at, piece));
+            }
+        }
+        let end = Event::default()
+            .event("end")
+            .json_data(outcome_json(outcome))
+            .expect("JSON of plain data");
+        let _ = tx.blocking_send(end);
+    }
 }
 
 fn error_event(e: &ApiError) -> Event {
