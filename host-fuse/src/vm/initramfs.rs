@@ -123,6 +123,20 @@ impl GuestImage<'_> {
     /// # Errors
     /// When an input is missing or of the wrong kind, or the output cannot be written.
     pub fn write(&self, out: &Path) -> Result<u64, InitramfsError> {
+        let (guest, busybox) = self.read_programs()?;
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+        let tmp = tempfile::NamedTempFile::new_in(parent.unwrap_or(Path::new(".")))
+            .map_err(io_err("create a file beside", out))?;
+        let mut cpio = Cpio::new(io::BufWriter::new(tmp.as_file()));
+        self.add_root(&mut cpio, &busybox)?;
+        self.add_nlxtp(&mut cpio, &guest, &busybox)?;
+        cpio.finish()?.flush()?;
+        persist(tmp, out)
+    }
+
+    /// The guest binary and busybox, each checked to be static and for the kernel's
+    /// architecture.
+    fn read_programs(&self) -> Result<(Vec<u8>, Vec<u8>), InitramfsError> {
         let arch = self.kernel.arch;
         if !self.guest.is_file() {
             return Err(InitramfsError::NoGuest {
@@ -139,47 +153,53 @@ impl GuestImage<'_> {
             arch,
             Some("install busybox-static, or let nlxtp fetch it"),
         )?;
-        let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
-        let tmp = tempfile::NamedTempFile::new_in(parent.unwrap_or(Path::new(".")))
-            .map_err(io_err("create a file beside", out))?;
-        let mut cpio = Cpio::new(io::BufWriter::new(tmp.as_file()));
-        let applets = if self.rootfs.is_some() {
-            "/.nlxtp/applets"
-        } else {
-            "/bin"
-        };
+        Ok((guest, busybox))
+    }
+
+    /// The root filesystem: the one given, or a minimal one of `busybox`.
+    fn add_root<W: Write>(&self, cpio: &mut Cpio<W>, busybox: &[u8]) -> Result<(), InitramfsError> {
         if let Some(root) = self.rootfs {
-            add_tree(&mut cpio, root, Path::new(""))?;
-        } else {
-            for dir in [
-                "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "mnt", "tmp",
-                "root", "etc", "var", "var/log", "lib",
-            ] {
-                cpio.dir(dir, 0o755)?;
-            }
-            cpio.file("bin/busybox", 0o755, &busybox)?;
-            cpio.symlink("bin/sh", "busybox")?;
-            cpio.file(
-                "etc/os-release",
-                0o644,
-                b"ID=nlxtp-minimal\nVERSION_ID=1\nPRETTY_NAME=\"nlxtp minimal guest (busybox)\"\n",
-            )?;
+            return add_tree(cpio, root, Path::new(""));
         }
+        for dir in [
+            "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "mnt", "tmp",
+            "root", "etc", "var", "var/log", "lib",
+        ] {
+            cpio.dir(dir, 0o755)?;
+        }
+        cpio.file("bin/busybox", 0o755, busybox)?;
+        cpio.symlink("bin/sh", "busybox")?;
+        cpio.file(
+            "etc/os-release",
+            0o644,
+            b"ID=nlxtp-minimal\nVERSION_ID=1\nPRETTY_NAME=\"nlxtp minimal guest (busybox)\"\n",
+        )?;
+        Ok(())
+    }
+
+    /// nlxtp's files over the root: the console, the host programs, `.nlxtp/` (busybox,
+    /// the guest binary and its aliases, the kernel's modules) and `/init`.
+    fn add_nlxtp<W: Write>(
+        &self,
+        cpio: &mut Cpio<W>,
+        guest: &[u8],
+        busybox: &[u8],
+    ) -> Result<(), InitramfsError> {
         // The kernel opens /dev/console for init's standard streams before devtmpfs.
         cpio.dir("dev", 0o755)?;
         cpio.char_device("dev/console", 0o600, 5, 1)?;
         for program in self.host_programs {
-            add_dynamic_program(&mut cpio, program)?;
+            add_dynamic_program(cpio, program)?;
         }
         for dir in [".nlxtp", ".nlxtp/bin", ".nlxtp/modules"] {
             cpio.dir(dir, 0o755)?;
         }
         if self.rootfs.is_some() {
-            cpio.file(".nlxtp/busybox", 0o755, &busybox)?;
+            cpio.file(".nlxtp/busybox", 0o755, busybox)?;
         } else {
             cpio.symlink(".nlxtp/busybox", "/bin/busybox")?;
         }
-        cpio.file(".nlxtp/bin/nlxtp-guest", 0o755, &guest)?;
+        cpio.file(".nlxtp/bin/nlxtp-guest", 0o755, guest)?;
         for alias in ["archive_setstatus", "nlxtp-status"] {
             cpio.symlink(&format!(".nlxtp/bin/{alias}"), "nlxtp-guest")?;
         }
@@ -193,19 +213,28 @@ impl GuestImage<'_> {
             names.push(module.name.as_str());
         }
         cpio.file(".nlxtp/modules.list", 0o644, names.join("\n").as_bytes())?;
+        let applets = if self.rootfs.is_some() {
+            "/.nlxtp/applets"
+        } else {
+            "/bin"
+        };
         cpio.file("init", 0o755, INIT.replace("@APPLETS@", applets).as_bytes())?;
-        cpio.finish()?.flush()?;
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o644))
-            .map_err(io_err("write", out))?;
-        let len = tmp.as_file().metadata().map_or(0, |m| m.len());
-        tmp.persist(out).map_err(|e| InitramfsError::Io {
-            what: "write",
-            path: out.to_owned(),
-            source: e.error,
-        })?;
-        Ok(len)
+        Ok(())
     }
+}
+
+/// Puts the written image `tmp` in place at `out`, readable by all; returns its size.
+fn persist(tmp: tempfile::NamedTempFile, out: &Path) -> Result<u64, InitramfsError> {
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(io_err("write", out))?;
+    let len = tmp.as_file().metadata().map_or(0, |m| m.len());
+    tmp.persist(out).map_err(|e| InitramfsError::Io {
+        what: "write",
+        path: out.to_owned(),
+        source: e.error,
+    })?;
+    Ok(len)
 }
 
 /// A static busybox for `arch`: the host's `/bin/busybox` when it is one
