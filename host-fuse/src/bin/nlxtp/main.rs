@@ -10,6 +10,7 @@ mod args;
 mod out;
 mod progress;
 mod run;
+mod setup;
 mod transfer;
 mod watch;
 
@@ -83,15 +84,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     if let Command::Run(args) = cli.command {
         return run::run(&args, cli.rootfs.as_deref());
     }
-    if cli.rootfs.is_some() && !cli.command.has_target() {
-        return Err(Failure {
-            error: "--rootfs names the container of a TARGET, and this command takes none; \
-                    the FUSE view takes such containers from its config file: \
-                    NAME = { rootfs = \"/var/lib/lxc/c1/rootfs\", area = \"/mnt/nlXTP\" }"
-                .into(),
-            code: 2,
-        });
-    }
+    check_rootfs(&cli)?;
     match cli.command {
         Command::CreateDisk {
             image,
@@ -99,21 +92,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             fat,
             label,
             partition,
-        } => {
-            let options = nlxtp_host::area::vfat::DiskOptions {
-                size,
-                fat_bits: fat,
-                label,
-                partition: partition.map(Into::into),
-            };
-            nlxtp_host::area::vfat::create_disk(&image, &options)?;
-            note!(
-                "created {} ({size} bytes); attach it with -drive file={},format=raw,if=virtio",
-                image.display(),
-                image.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => setup::create_disk(&image, size, fat, label, partition),
         Command::Upload {
             target,
             archive,
@@ -148,24 +127,32 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             daemon,
             allow_other,
             stage_dir,
-        } => {
-            nlxtp_host::fuse::mount(&nlxtp_host::fuse::MountOptions {
-                mountpoint,
-                vms,
-                config,
-                daemon,
-                allow_other,
-                stage_dir,
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => setup::mount(&nlxtp_host::fuse::MountOptions {
+            mountpoint,
+            vms,
+            config,
+            daemon,
+            allow_other,
+            stage_dir,
+        }),
         Command::Run(_) => unreachable!("handled above"),
         Command::Guest {
             command: args::GuestCommand::Build { guest, output },
         } => run::guest_build(&guest, &output),
-        Command::Umount { mountpoint, lazy } => {
-            note!("nlxtp: {}", nlxtp_host::fuse::umount(&mountpoint, lazy)?);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Umount { mountpoint, lazy } => setup::umount(&mountpoint, lazy),
     }
+}
+
+/// Refuses `--rootfs` for a command that takes no TARGET.
+fn check_rootfs(cli: &Cli) -> Result<(), Failure> {
+    if cli.rootfs.is_some() && !cli.command.has_target() {
+        return Err(Failure {
+            error: "--rootfs names the container of a TARGET, and this command takes none; \
+                    the FUSE view takes such containers from its config file: \
+                    NAME = { rootfs = \"/var/lib/lxc/c1/rootfs\", area = \"/mnt/nlXTP\" }"
+                .into(),
+            code: 2,
+        });
+    }
+    Ok(())
 }
