@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nlxtp_core::{RunState, StatusReader};
+use nlxtp_harness::qemu::Vm;
 use nlxtp_harness::vm::{archive, GuestSetup, BOOT_DEADLINE};
+use nlxtp_host::area::vfat::VfatImage;
 use nlxtp_host::area::{read_status, Patience, SharedArea};
 use nlxtp_host::ops::{self, Compression, UploadOptions};
 
@@ -36,16 +38,34 @@ impl Clock {
     }
 }
 
+fn bold(s: &str) -> String {
+    format!("\x1b[1m{s}\x1b[0m")
+}
+
 fn main() -> Result<()> {
     let clock = Clock(Instant::now());
-    let bold = |s: &str| format!("\x1b[1m{s}\x1b[0m");
     println!("{}", bold("nlxtp demo: upload, deferred execution, live status and download on a QEMU VM, without any network"));
     println!();
+    let mut setup = build_guest(&clock)?;
+    create_disk(&clock, &setup);
+    upload(&clock, &setup)?;
+    let mut vm = boot(&clock, &mut setup)?;
+    let area = setup.area();
+    watch(&clock, &area, &mut vm)?;
+    download(&clock, &setup, &area)?;
+    println!();
+    clock.say(bold(
+        "done: the whole cycle ran with no network between host and guest",
+    ));
+    Ok(())
+}
 
+/// Step 1: the guest: kernel, busybox and nlxtp-guest in an initramfs.
+fn build_guest(clock: &Clock) -> Result<GuestSetup> {
     clock.say(bold(
         "1. building the guest: Debian kernel, busybox, static nlxtp-guest -> initramfs",
     ));
-    let mut setup = GuestSetup::new(32).context("could not build the guest")?;
+    let setup = GuestSetup::new(32).context("could not build the guest")?;
     let guest = nlxtp_harness::guest::guest_binary()?;
     clock.say(format!(
         "   kernel {}, nlxtp-guest {} KiB, initramfs {} KiB",
@@ -53,13 +73,20 @@ fn main() -> Result<()> {
         std::fs::metadata(&guest)?.len() / 1024,
         setup.initramfs_len() / 1024
     ));
+    Ok(setup)
+}
 
+/// Step 2: the shared disk (made with the guest).
+fn create_disk(clock: &Clock, setup: &GuestSetup) {
     clock.say(bold("2. creating the VM's shared disk (32 MiB vFAT)"));
     clock.say(format!(
         "   $ nlxtp create-disk {} --size 32M",
         setup.disk().display()
     ));
+}
 
+/// Step 3: the job, uploaded while the VM is off.
+fn upload(clock: &Clock, setup: &GuestSetup) -> Result<()> {
     clock.say(bold("3. uploading an archive while the VM is off"));
     for line in SCRIPT.lines().skip(2) {
         println!("            | {line}");
@@ -71,7 +98,11 @@ fn main() -> Result<()> {
         setup.disk().display(),
         report.run_id
     ));
+    Ok(())
+}
 
+/// Step 4: the boot, up to the guest's /init.
+fn boot(clock: &Clock, setup: &mut GuestSetup) -> Result<Vm> {
     clock.say(bold("4. booting the VM; the guest runs the upload at boot"));
     let mut vm = setup.boot(false)?;
     clock.say(format!("   qemu-system-x86_64 -accel {} -kernel vmlinuz -initrd initramfs -drive file=shared.img,if=virtio (no network device)", vm.accel()));
@@ -80,16 +111,20 @@ fn main() -> Result<()> {
         "   guest /init reached after {:.1} s of boot",
         booted.as_secs_f64()
     ));
+    Ok(vm)
+}
 
+/// Step 5: the run's status from the host, each change as it is seen, until the VM has
+/// powered off.
+fn watch(clock: &Clock, area: &VfatImage, vm: &mut Vm) -> Result<()> {
     clock.say(bold(
         "5. watching from the host while the VM runs ($ nlxtp status / nlxtp wait)",
     ));
-    let area = setup.area();
     let mut reader = StatusReader::new();
     let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     let record = loop {
-        if let Some(rec) = read_status(&area, &mut reader, Patience::default())? {
+        if let Some(rec) = read_status(area, &mut reader, Patience::default())? {
             let line = format!(
                 "   status: {:<22} custom: {:?}  (heartbeat {}, vm running: {})",
                 rec.state.to_string(),
@@ -122,13 +157,17 @@ fn main() -> Result<()> {
         "   the VM powered off by itself after {:.1} s",
         vm.uptime().as_secs_f64()
     ));
+    Ok(())
+}
 
+/// Step 6: the shared area, downloaded and listed.
+fn download(clock: &Clock, setup: &GuestSetup, area: &VfatImage) -> Result<()> {
     clock.say(bold(
         "6. downloading the shared area ($ nlxtp download shared.img results.tar.gz)",
     ));
     let out = setup.dir().join("results.tar.gz");
     let packed = ops::archive::write_download(
-        &area,
+        area,
         std::fs::File::create(&out)?,
         Compression::Gzip,
         &Default::default(),
@@ -151,9 +190,5 @@ fn main() -> Result<()> {
         }
         println!("            {size:>6}  {path:<22} {}", text.trim_end());
     }
-    println!();
-    clock.say(bold(
-        "done: the whole cycle ran with no network between host and guest",
-    ));
     Ok(())
 }
