@@ -39,63 +39,92 @@ fn cpu_seconds() -> f64 {
 fn main() -> Result<()> {
     let mut rows = Vec::new();
     for round in 1..=ROUNDS {
-        let cycle = Instant::now();
-        let mut setup = GuestSetup::new(32)?;
-        let script = "echo \"script started at uptime $(cut -d' ' -f1 /proc/uptime)\"\n";
-        ops::upload(
-            &setup.area(),
-            &archive(&[("auto_exec.sh", script.as_bytes(), 0o755)])?[..],
-            &UploadOptions::default(),
-        )?;
-        let uploaded = cycle.elapsed();
-        let mut vm = setup.boot(false)?;
-        let booted = vm.wait_serial("nlxtp-init: booted", BOOT_DEADLINE)?;
-        vm.wait_exit(Duration::from_secs(120))?;
-        let powered_off = vm.uptime();
-        let mut out = Vec::new();
-        ops::archive::write_download(
-            &setup.area(),
-            &mut out,
-            Compression::None,
-            &Default::default(),
-            &mut |_| {},
-        )?;
-        let whole = cycle.elapsed();
-        let stdout = String::from_utf8_lossy(
-            &setup
-                .area()
-                .read_file(&nlxtp_host::area::AreaPath::new("nlxtp/stdout.txt")?, 4096)?,
-        )
-        .into_owned();
-        let (Some(daemon), Some(script)) = (
-            uptime_after(&vm.serial(), "starting the daemon at uptime"),
-            uptime_after(&stdout, "script started at uptime"),
-        ) else {
-            bail!("round {round}: no uptimes in the serial log or stdout");
-        };
-        rows.push((uploaded, booted, daemon, script, powered_off, whole));
-        eprintln!(
-            "round {round} done in {:.1} s ({})",
-            whole.as_secs_f64(),
-            vm.accel()
-        );
+        rows.push(cycle(round)?);
     }
+    print_cycles(&rows);
+    follow_cost()
+}
+
+/// One round's timings.
+struct Round {
+    uploaded: Duration,
+    booted: Duration,
+    daemon: f64,
+    script: f64,
+    powered_off: Duration,
+    whole: Duration,
+}
+
+/// One whole cycle on a fresh VM: upload, boot, run, power off, download.
+fn cycle(round: usize) -> Result<Round> {
+    let cycle = Instant::now();
+    let mut setup = GuestSetup::new(32)?;
+    let script = "echo \"script started at uptime $(cut -d' ' -f1 /proc/uptime)\"\n";
+    ops::upload(
+        &setup.area(),
+        &archive(&[("auto_exec.sh", script.as_bytes(), 0o755)])?[..],
+        &UploadOptions::default(),
+    )?;
+    let uploaded = cycle.elapsed();
+    let mut vm = setup.boot(false)?;
+    let booted = vm.wait_serial("nlxtp-init: booted", BOOT_DEADLINE)?;
+    vm.wait_exit(Duration::from_secs(120))?;
+    let powered_off = vm.uptime();
+    let mut out = Vec::new();
+    ops::archive::write_download(
+        &setup.area(),
+        &mut out,
+        Compression::None,
+        &Default::default(),
+        &mut |_| {},
+    )?;
+    let whole = cycle.elapsed();
+    let stdout = String::from_utf8_lossy(
+        &setup
+            .area()
+            .read_file(&nlxtp_host::area::AreaPath::new("nlxtp/stdout.txt")?, 4096)?,
+    )
+    .into_owned();
+    let (Some(daemon), Some(script)) = (
+        uptime_after(&vm.serial(), "starting the daemon at uptime"),
+        uptime_after(&stdout, "script started at uptime"),
+    ) else {
+        bail!("round {round}: no uptimes in the serial log or stdout");
+    };
+    eprintln!(
+        "round {round} done in {:.1} s ({})",
+        whole.as_secs_f64(),
+        vm.accel()
+    );
+    Ok(Round {
+        uploaded,
+        booted,
+        daemon,
+        script,
+        powered_off,
+        whole,
+    })
+}
+
+fn print_cycles(rows: &[Round]) {
     println!("| round | upload (incl. guest build, disk) | QEMU start -> guest /init | guest uptime at daemon start | daemon start -> script start | QEMU start -> power off | whole cycle |");
     println!("|---|---|---|---|---|---|---|");
-    for (i, (uploaded, booted, daemon, script, off, whole)) in rows.iter().enumerate() {
+    for (i, row) in rows.iter().enumerate() {
         println!(
             "| {} | {:.2} s | {:.2} s | {:.2} s | {:.0} ms | {:.2} s | {:.2} s |",
             i + 1,
-            uploaded.as_secs_f64(),
-            booted.as_secs_f64(),
-            daemon,
-            (script - daemon) * 1000.0,
-            off.as_secs_f64(),
-            whole.as_secs_f64()
+            row.uploaded.as_secs_f64(),
+            row.booted.as_secs_f64(),
+            row.daemon,
+            (row.script - row.daemon) * 1000.0,
+            row.powered_off.as_secs_f64(),
+            row.whole.as_secs_f64()
         );
     }
+}
 
-    // Following one VM's output for 20 s at the CLI's default poll interval (0.5 s).
+/// Following one VM's output for 20 s at the CLI's default poll interval (0.5 s).
+fn follow_cost() -> Result<()> {
     let mut setup = GuestSetup::new(32)?;
     let script = "i=1; while [ $i -le 40 ]; do echo \"line $i\"; i=$((i+1)); sleep 0.5; done\n";
     ops::upload(
