@@ -45,6 +45,16 @@ fn main() -> Result<()> {
     follow_cost()
 }
 
+/// Uploads a job of `script` alone to the guest's shared disk.
+fn upload(setup: &GuestSetup, script: &str) -> Result<()> {
+    ops::upload(
+        &setup.area(),
+        &archive(&[("auto_exec.sh", script.as_bytes(), 0o755)])?[..],
+        &UploadOptions::default(),
+    )?;
+    Ok(())
+}
+
 /// One round's timings.
 struct Round {
     uploaded: Duration,
@@ -60,11 +70,7 @@ fn cycle(round: usize) -> Result<Round> {
     let cycle = Instant::now();
     let mut setup = GuestSetup::new(32)?;
     let script = "echo \"script started at uptime $(cut -d' ' -f1 /proc/uptime)\"\n";
-    ops::upload(
-        &setup.area(),
-        &archive(&[("auto_exec.sh", script.as_bytes(), 0o755)])?[..],
-        &UploadOptions::default(),
-    )?;
+    upload(&setup, script)?;
     let uploaded = cycle.elapsed();
     let mut vm = setup.boot(false)?;
     let booted = vm.wait_serial("nlxtp-init: booted", BOOT_DEADLINE)?;
@@ -127,11 +133,7 @@ fn print_cycles(rows: &[Round]) {
 fn follow_cost() -> Result<()> {
     let mut setup = GuestSetup::new(32)?;
     let script = "i=1; while [ $i -le 40 ]; do echo \"line $i\"; i=$((i+1)); sleep 0.5; done\n";
-    ops::upload(
-        &setup.area(),
-        &archive(&[("auto_exec.sh", script.as_bytes(), 0o755)])?[..],
-        &UploadOptions::default(),
-    )?;
+    upload(&setup, script)?;
     let mut vm = setup.boot(true)?;
     vm.wait_serial("nlxtp-init: booted", BOOT_DEADLINE)?;
     let area = setup.area();
