@@ -41,13 +41,14 @@ pub struct Vm {
 
 /// The accelerator to use: KVM when it actually runs a guest, TCG otherwise. Probed
 /// once per process by trying: on some machines /dev/kvm opens and QEMU starts with
-/// KVM, yet the guest never runs. The probe boots `kernel` with no root filesystem and
-/// waits up to 3 s for its banner on the serial console (KVM prints it well within 1 s).
-pub fn accelerator(kernel: &Kernel) -> &'static str {
+/// KVM, yet the guest never runs. The probe boots the kernel image `vmlinuz` with no
+/// root filesystem and waits up to 3 s for its banner on the serial console (KVM prints
+/// it well within 1 s).
+pub fn accelerator(vmlinuz: &Path) -> &'static str {
     static ACCEL: OnceLock<&'static str> = OnceLock::new();
     ACCEL.get_or_init(|| {
         let log = std::env::temp_dir().join(format!("nlxtp-kvm-probe-{}.log", std::process::id()));
-        let probe = qemu_command("kvm", kernel, &log, 128)
+        let probe = qemu_command("kvm", vmlinuz, &log, 128)
             .args(["-append", "console=ttyS0 panic=-1"])
             .spawn();
         let Ok(mut child) = probe else { return "tcg" };
@@ -79,14 +80,20 @@ impl Vm {
     /// # Errors
     /// When QEMU cannot be started (not installed: `scripts/setup` installs it).
     pub fn boot(config: &VmConfig) -> Result<Vm> {
-        let accel = accelerator(&config.kernel);
+        let accel = accelerator(&config.kernel.vmlinuz);
         let _ = fs::remove_file(&config.serial_log);
         let mut append = String::from("console=ttyS0 panic=-1 loglevel=4");
         if config.stay {
             append.push_str(" nlxtp.stay");
         }
         append.push_str(&format!(" nlxtp.heartbeat_ms={}", config.heartbeat_ms));
-        let child = qemu_command(accel, &config.kernel, &config.serial_log, config.memory_mib)
+        let mut command = qemu_command(
+            accel,
+            &config.kernel.vmlinuz,
+            &config.serial_log,
+            config.memory_mib,
+        );
+        command
             .arg("-initrd")
             .arg(&config.initramfs)
             .args(["-append", &append])
@@ -94,12 +101,23 @@ impl Vm {
             .arg(format!(
                 "file={},format=raw,if=virtio",
                 config.disk.display()
-            ))
+            ));
+        Vm::spawn(command, &config.serial_log, accel)
+    }
+
+    /// Starts `command` (made by [`qemu_command`]) as a VM whose console is logged to
+    /// `serial_log`.
+    pub(crate) fn spawn(
+        mut command: Command,
+        serial_log: &Path,
+        accel: &'static str,
+    ) -> Result<Vm> {
+        let child = command
             .spawn()
             .context("could not start qemu-system-x86_64 (scripts/setup installs it)")?;
         Ok(Vm {
             child: Some(child),
-            serial_log: config.serial_log.clone(),
+            serial_log: serial_log.to_path_buf(),
             started: Instant::now(),
             accel,
         })
@@ -108,6 +126,14 @@ impl Vm {
     /// The accelerator this VM runs with ("kvm" or "tcg").
     pub fn accel(&self) -> &'static str {
         self.accel
+    }
+
+    /// Whether QEMU is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) | None => false,
+        }
     }
 
     /// Time since QEMU was started.
@@ -220,8 +246,14 @@ impl Drop for Vm {
 }
 
 /// QEMU with no devices but a serial console logged to `serial_log` (QEMU's own messages
-/// go beside it, `.qemu.log`), booting `kernel` directly, one CPU, no network.
-fn qemu_command(accel: &str, kernel: &Kernel, serial_log: &Path, memory_mib: u32) -> Command {
+/// go beside it, `.qemu.log`), booting the kernel image `vmlinuz` directly, one CPU, no
+/// network.
+pub(crate) fn qemu_command(
+    accel: &str,
+    vmlinuz: &Path,
+    serial_log: &Path,
+    memory_mib: u32,
+) -> Command {
     let mut command = Command::new("qemu-system-x86_64");
     command
         .args([
@@ -238,7 +270,7 @@ fn qemu_command(accel: &str, kernel: &Kernel, serial_log: &Path, memory_mib: u32
         .arg("-serial")
         .arg(format!("file:{}", serial_log.display()))
         .arg("-kernel")
-        .arg(&kernel.vmlinuz)
+        .arg(vmlinuz)
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     match fs::File::create(serial_log.with_extension("qemu.log")) {
@@ -248,7 +280,8 @@ fn qemu_command(accel: &str, kernel: &Kernel, serial_log: &Path, memory_mib: u32
     command
 }
 
-fn tail(log: &str) -> String {
+/// The last 60 lines of a log, for error messages.
+pub(crate) fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
