@@ -22,24 +22,29 @@ pub const MANIFEST_FILE: &str = "nlxtp/manifest.bin";
 /// (see [`crate::slots`]).
 pub const STATUS_FILE: &str = "nlxtp/status.bin";
 
+/// The custom status file: the script's whole custom status text (up to 64 KiB) in two
+/// fixed slots, written by the status helper (see [`crate::custom`]).
+pub const CUSTOM_FILE: &str = "nlxtp/custom.bin";
+
 /// Captured standard output of the start script.
 pub const STDOUT_FILE: &str = "nlxtp/stdout.txt";
 
 /// Captured standard error of the start script.
 pub const STDERR_FILE: &str = "nlxtp/stderr.txt";
 
-/// Reserved for the live-output region (a preallocated, checksummed tail of the output
-/// that a host can follow while the guest runs).
+/// The live-output ring: a preallocated, checksummed window on the newest output that a
+/// host can follow while the guest runs (see [`crate::live`]).
 pub const LIVE_FILE: &str = "nlxtp/live.bin";
 
 /// Every file in [`PROTOCOL_DIR`] that describes one run. An upload replaces all of them;
 /// copies inside an uploaded archive (a re-uploaded download, say) are not taken over.
-pub const RUN_FILES: [&str; 5] = [
+pub const RUN_FILES: [&str; 6] = [
     MANIFEST_FILE,
     STATUS_FILE,
     STDOUT_FILE,
     STDERR_FILE,
     LIVE_FILE,
+    CUSTOM_FILE,
 ];
 
 /// FAT volume label of a shared disk made by the host; the guest finds its disk by it.
@@ -58,6 +63,8 @@ pub mod env {
     pub const ARCHIVE_VERSION: &str = "archive_version";
     /// The run id of the upload being executed, as 32 lower-case hex digits.
     pub const RUN_ID: &str = "NLXTP_RUN_ID";
+    /// The absolute path of the custom status file, where the status helper writes.
+    pub const CUSTOM_FILE: &str = "NLXTP_CUSTOM_FILE";
 }
 
 /// The status files of the original implementation, which a host can still read

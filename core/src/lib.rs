@@ -8,6 +8,8 @@
 //!   payload | crc32c`, plus a tail copy of the sequence) and its decode errors.
 //! - [`record`]: the typed status record and the upload manifest carried in frames.
 //! - [`slots`]: the tear-proof two-slot status file: which slot to write, which to believe.
+//! - [`custom`]: the two-slot custom status file holding a script's whole text (64 KiB),
+//!   of which the status record carries the start.
 //! - [`liveness`]: a pure state machine that turns a series of observed records into
 //!   "done", "running", "monitor lost" or "no status yet", without clock synchronisation.
 //!
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod custom;
 pub mod layout;
 pub mod live;
 pub mod liveness;
@@ -26,6 +29,7 @@ pub mod record;
 pub mod slots;
 pub mod wire;
 
+pub use custom::{CustomText, CustomWriter};
 pub use liveness::{Liveness, LivenessPolicy, Seen, Verdict};
 pub use record::{
     AbortReason, BootId, CustomStatus, Manifest, OutputInfo, RunId, RunState, StatusRecord,

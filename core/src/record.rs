@@ -8,9 +8,7 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{
-    decode_frame, encode_frame, max_payload_len, CorruptKind, DecodeError, EncodeError, Magic,
-};
+use crate::wire::{decode_frame, encode_frame, CorruptKind, DecodeError, EncodeError, Magic};
 
 /// Size of one status slot; the status file holds two (see [`crate::slots`]).
 pub const STATUS_SLOT_LEN: usize = 4096;
@@ -18,7 +16,8 @@ pub const STATUS_SLOT_LEN: usize = 4096;
 /// Size of the manifest file: one slot.
 pub const MANIFEST_LEN: usize = 512;
 
-/// The most bytes of custom status text a record holds (UTF-8).
+/// The most bytes of custom status text a record holds (UTF-8). A longer text is kept
+/// whole in the custom status file, and its start here (see [`crate::custom`]).
 pub const CUSTOM_STATUS_MAX: usize = 3584;
 
 /// The custom status text a start script sets.
@@ -321,7 +320,9 @@ pub struct StatusRecord {
     pub updated_unix: u64,
     /// Guest Unix time (seconds) when the run ended; informative only.
     pub finished_unix: Option<u64>,
-    /// The text the script set (`archive_setstatus TEXT`).
+    /// The text the script set (`archive_setstatus TEXT`), or its first
+    /// [`CUSTOM_STATUS_MAX`] bytes: the whole text is in the custom status file
+    /// ([`crate::custom::custom_text`]).
     pub custom: CustomStatus,
 }
 
@@ -413,14 +414,18 @@ impl Manifest {
     }
 }
 
-fn postcard_into<T: Serialize>(value: &T, area: &mut [u8]) -> Result<usize, EncodeError> {
-    debug_assert!(area.len() <= max_payload_len(STATUS_SLOT_LEN));
+pub(crate) fn postcard_into<T: Serialize>(
+    value: &T,
+    area: &mut [u8],
+) -> Result<usize, EncodeError> {
     postcard::to_slice(value, area)
         .map(|used| used.len())
         .map_err(|_| EncodeError::TooLarge)
 }
 
-fn postcard_exact<'de, T: Deserialize<'de>>(payload: &'de [u8]) -> Result<T, DecodeError> {
+pub(crate) fn postcard_exact<'de, T: Deserialize<'de>>(
+    payload: &'de [u8],
+) -> Result<T, DecodeError> {
     let (value, rest) = postcard::take_from_bytes(payload)
         .map_err(|_| DecodeError::Corrupt(CorruptKind::Payload))?;
     if rest.is_empty() {

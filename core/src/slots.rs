@@ -28,13 +28,45 @@ pub const fn slot_offset(sequence: u64) -> usize {
     slot_index(sequence) * STATUS_SLOT_LEN
 }
 
-fn decode_slot(file: &[u8], index: usize) -> Result<StatusRecord, DecodeError> {
-    let at = index * STATUS_SLOT_LEN;
-    let record = StatusRecord::decode(&file[at..at + STATUS_SLOT_LEN])?;
-    if slot_index(record.sequence) != index {
-        return Err(DecodeError::Corrupt(CorruptKind::WrongSlot));
+/// Reads the valid slot with the higher sequence number from the bytes of a whole
+/// two-slot file of `slot_len`-byte slots: the rules the status file and the custom
+/// status file share (`docs/wire-format.md`, section 4).
+///
+/// A file shorter than two slots is a file being created (`Torn`), an empty one
+/// `NotThereYet`, a longer one corrupt. A valid slot whose sequence number selects the
+/// other slot is corrupt. When neither slot is valid, the error says what to do:
+/// `NotThereYet` if both are empty, `Torn` if either may be a write in progress,
+/// otherwise the first slot's error.
+pub(crate) fn read_two_slots<'a, T>(
+    file: &'a [u8],
+    slot_len: usize,
+    decode: impl Fn(&'a [u8]) -> Result<T, DecodeError>,
+    sequence: impl Fn(&T) -> u64,
+) -> Result<T, DecodeError> {
+    match file.len() {
+        0 => return Err(DecodeError::NotThereYet),
+        len if len < 2 * slot_len => return Err(DecodeError::Torn),
+        len if len == 2 * slot_len => {}
+        _ => return Err(DecodeError::Corrupt(CorruptKind::FileSize)),
     }
-    Ok(record)
+    let slot = |index: usize| {
+        let at = index * slot_len;
+        let value = decode(&file[at..at + slot_len])?;
+        if slot_index(sequence(&value)) != index {
+            return Err(DecodeError::Corrupt(CorruptKind::WrongSlot));
+        }
+        Ok(value)
+    };
+    match (slot(0), slot(1)) {
+        (Ok(a), Ok(b)) => Ok(if sequence(&a) > sequence(&b) { a } else { b }),
+        (Ok(one), Err(_)) | (Err(_), Ok(one)) => Ok(one),
+        (Err(a), Err(b)) => Err(match (a, b) {
+            (DecodeError::NotThereYet, DecodeError::NotThereYet) => DecodeError::NotThereYet,
+            (DecodeError::Torn, _) | (_, DecodeError::Torn) => DecodeError::Torn,
+            (DecodeError::NotThereYet, other) => other,
+            (first, _) => first,
+        }),
+    }
 }
 
 /// Reads the newest complete record from the bytes of a whole status file.
@@ -47,22 +79,7 @@ fn decode_slot(file: &[u8], index: usize) -> Result<StatusRecord, DecodeError> {
 /// # Errors
 /// See [`DecodeError`]; `Stale` is never returned here (see [`StatusReader`]).
 pub fn read_status(file: &[u8]) -> Result<StatusRecord, DecodeError> {
-    match file.len() {
-        0 => return Err(DecodeError::NotThereYet),
-        len if len < STATUS_FILE_LEN => return Err(DecodeError::Torn),
-        STATUS_FILE_LEN => {}
-        _ => return Err(DecodeError::Corrupt(CorruptKind::FileSize)),
-    }
-    match (decode_slot(file, 0), decode_slot(file, 1)) {
-        (Ok(a), Ok(b)) => Ok(if a.sequence > b.sequence { a } else { b }),
-        (Ok(one), Err(_)) | (Err(_), Ok(one)) => Ok(one),
-        (Err(a), Err(b)) => Err(match (a, b) {
-            (DecodeError::NotThereYet, DecodeError::NotThereYet) => DecodeError::NotThereYet,
-            (DecodeError::Torn, _) | (_, DecodeError::Torn) => DecodeError::Torn,
-            (DecodeError::NotThereYet, other) => other,
-            (first, _) => first,
-        }),
-    }
+    read_two_slots(file, STATUS_SLOT_LEN, StatusRecord::decode, |r| r.sequence)
 }
 
 /// A reader that never goes back in time: once it has returned a record, it refuses an

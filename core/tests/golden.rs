@@ -4,6 +4,9 @@ mod common;
 
 use std::fmt::Write;
 
+use nlxtp_core::custom::{
+    read_custom, CustomText, CustomWriter, CUSTOM_FILE_LEN, CUSTOM_SLOT_LEN, CUSTOM_TEXT_MAX,
+};
 use nlxtp_core::record::{MANIFEST_LEN, STATUS_SLOT_LEN};
 use nlxtp_core::slots::STATUS_FILE_LEN;
 use nlxtp_core::wire::FRAME_OVERHEAD;
@@ -13,6 +16,11 @@ use nlxtp_core::{
 
 /// Hex dump of the used bytes, with runs of zero lines folded, as `xxd` would show.
 fn dump(bytes: &[u8]) -> String {
+    dump_from(bytes, 0)
+}
+
+/// [`dump`] of bytes that start at offset `base` of their slot.
+fn dump_from(bytes: &[u8], base: usize) -> String {
     let mut out = String::new();
     let mut folded = false;
     for (n, line) in bytes.chunks(16).enumerate() {
@@ -24,7 +32,7 @@ fn dump(bytes: &[u8]) -> String {
             continue;
         }
         folded = false;
-        write!(out, "{:04x}:", n * 16).unwrap();
+        write!(out, "{:04x}:", base + n * 16).unwrap();
         for b in line {
             write!(out, " {b:02x}").unwrap();
         }
@@ -115,6 +123,66 @@ fn largest_record_fits_with_room_to_spare() {
     let used = u16::from_le_bytes([slot[6], slot[7]]) as usize;
     let room = STATUS_SLOT_LEN - FRAME_OVERHEAD - used;
     insta::assert_snapshot!(format!("payload {used} bytes, {room} bytes spare"));
+}
+
+#[test]
+fn custom_slot_bytes() {
+    let custom = CustomText {
+        sequence: 5,
+        run_id: RunId::from_hex("0123456789abcdef0123456789abcdef").unwrap(),
+        text: "step 2/3: ok",
+    };
+    let mut slot = vec![0xa5u8; CUSTOM_SLOT_LEN];
+    custom.encode(&mut slot).unwrap();
+    assert!(!slot.contains(&0xa5), "every byte of the slot is written");
+    insta::assert_snapshot!(dump(&slot));
+    assert_eq!(CustomText::decode(&slot), Ok(custom));
+}
+
+/// The longest text: a long frame (length field 0xffff, the real length at 16..20). The
+/// snapshot shows the header, the end of the payload with the CRC, and the tail.
+#[test]
+fn custom_long_slot_bytes() {
+    let text = "x".repeat(CUSTOM_TEXT_MAX);
+    let custom = CustomText {
+        sequence: 6,
+        run_id: RunId::from_hex("0123456789abcdef0123456789abcdef").unwrap(),
+        text: &text,
+    };
+    let mut slot = vec![0xa5u8; CUSTOM_SLOT_LEN];
+    custom.encode(&mut slot).unwrap();
+    assert!(!slot.contains(&0xa5), "every byte of the slot is written");
+    let payload = 16 + 3 + CUSTOM_TEXT_MAX;
+    let crc_at = 20 + payload;
+    let shown = format!(
+        "header\n{}payload {payload} bytes; end of payload, crc, padding\n{}tail\n{}",
+        dump(&slot[..48]),
+        dump_from(&slot[crc_at - 16..crc_at + 16], crc_at - 16),
+        dump_from(&slot[CUSTOM_SLOT_LEN - 16..], CUSTOM_SLOT_LEN - 16),
+    );
+    insta::assert_snapshot!(shown);
+    assert!(slot[crc_at + 4..CUSTOM_SLOT_LEN - 8]
+        .iter()
+        .all(|&b| b == 0));
+    assert_eq!(CustomText::decode(&slot), Ok(custom));
+}
+
+#[test]
+fn custom_writer_places_texts_alternately() {
+    let mut file = vec![0u8; CUSTOM_FILE_LEN];
+    let mut writer = CustomWriter::new();
+    let mut slot = vec![0u8; CUSTOM_SLOT_LEN];
+    let run = RunId([1; 16]);
+    for (expected_seq, text) in (1..=4u64).zip(["", "one", "two", "three"]) {
+        assert_eq!(writer.next_sequence(), expected_seq);
+        let at = writer.encode(run, text, &mut slot).unwrap();
+        assert_eq!(at, (expected_seq as usize % 2) * CUSTOM_SLOT_LEN);
+        file[at..at + CUSTOM_SLOT_LEN].copy_from_slice(&slot);
+        let newest = read_custom(&file).unwrap();
+        assert_eq!((newest.sequence, newest.text), (expected_seq, text));
+    }
+    assert_eq!(CustomWriter::resume(&file).next_sequence(), 5);
+    assert_eq!((CUSTOM_SLOT_LEN, CUSTOM_FILE_LEN), (69_632, 139_264));
 }
 
 /// "Stopped by the system" is kind 5 (aborted) with detail 256 + the signal: a reader that

@@ -3,10 +3,11 @@
 
 use core::ffi::CStr;
 
+use nlxtp_core::custom::{CustomWriter, CUSTOM_FILE_LEN, CUSTOM_SLOT_LEN};
 use nlxtp_core::layout;
 use nlxtp_core::record::{MANIFEST_LEN, STATUS_SLOT_LEN};
 use nlxtp_core::slots::{read_status, STATUS_FILE_LEN};
-use nlxtp_core::{DecodeError, Manifest, StatusRecord, StatusWriter};
+use nlxtp_core::{DecodeError, Manifest, RunId, StatusRecord, StatusWriter};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -16,6 +17,7 @@ use rustix::io::Errno;
 const STATUS_TMP: &str = "nlxtp/status.tmp";
 const MANIFEST_TMP: &str = "nlxtp/manifest.tmp";
 const LIVE_TMP: &str = "nlxtp/live.tmp";
+const CUSTOM_TMP: &str = "nlxtp/custom.tmp";
 
 /// What is at `auto_exec.sh`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +196,40 @@ impl Area {
         Ok(fd)
     }
 
+    /// Creates the custom status file of run `run_id`: fixed size, holding the run's
+    /// empty text as sequence 1, appearing whole by rename. Status helpers write it from
+    /// then on, and refuse to once it names another run.
+    pub fn create_custom(&self, run_id: RunId) -> Result<(), Errno> {
+        self.ensure_protocol_dir()?;
+        let fd = fs::openat(
+            &self.dir,
+            CUSTOM_TMP,
+            OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o644),
+        )?;
+        let mut slot = [0u8; CUSTOM_SLOT_LEN];
+        let first = CustomWriter::new()
+            .encode(run_id, "", &mut slot)
+            .map_err(|_| Errno::INVAL)?;
+        let zeros = [0u8; CUSTOM_SLOT_LEN];
+        let (a, b) = if first == 0 {
+            (&slot, &zeros)
+        } else {
+            (&zeros, &slot)
+        };
+        crate::sys::write_all(fd.as_fd(), a)?;
+        crate::sys::write_all(fd.as_fd(), b)?;
+        fs::fsync(&fd)?;
+        fs::renameat(&self.dir, CUSTOM_TMP, &self.dir, layout::CUSTOM_FILE)
+    }
+
+    /// Reads the custom status file into `buf` (at least [`CUSTOM_FILE_LEN`] + 1 bytes);
+    /// returns how many bytes it has (0 if there is none).
+    pub fn read_custom_file(&self, buf: &mut [u8]) -> usize {
+        debug_assert!(buf.len() > CUSTOM_FILE_LEN);
+        read_file(self.dir(), layout::CUSTOM_FILE, buf).unwrap_or(0)
+    }
+
     /// Flushes everything written to the area's filesystem to its disk.
     pub fn sync(&self) -> Result<(), Errno> {
         fs::syncfs(&self.dir)
@@ -226,6 +262,20 @@ impl Area {
         )?;
         fs::fsync(&proto)
     }
+}
+
+/// A NUL-terminated path of at most [`crate::sys::PATH_MAX`] bytes.
+pub type PathBuf = heapless::Vec<u8, { crate::sys::PATH_MAX }>;
+
+/// `AREA/nlxtp/custom.bin` for the area at `area_path`, NUL-terminated; `None` if too long.
+pub fn custom_file_path(area_path: &CStr) -> Option<PathBuf> {
+    let mut path = PathBuf::new();
+    path.extend_from_slice(area_path.to_bytes()).ok()?;
+    path.push(b'/').ok()?;
+    path.extend_from_slice(layout::CUSTOM_FILE.as_bytes())
+        .ok()?;
+    path.push(0).ok()?;
+    Some(path)
 }
 
 /// The monitor's handle on the status file: writes whole slots in place and flushes

@@ -1,10 +1,8 @@
-//! The monitor's readers of the script's pipes: its captured output and its status
-//! requests. Both drain a non-blocking pipe whenever the monitor's poll wakes up, and
-//! close it once every writer has gone.
+//! The monitor's readers of the script's output pipes: each drains a non-blocking pipe
+//! whenever the monitor's poll wakes up, and closes it once every writer has gone.
 
 use nlxtp_core::live::Stream;
-use nlxtp_core::record::CUSTOM_STATUS_MAX;
-use nlxtp_core::{CustomStatus, OutputInfo};
+use nlxtp_core::OutputInfo;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
 
@@ -92,71 +90,6 @@ impl Capture {
             let _ = rustix::fs::fdatasync(&self.file);
             self.dirty = false;
         }
-    }
-}
-
-/// Reassembles `archive_setstatus` messages (`u32` length, little endian, then UTF-8).
-#[derive(Debug)]
-pub struct Requests {
-    pipe: Option<OwnedFd>,
-    pending: heapless::Vec<u8, { 2 * (CUSTOM_STATUS_MAX + 4) }>,
-}
-
-impl Requests {
-    /// Reads requests from `pipe`, the read end of the script's status request pipe.
-    pub fn new(pipe: OwnedFd) -> Requests {
-        Requests {
-            pipe: Some(pipe),
-            pending: heapless::Vec::new(),
-        }
-    }
-
-    /// The pipe, until every writer has gone.
-    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.pipe.as_ref().map(|fd| fd.as_fd())
-    }
-
-    /// Reads what is there into `custom`; true if a complete text arrived.
-    pub fn pump(&mut self, custom: &mut CustomStatus) -> bool {
-        let mut changed = false;
-        let mut pipe = self.pipe.take();
-        drain(&mut pipe, &mut [0u8; 4096], |data| {
-            if self.pending.extend_from_slice(data).is_err() {
-                // Garbage no helper writes: drop it and resynchronise.
-                self.pending.clear();
-            }
-            changed |= self.take(custom);
-        });
-        self.pipe = pipe;
-        changed
-    }
-
-    fn take(&mut self, custom: &mut CustomStatus) -> bool {
-        let mut changed = false;
-        while self.pending.len() >= 4 {
-            let len = u32::from_le_bytes([
-                self.pending[0],
-                self.pending[1],
-                self.pending[2],
-                self.pending[3],
-            ]) as usize;
-            if len > CUSTOM_STATUS_MAX {
-                self.pending.clear();
-                break;
-            }
-            if self.pending.len() < 4 + len {
-                break;
-            }
-            if let Ok(text) = core::str::from_utf8(&self.pending[4..4 + len]) {
-                custom.clear();
-                let _ = custom.push_str(text);
-                changed = true;
-            }
-            let rest = self.pending.len() - (4 + len);
-            self.pending.copy_within(4 + len.., 0);
-            self.pending.truncate(rest);
-        }
-        changed
     }
 }
 

@@ -12,11 +12,13 @@
 mod area;
 mod capture;
 mod clock;
+mod custom;
 mod daemon;
 mod disk;
 mod helper;
 mod live;
 mod monitor;
+mod shebang;
 mod spawn;
 mod sys;
 
@@ -31,7 +33,8 @@ nlxtp-guest: runs uploads in an nlxtp guest (no network: only a shared disk or d
 
 Usage:
   nlxtp-guest daemon [--dir DIR | --label LABEL | --device DEV] [options]
-      Find the shared area and run its auto_exec.sh once per upload.
+      Find the shared area and run its auto_exec.sh once per upload, with the
+      interpreter its #! line names (none: /bin/sh).
       --dir DIR          the shared area is this directory (container); keeps watching
       --label LABEL      the shared area is the FAT disk with this label (VM, default NLXTP),
                          mounted at --mount-point; handles one upload, then exits
@@ -43,8 +46,9 @@ Usage:
       --output-cap BYTES cap on each captured output stream (default 16 MiB)
       --boot-id HEX      boot identity to use instead of the kernel's
   nlxtp-guest status set TEXT... | -
-      Set the run's custom status (from inside auto_exec.sh). Also installed as
-      archive_setstatus and nlxtp-status. '-' reads the text from standard input.
+      Set the run's custom status (from inside auto_exec.sh, or a program it starts):
+      the words joined by spaces, or standard input for '-'; at most 64 KiB (65536
+      bytes). Also installed as archive_setstatus and nlxtp-status.
   nlxtp-guest status show [DIR]
       Print the status record of the shared area DIR (default /mnt/nlXTP).
 ";
@@ -74,35 +78,37 @@ extern "C" fn main(_argc: c_int, argv: *const *const c_char, envp: *const *const
     // SAFETY: the C runtime passes NULL-terminated argument and environment arrays that
     // live as long as the process.
     let (args, env) = unsafe { (CStrList::new(argv), CStrList::new(envp)) };
-    let mut list: heapless::Vec<&'static CStr, 256> = heapless::Vec::new();
-    for arg in args.iter() {
-        if list.push(arg).is_err() {
-            crate::log!("too many arguments");
-            return EXIT_USAGE;
-        }
-    }
-    let program = list
-        .first()
+    let program = args
+        .iter()
+        .next()
         .and_then(|p| p.to_str().ok())
         .unwrap_or("nlxtp-guest");
     let program = program.rsplit('/').next().unwrap_or(program);
-    let rest = list.get(1..).unwrap_or(&[]);
     match program {
-        "archive_setstatus" | "nlxtp-status" => helper::set(program, rest, env),
-        _ => dispatch(rest, env),
+        // Any number of arguments: `archive_setstatus $(cmd)` splits a long result into
+        // many words.
+        "archive_setstatus" | "nlxtp-status" => helper::set(program, args.iter().skip(1), env),
+        _ => dispatch(args, env),
     }
 }
 
-fn dispatch(args: &[&'static CStr], env: CStrList) -> c_int {
-    let words: heapless::Vec<&str, 4> = args
+fn dispatch(args: CStrList, env: CStrList) -> c_int {
+    let words: heapless::Vec<&str, 3> = args
         .iter()
+        .skip(1)
         .take(3)
         .filter_map(|a| a.to_str().ok())
         .collect();
+    if let ["status", "set", ..] = words.as_slice() {
+        return helper::set("nlxtp-guest status set", args.iter().skip(3), env);
+    }
+    let mut list: heapless::Vec<&'static CStr, 256> = heapless::Vec::new();
+    if args.iter().skip(1).any(|arg| list.push(arg).is_err()) {
+        return usage_error("too many arguments");
+    }
     match words.as_slice() {
-        ["daemon", ..] => daemon_command(&args[1..], env),
-        ["status", "set", ..] => helper::set("nlxtp-guest status set", &args[2..], env),
-        ["status", "show", ..] => show(args.get(2).copied().unwrap_or(c"/mnt/nlXTP")),
+        ["daemon", ..] => daemon_command(&list[1..], env),
+        ["status", "show", ..] => show(list.get(2).copied().unwrap_or(c"/mnt/nlXTP")),
         ["help" | "--help" | "-h", ..] | [] => {
             out!("{USAGE}");
             if words.is_empty() {
@@ -211,6 +217,10 @@ fn daemon_command(args: &[&'static CStr], env: CStrList) -> c_int {
             None => return 1,
         },
     };
+    // Scripts get the area's path (archive_dir, NLXTP_CUSTOM_FILE) and use it from any
+    // working directory: make it absolute.
+    let mut absolute = [0u8; sys::PATH_MAX];
+    let area_path = sys::absolute(area_path, &mut absolute).unwrap_or(area_path);
     let config = daemon::DaemonConfig {
         area_path,
         watch: options.watch.unwrap_or(options.dir.is_some()),
@@ -275,7 +285,11 @@ fn show(dir: &CStr) -> c_int {
                 rec.stderr.bytes,
                 if rec.stderr.truncated { " (truncated)" } else { "" },
             );
-            out!("custom {}\n", rec.custom.as_str());
+            // The whole text when the custom status file has it (a torn read: the start).
+            let mut buf = [0u8; nlxtp_core::custom::CUSTOM_FILE_LEN + 1];
+            let len = area.read_custom_file(&mut buf);
+            let custom = nlxtp_core::custom::custom_text(&rec, &buf[..len]);
+            out!("custom {}\n", custom.unwrap_or(rec.custom.as_str()));
             0
         }
         Err(e) => {

@@ -19,10 +19,12 @@ use rustix::process::{
 };
 
 use crate::area::{Area, StatusFile};
-use crate::capture::{Capture, Requests};
+use crate::capture::Capture;
 use crate::clock::{now_ms, timespec_ms, unix_secs};
+use crate::custom::{self, CustomWatch};
 use crate::live::LiveRing;
-use crate::spawn::{start_script, Started};
+use crate::shebang::Command;
+use crate::spawn::{start_script, StartError, Started};
 use crate::sys::{self, CStrList};
 
 /// How the monitor behaves; defaults come from the daemon, the manifest may override.
@@ -71,15 +73,38 @@ pub fn run(
     let files = match captures {
         (Ok(out), Ok(err)) => (out, err),
         (Err(e), _) | (_, Err(e)) => {
-            return finish_early(&mut status, &mut record, e, "cannot create output files")
+            let why = format_args!("cannot create output files (errno {})", e.raw_os_error());
+            return finish_early(&mut status, &mut record, e, why, None);
         }
     };
-    let started = match start_script(area.dir(), area_path, record.run_id, env) {
-        Ok(started) => started,
-        Err(e) => return finish_early(&mut status, &mut record, e, "cannot start auto_exec.sh"),
+    let command = match Command::read(area.dir()) {
+        Ok(command) => command,
+        Err(problem) => {
+            let errno = problem.errno();
+            let why = format_args!("{problem}");
+            return finish_early(&mut status, &mut record, errno, why, Some(&files.1));
+        }
     };
-    let mut run = Run::new(area, started, files, signals, status, record, &config);
-    let state = run.supervise();
+    if let Err(e) = area.create_custom(record.run_id) {
+        crate::log!("cannot create the custom status file ({e:?}); archive_setstatus will fail");
+    }
+    // Watched before the script starts: its first helper's write is not missed.
+    let custom = CustomWatch::new(record.run_id, area_path);
+    let started = match start_script(area.dir(), area_path, record.run_id, &command, env) {
+        Ok(started) => started,
+        Err(StartError::Exec(e)) => {
+            let why = format_args!("{}", command.exec_failure(e));
+            return finish_early(&mut status, &mut record, e, why, Some(&files.1));
+        }
+        Err(StartError::System(e)) => {
+            let why = format_args!("cannot start auto_exec.sh (errno {})", e.raw_os_error());
+            return finish_early(&mut status, &mut record, e, why, Some(&files.1));
+        }
+    };
+    let mut run = Run::new(
+        area, started, files, signals, status, record, custom, &config,
+    );
+    let state = run.supervise(area);
     run.finish(area, state);
     0
 }
@@ -101,6 +126,8 @@ struct Timers {
     want_write: bool,
     last_write: u64,
     last_live_flush: u64,
+    /// Without inotify: when the custom status file was last looked at.
+    last_custom_poll: Option<u64>,
 }
 
 impl Timers {
@@ -117,6 +144,7 @@ impl Timers {
             want_write: false,
             last_write: start,
             last_live_flush: start,
+            last_custom_poll: None,
         }
     }
 
@@ -171,6 +199,19 @@ impl Timers {
         due
     }
 
+    /// Without inotify, whether it is time to look at the custom status file; if so,
+    /// notes the look.
+    fn take_custom_poll(&mut self, now: u64, polled: bool) -> bool {
+        let due = polled
+            && self
+                .last_custom_poll
+                .is_none_or(|at| now >= at + custom::POLL_MS);
+        if due {
+            self.last_custom_poll = Some(now);
+        }
+        due
+    }
+
     fn live_flush_due(&self, now: u64) -> bool {
         now >= self.last_live_flush + LIVE_FLUSH_MS
     }
@@ -200,6 +241,9 @@ impl Timers {
         if live_unflushed {
             wake = wake.min(self.last_live_flush + LIVE_FLUSH_MS);
         }
+        if let Some(at) = self.last_custom_poll {
+            wake = wake.min(at + custom::POLL_MS);
+        }
         if let Some((_, at)) = self.exited {
             wake = wake.min(at + DRAIN_GRACE_MS);
         } else if !have_pidfd {
@@ -219,13 +263,14 @@ struct Run {
     record: StatusRecord,
     out: Capture,
     err: Capture,
-    reqs: Requests,
+    custom: CustomWatch,
     live: Option<LiveRing>,
     timers: Timers,
 }
 
 impl Run {
     /// Takes over the started script and writes the first "running" record.
+    #[allow(clippy::too_many_arguments)] // One caller; each is a separate part of the run.
     fn new(
         area: &Area,
         started: Started,
@@ -233,6 +278,7 @@ impl Run {
         signals: Option<OwnedFd>,
         status: StatusFile,
         mut record: StatusRecord,
+        custom: CustomWatch,
         config: &MonitorConfig,
     ) -> Run {
         let live = match area.create_live() {
@@ -250,7 +296,6 @@ impl Run {
         );
         let out = Capture::new(Stream::Stdout, started.stdout, out_file, config.output_cap);
         let err = Capture::new(Stream::Stderr, started.stderr, err_file, config.output_cap);
-        let reqs = Requests::new(started.requests);
         let pidfd = pidfd_open(pid, PidfdFlags::empty()).ok();
         let start = now_ms();
         record.state = RunState::Running;
@@ -264,7 +309,7 @@ impl Run {
             record,
             out,
             err,
-            reqs,
+            custom,
             live,
             timers: Timers::new(start, config),
         };
@@ -274,7 +319,7 @@ impl Run {
 
     /// The main loop, until the script has exited and its output is drained; returns
     /// how the run ended.
-    fn supervise(&mut self) -> RunState {
+    fn supervise(&mut self, area: &Area) -> RunState {
         let mut buf = [0u8; 16 * 1024];
         loop {
             let now = now_ms();
@@ -284,7 +329,7 @@ impl Run {
             if let Some(state) = self.timers.ended(now, self.output_open()) {
                 return state;
             }
-            self.keep_promises(now);
+            self.keep_promises(now, area);
             self.wait(now);
             self.take_input(&mut buf);
         }
@@ -304,10 +349,19 @@ impl Run {
         }
     }
 
-    /// The heartbeat, the live-output flush and the owed record, each when due.
-    fn keep_promises(&mut self, now: u64) {
-        if self.timers.take_heartbeat(now) {
+    /// The heartbeat, the custom status, the live-output flush and the owed record,
+    /// each when due.
+    fn keep_promises(&mut self, now: u64, area: &Area) {
+        let beat = self.timers.take_heartbeat(now);
+        if beat {
             self.record.heartbeat += 1;
+        }
+        let polled = self.timers.take_custom_poll(now, self.custom.polled());
+        // Also at each heartbeat: a missed event (a full inotify queue) costs one beat.
+        if (self.custom.due() || polled || beat)
+            && self.custom.refresh(area, &mut self.record.custom)
+        {
+            self.timers.want_write = true;
         }
         if self.live_unflushed() && self.timers.live_flush_due(now) {
             if let Some(live) = &mut self.live {
@@ -331,7 +385,7 @@ impl Run {
         let watched = [
             self.out.fd(),
             self.err.fd(),
-            self.reqs.fd(),
+            self.custom.fd(),
             borrow(self.signals.as_ref()),
             borrow(pidfd),
         ];
@@ -344,13 +398,11 @@ impl Run {
         }
     }
 
-    /// Reads the script's output, its status requests and a stop signal.
+    /// Reads the script's output, custom status events and a stop signal.
     fn take_input(&mut self, buf: &mut [u8]) {
         self.out.pump(buf, &mut self.live);
         self.err.pump(buf, &mut self.live);
-        if self.reqs.pump(&mut self.record.custom) {
-            self.timers.want_write = true;
-        }
+        self.custom.pump();
         if let Some(sigfd) = &self.signals {
             let mut info = [0u8; 128];
             if matches!(rustix::io::read(sigfd, &mut info), Ok(n) if n > 0)
@@ -370,6 +422,7 @@ impl Run {
         }
         // Results the script wrote into the shared area reach the disk before "done" does.
         let _ = area.sync();
+        self.custom.refresh(area, &mut self.record.custom);
         self.record.state = state;
         self.record.finished_unix = Some(unix_secs());
         self.write_record();
@@ -451,13 +504,25 @@ fn poll_in(watched: &[Option<BorrowedFd<'_>>], ms: u64) -> Result<[bool; WATCHED
     Ok(ready)
 }
 
+/// Records a run that could not start, with `errno` in the record and `why` in the
+/// daemon's log and, when there is one, in the captured standard error the host reads.
 fn finish_early(
     status: &mut StatusFile,
     record: &mut StatusRecord,
     errno: Errno,
-    what: &str,
+    why: core::fmt::Arguments<'_>,
+    stderr: Option<&OwnedFd>,
 ) -> i32 {
-    crate::log!("{what}: {errno:?}");
+    crate::log!("run {}: {why}", record.run_id);
+    if let Some(file) = stderr {
+        use core::fmt::Write as _;
+        let mut line = sys::Line::new();
+        let _ = writeln!(line, "nlxtp-guest: {why}");
+        if sys::write_all(file.as_fd(), line.0.as_bytes()).is_ok() {
+            record.stderr.bytes = line.0.len() as u64;
+            let _ = rustix::fs::fdatasync(file);
+        }
+    }
     record.state = RunState::StartFailed(errno.raw_os_error());
     record.finished_unix = Some(unix_secs());
     record.updated_unix = unix_secs();

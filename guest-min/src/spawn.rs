@@ -9,14 +9,8 @@ use rustix::io::Errno;
 use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::process::Pid;
 
+use crate::shebang::Command;
 use crate::sys::{self, CStrList};
-
-/// The descriptor number the script (and its `archive_setstatus`) finds the status
-/// request pipe at; also given in `NLXTP_STATUS_FD`.
-pub const STATUS_FD: i32 = 3;
-
-/// Environment variable naming [`STATUS_FD`].
-pub const STATUS_FD_VAR: &str = "NLXTP_STATUS_FD";
 
 /// Protocol version a script sees in `archive_version`.
 const ARCHIVE_VERSION: &str = "1";
@@ -76,37 +70,52 @@ pub struct Started {
     pub stdout: OwnedFd,
     /// Read end of the script's standard error.
     pub stderr: OwnedFd,
-    /// Read end of the status request pipe.
-    pub requests: OwnedFd,
 }
 
-/// Runs `/bin/sh auto_exec.sh` in the shared area, in a new process group, with
-/// standard input empty, standard output and error into pipes, and the status request
-/// pipe at [`STATUS_FD`].
-///
-/// Returns the errno of a failed `exec` (or fork) as `Err`.
+/// Why the script did not start.
+#[derive(Debug, Clone, Copy)]
+pub enum StartError {
+    /// The interpreter could not be executed (`execve`'s errno).
+    Exec(Errno),
+    /// The monitor could not set the process up (pipes, fork, descriptors).
+    System(Errno),
+}
+
+/// Runs `command` (the script's interpreter, see [`crate::shebang`]) in the shared area,
+/// in a new process group, with standard input empty and standard output and error
+/// into pipes.
 pub fn start_script(
     area_dir: rustix::fd::BorrowedFd<'_>,
     area_path: &CStr,
     run_id: RunId,
+    command: &Command,
     inherited: CStrList,
-) -> Result<Started, Errno> {
+) -> Result<Started, StartError> {
     let envb = script_env(area_path, run_id, inherited);
     let envp = envb.pointers();
-    let argv: [*const c_char; 3] = [c"sh".as_ptr(), c"auto_exec.sh".as_ptr(), core::ptr::null()];
+    let argv = command.argv();
+    fork_exec(area_dir, command.interpreter(), &argv, &envp)
+}
+
+fn fork_exec(
+    area_dir: rustix::fd::BorrowedFd<'_>,
+    path: &CStr,
+    argv: &[*const c_char],
+    envp: &[*const c_char],
+) -> Result<Started, StartError> {
     debug_assert_eq!(
         layout::START_SCRIPT,
         "auto_exec.sh",
-        "argv spells the start script's name"
+        "shebang::SCRIPT spells the start script's name"
     );
 
-    let (stdin_r, stdin_w) = pipe_with(PipeFlags::CLOEXEC)?;
-    let (out_r, out_w) = pipe_with(PipeFlags::CLOEXEC)?;
-    let (err_r, err_w) = pipe_with(PipeFlags::CLOEXEC)?;
-    let (req_r, req_w) = pipe_with(PipeFlags::CLOEXEC)?;
-    let (exec_r, exec_w) = pipe_with(PipeFlags::CLOEXEC)?;
+    let pipe = || pipe_with(PipeFlags::CLOEXEC).map_err(StartError::System);
+    let (stdin_r, stdin_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (exec_r, exec_w) = pipe()?;
 
-    match sys::fork()? {
+    match sys::fork().map_err(StartError::System)? {
         None => {
             // The child: only raw system calls from here to exec.
             sys::reset_signals_for_exec();
@@ -116,30 +125,39 @@ pub fn start_script(
                 rustix::stdio::dup2_stdin(&stdin_r)?;
                 rustix::stdio::dup2_stdout(&out_w)?;
                 rustix::stdio::dup2_stderr(&err_w)?;
-                sys::dup_to(req_w.as_fd(), STATUS_FD)?;
-                Ok(sys::execve(c"/bin/sh", &argv, &envp))
-            })()
-            .unwrap_or_else(|e| e);
-            let _ = rustix::io::write(&exec_w, &failed.raw_os_error().to_le_bytes());
+                Ok(sys::execve(path, argv, envp))
+            })();
+            let (stage, errno) = match failed {
+                Ok(errno) => (1u8, errno),
+                Err(errno) => (0u8, errno),
+            };
+            let mut report = [stage, 0, 0, 0, 0];
+            report[1..].copy_from_slice(&errno.raw_os_error().to_le_bytes());
+            let _ = rustix::io::write(&exec_w, &report);
             sys::exit_now(127);
         }
         Some(pid) => {
-            drop((stdin_r, stdin_w, out_w, err_w, req_w, exec_w));
-            // EOF means exec succeeded (the CLOEXEC write end closed); 4 bytes are its errno.
-            let mut errno = [0u8; 4];
-            let n = crate::area::read_fd(exec_r.as_fd(), &mut errno).unwrap_or(0);
-            if n == 4 {
+            drop((stdin_r, stdin_w, out_w, err_w, exec_w));
+            // EOF means exec succeeded (the CLOEXEC write end closed); 5 bytes are the
+            // failed step (1: execve itself) and its errno.
+            let mut report = [0u8; 5];
+            let n = crate::area::read_fd(exec_r.as_fd(), &mut report).unwrap_or(0);
+            if n == 5 {
                 let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-                return Err(Errno::from_raw_os_error(i32::from_le_bytes(errno)));
+                let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
+                let errno = Errno::from_raw_os_error(errno);
+                return Err(match report[0] {
+                    1 => StartError::Exec(errno),
+                    _ => StartError::System(errno),
+                });
             }
-            for fd in [&out_r, &err_r, &req_r] {
+            for fd in [&out_r, &err_r] {
                 let _ = rustix::io::ioctl_fionbio(fd, true);
             }
             Ok(Started {
                 pid,
                 stdout: out_r,
                 stderr: err_r,
-                requests: req_r,
             })
         }
     }
@@ -150,8 +168,7 @@ pub fn start_script(
 fn script_env(area_path: &CStr, run_id: RunId, inherited: CStrList) -> EnvBlock {
     let mut run_hex = heapless::String::<32>::new();
     let _ = core::fmt::write(&mut run_hex, format_args!("{run_id}"));
-    let mut fd_text = heapless::String::<4>::new();
-    let _ = core::fmt::write(&mut fd_text, format_args!("{STATUS_FD}"));
+    let custom = crate::area::custom_file_path(area_path).unwrap_or_default();
     let area = area_path.to_bytes();
 
     let ours: [(&str, &[u8]); 5] = [
@@ -159,7 +176,7 @@ fn script_env(area_path: &CStr, run_id: RunId, inherited: CStrList) -> EnvBlock 
         (env::NLXTP_DIR, area),
         (env::ARCHIVE_VERSION, ARCHIVE_VERSION.as_bytes()),
         (env::RUN_ID, run_hex.as_bytes()),
-        (STATUS_FD_VAR, fd_text.as_bytes()),
+        (env::CUSTOM_FILE, custom.strip_suffix(&[0]).unwrap_or(&[])),
     ];
     let mut envb = EnvBlock::new();
     for (name, value) in ours {

@@ -24,7 +24,7 @@ impl CStrList {
     }
 
     /// The strings, in order.
-    pub fn iter(self) -> impl Iterator<Item = &'static CStr> {
+    pub fn iter(self) -> impl Iterator<Item = &'static CStr> + Clone {
         let mut at = 0usize;
         core::iter::from_fn(move || {
             if self.0.is_null() {
@@ -78,12 +78,29 @@ pub fn stderr() -> BorrowedFd<'static> {
     unsafe { BorrowedFd::borrow_raw(2) }
 }
 
-/// A file descriptor number inherited through the environment (the status helper's pipe).
-pub fn inherited_fd(raw: c_int) -> BorrowedFd<'static> {
-    // SAFETY: the monitor passes this fd to the script and it stays open in the helper
-    // process until it exits; a wrong number only makes writes fail.
-    unsafe { BorrowedFd::borrow_raw(raw) }
+/// `path` made absolute (against the working directory) in `buf`; `path` itself if it
+/// is absolute already, `None` if the result does not fit.
+pub fn absolute<'a>(path: &'a CStr, buf: &'a mut [u8; PATH_MAX]) -> Option<&'a CStr> {
+    if path.to_bytes().first() == Some(&b'/') {
+        return Some(path);
+    }
+    // SAFETY: `buf` has the PATH_MAX bytes getcwd may write, NUL included.
+    if unsafe { libc::getcwd(buf.as_mut_ptr().cast(), buf.len()) }.is_null() {
+        return None;
+    }
+    let cwd = CStr::from_bytes_until_nul(buf).ok()?.to_bytes().len();
+    let rel = path.to_bytes_with_nul();
+    let end = cwd + 1 + rel.len();
+    if end > buf.len() {
+        return None;
+    }
+    buf[cwd] = b'/';
+    buf[cwd + 1..end].copy_from_slice(rel);
+    CStr::from_bytes_with_nul(&buf[..end]).ok()
 }
+
+/// The longest path the kernel takes, with its NUL.
+pub const PATH_MAX: usize = 4096;
 
 /// Writes everything, retrying short writes and EINTR.
 pub fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> Result<(), Errno> {
@@ -132,14 +149,44 @@ macro_rules! log {
     }};
 }
 
-/// Prints to standard output (no prefix).
+/// Standard output through a small buffer that is written out whenever it fills: unlike
+/// a log [`Line`], output of any length is printed whole (the usage text, a long custom
+/// status).
+pub struct Out(heapless::Vec<u8, 1024>);
+
+impl Out {
+    /// An empty buffer.
+    pub const fn new() -> Self {
+        Out(heapless::Vec::new())
+    }
+
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) {
+        let _ = write_all(stdout(), &self.0);
+        self.0.clear();
+    }
+}
+
+impl fmt::Write for Out {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.0.len() + s.len() > self.0.capacity() {
+            self.flush();
+        }
+        if self.0.extend_from_slice(s.as_bytes()).is_err() {
+            let _ = write_all(stdout(), s.as_bytes());
+        }
+        Ok(())
+    }
+}
+
+/// Prints to standard output (no prefix), whole.
 #[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
-        let mut line = $crate::sys::Line::new();
-        let _ = write!(line, $($arg)*);
-        let _ = $crate::sys::write_all($crate::sys::stdout(), line.0.as_bytes());
+        let mut out = $crate::sys::Out::new();
+        let _ = write!(out, $($arg)*);
+        out.flush();
     }};
 }
 
@@ -227,19 +274,4 @@ pub fn reset_signals_for_exec() {
 pub fn ignore_sigpipe() {
     // SAFETY: setting a disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-}
-
-/// Duplicates `fd` onto descriptor number `target`, without close-on-exec.
-pub fn dup_to(fd: BorrowedFd<'_>, target: c_int) -> Result<(), Errno> {
-    use rustix::fd::AsRawFd;
-    if fd.as_raw_fd() == target {
-        // dup2 onto itself keeps the flags; clear close-on-exec by hand.
-        return rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty());
-    }
-    // SAFETY: both are plain descriptor numbers; dup2 closes `target` if open, which the
-    // forked child is entitled to do with its own descriptor table.
-    if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
-        return Err(Errno::from_raw_os_error(errno()));
-    }
-    Ok(())
 }

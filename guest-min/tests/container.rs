@@ -7,8 +7,11 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use harness::{kill, manifest, wait_for, Area};
+use nlxtp_core::custom::{
+    read_custom, status_prefix, CustomText, CUSTOM_SLOT_LEN, CUSTOM_TEXT_MAX,
+};
 use nlxtp_core::layout;
-use nlxtp_core::{AbortReason, Liveness, LivenessPolicy, Manifest, RunState, Verdict};
+use nlxtp_core::{AbortReason, DecodeError, Liveness, LivenessPolicy, Manifest, RunState, Verdict};
 
 #[test]
 fn exit_code_output_and_environment() {
@@ -239,6 +242,8 @@ fn a_script_that_is_a_directory_or_a_symlink_is_recorded_not_run() {
 }
 
 mod libc_errno {
+    pub const ENOENT: i32 = 2;
+    pub const ENOEXEC: i32 = 8;
     pub const EISDIR: i32 = 21;
     pub const ELOOP: i32 = 40;
     pub const EBADMSG: i32 = 74;
@@ -282,26 +287,245 @@ fn a_script_that_closes_its_output_early() {
 #[test]
 fn status_helper_errors_are_clear() {
     let mut area = Area::new();
-    let long = "x".repeat(nlxtp_core::record::CUSTOM_STATUS_MAX + 1);
+    let long = "x".repeat(CUSTOM_TEXT_MAX + 1);
     area.upload_script(&format!(
-        "archive_setstatus {long}; echo \"long=$?\"\nprintf 'bad \\377 byte' | archive_setstatus -; echo \"bad=$?\"\n"
+        "archive_setstatus before; echo \"before=$?\"\narchive_setstatus {long}; echo \"long=$?\"\n"
     ));
     area.daemon_once(&[]);
     let rec = area.wait_done(5);
-    assert_eq!(area.read(layout::STDOUT_FILE), "long=2\nbad=0\n");
-    assert!(area
-        .read(layout::STDERR_FILE)
-        .contains("longer than 3584 bytes"));
-    assert!(area.read(layout::STDERR_FILE).contains("not valid UTF-8"));
-    assert_eq!(rec.custom.as_str(), "bad \u{FFFD} byte");
+    assert_eq!(area.read(layout::STDOUT_FILE), "before=0\nlong=2\n");
+    assert_eq!(
+        area.read(layout::STDERR_FILE),
+        "nlxtp-guest: archive_setstatus: the status text is longer than 65536 bytes (64 KiB); \
+         the custom status was not changed. Shorten it, or write the details to a file in the \
+         shared directory\n"
+    );
+    // The previous text stays, in the record and in the custom status file.
+    assert_eq!(rec.custom.as_str(), "before");
+    assert_eq!(
+        custom_file_text(&area),
+        Some((rec.run_id, "before".to_owned()))
+    );
+
+    // A helper of a run that is over (a straggler of an earlier upload) is refused; one
+    // of this run may still write.
+    let helper = |run: String| {
+        std::process::Command::new(area.bin.join("archive_setstatus"))
+            .arg("late")
+            .env("NLXTP_CUSTOM_FILE", area.path(layout::CUSTOM_FILE))
+            .env("NLXTP_RUN_ID", run)
+            .output()
+            .unwrap()
+    };
+    let out = helper("00000000000000000000000000000001".into());
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("belongs to run") && said.contains("the status was not changed"),
+        "{said}"
+    );
+    assert_eq!(helper(rec.run_id.to_string()).status.code(), Some(0));
+    assert_eq!(
+        custom_file_text(&area),
+        Some((rec.run_id, "late".to_owned()))
+    );
+
     // Outside a monitor the helper says so.
     let out = std::process::Command::new(area.bin.join("archive_setstatus"))
         .arg("hi")
-        .env_remove("NLXTP_STATUS_FD")
+        .env_remove("NLXTP_CUSTOM_FILE")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running under the nlxtp monitor"));
+}
+
+#[test]
+fn invalid_utf8_is_replaced_and_many_words_are_joined() {
+    let (rec, out, err) = run_once(
+        "printf 'bad \\377 byte' | archive_setstatus -; echo \"bad=$?\"\n\
+         archive_setstatus $(seq 1 3000); echo \"words=$?\"\n",
+    );
+    assert_eq!(out, "bad=0\nwords=0\n");
+    assert!(err.contains("not valid UTF-8"), "{err}");
+    let words: Vec<String> = (1..=3000).map(|n| n.to_string()).collect();
+    let words = words.join(" ");
+    assert_eq!(rec.custom.as_str(), status_prefix(&words));
+}
+
+#[test]
+fn the_full_64_kib_is_kept_and_its_start_is_in_the_record() {
+    let mut area = Area::new();
+    // Exactly 64 KiB: 'x', 32767 two-byte characters, 'y' (so the record's 3584 bytes
+    // end inside a character); then 64 KiB + 1 byte, refused.
+    area.upload_script(
+        "{ printf x; yes \u{e9} | tr -d '\\n' | head -c 65534; printf y; } | archive_setstatus -; echo \"max=$?\"\n\
+         head -c 65537 /dev/zero | tr '\\0' x | archive_setstatus -; echo \"over=$?\"\n",
+    );
+    area.daemon_once(&[]);
+    let rec = area.wait_done(10);
+    assert_eq!(area.read(layout::STDOUT_FILE), "max=0\nover=2\n");
+    let (run, text) = custom_file_text(&area).unwrap();
+    assert_eq!((run, text.len()), (rec.run_id, CUSTOM_TEXT_MAX));
+    assert!(text.starts_with("x\u{e9}\u{e9}") && text.ends_with("\u{e9}y"));
+    assert_eq!(rec.custom.as_str(), status_prefix(&text));
+    assert_eq!(rec.custom.len(), nlxtp_core::record::CUSTOM_STATUS_MAX - 1);
+}
+
+/// The newest text in the area's custom status file, and its run.
+fn custom_file_text(area: &Area) -> Option<(nlxtp_core::RunId, String)> {
+    let bytes = fs::read(area.path(layout::CUSTOM_FILE)).ok()?;
+    let text = read_custom(&bytes).ok()?;
+    Some((text.run_id, text.text.to_owned()))
+}
+
+/// Text number `n` of the concurrency tests: `n` and a newline, over and over, 60 KB.
+fn numbered_text(n: u32) -> String {
+    let mut text = format!("{n}\n").repeat(60_000);
+    text.truncate(60_000);
+    text
+}
+
+/// Checks a text a reader decoded: one of the numbered texts, whole. Returns its number.
+fn check_numbered(text: &str) -> u32 {
+    let n: u32 = text
+        .split('\n')
+        .next()
+        .and_then(|first| first.parse().ok())
+        .unwrap_or_else(|| panic!("not a numbered text: {:?}", &text[..text.len().min(40)]));
+    assert!(text == numbered_text(n), "text {n} is mixed with another");
+    n
+}
+
+/// Reads the area's status and custom status files as a host does, over and over, until
+/// `stop`; checks every text it decodes and the order in which they come. Returns the
+/// counts of whole texts and of torn slots and files it met.
+fn read_continuously(
+    dir: std::path::PathBuf,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (usize, usize) {
+    use std::sync::atomic::Ordering;
+    let (mut whole, mut torn) = (0, 0);
+    let mut newest = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(bytes) = fs::read(dir.join(layout::CUSTOM_FILE)) else {
+            continue;
+        };
+        // A slot caught mid-write: the file reader then takes the other one.
+        torn += bytes
+            .chunks(CUSTOM_SLOT_LEN)
+            .filter(|slot| CustomText::decode(slot) == Err(DecodeError::Torn))
+            .count();
+        match read_custom(&bytes) {
+            Ok(text) if text.text.is_empty() => {}
+            Ok(text) => {
+                check_numbered(text.text);
+                assert!(
+                    text.sequence >= newest,
+                    "went back from {newest} to {}",
+                    text.sequence
+                );
+                newest = text.sequence;
+                whole += 1;
+            }
+            Err(DecodeError::Torn | DecodeError::NotThereYet) => torn += 1,
+            Err(e) => panic!("custom.bin: {e}"),
+        }
+    }
+    (whole, torn)
+}
+
+#[test]
+fn a_60_kb_status_set_100_times_is_never_read_mixed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut area = Area::new();
+    area.upload_script(
+        "for i in $(seq 1 100); do yes $i | head -c 60000 | archive_setstatus - || exit 9; done\n",
+    );
+    let stop = AtomicBool::new(false);
+    let (whole, torn) = std::thread::scope(|scope| {
+        let dir = area.dir();
+        let reader = scope.spawn(|| read_continuously(dir, &stop));
+        area.daemon_once(&[]);
+        let rec = area.wait_done(60);
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(
+            rec.state,
+            RunState::Exited(0),
+            "{}",
+            area.read(layout::STDERR_FILE)
+        );
+        // The last text, whole in the file and its start in the final record.
+        let (_, text) = custom_file_text(&area).unwrap();
+        assert_eq!(check_numbered(&text), 100);
+        assert_eq!(rec.custom.as_str(), status_prefix(&text));
+        reader.join().unwrap()
+    });
+    assert!(whole > 0, "the reader saw texts ({torn} torn reads)");
+    eprintln!("{whole} whole texts read; {torn} torn slots or files met");
+}
+
+#[test]
+fn concurrent_helpers_take_turns() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut area = Area::new();
+    area.upload_script(
+        "for i in $(seq 1 20); do (yes $i | head -c 60000 | archive_setstatus - || echo \"failed $i\") & done\nwait\n",
+    );
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let dir = area.dir();
+        let reader = scope.spawn(|| read_continuously(dir, &stop));
+        area.daemon_once(&[]);
+        let rec = area.wait_done(60);
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(area.read(layout::STDOUT_FILE), "", "every helper succeeded");
+        let bytes = fs::read(area.path(layout::CUSTOM_FILE)).unwrap();
+        let newest = read_custom(&bytes).unwrap();
+        check_numbered(newest.text);
+        assert_eq!(
+            newest.sequence, 21,
+            "20 texts after the run's empty one: none lost"
+        );
+        assert_eq!(rec.custom.as_str(), status_prefix(newest.text));
+        reader.join().unwrap();
+    });
+}
+
+#[test]
+fn a_python_script_sets_a_long_status_through_the_helper() {
+    let mut area = Area::new();
+    // subprocess closes inherited descriptors by default: the helper needs none.
+    area.upload_script(
+        "#!/usr/bin/env python3\n\
+         import os, subprocess, time\n\
+         text = ''.join('http://deb.example/pool/p%04d.deb p%04d.deb 1234 MD5Sum:abc\\n' % (i, i) for i in range(160))\n\
+         subprocess.run(['archive_setstatus', text], check=True)\n\
+         open(os.path.join(os.environ['archive_dir'], '..', 'set'), 'w').close()\n\
+         time.sleep(3)\n",
+    );
+    let expected: String = (0..160)
+        .map(|i| format!("http://deb.example/pool/p{i:04}.deb p{i:04}.deb 1234 MD5Sum:abc\n"))
+        .collect();
+    assert!(expected.len() > 9_000);
+    let _daemon = area.daemon(&[]);
+    let flag = area.root.path().join("set");
+    wait_for(10, || flag.exists().then_some(()));
+    // The helper has returned: the whole text is in the file now, its start in the
+    // record within a second.
+    let (_, text) = custom_file_text(&area).unwrap();
+    assert_eq!(text, expected);
+    let set_at = Instant::now();
+    let rec = area.wait_status(1, |r| !r.custom.is_empty());
+    assert_eq!(rec.custom.as_str(), status_prefix(&expected));
+    assert!(set_at.elapsed() < Duration::from_secs(1));
+    let rec = area.wait_done(10);
+    assert_eq!(
+        rec.state,
+        RunState::Exited(0),
+        "{}",
+        area.read(layout::STDERR_FILE)
+    );
 }
 
 #[test]
@@ -402,4 +626,160 @@ fn a_full_shared_area_cuts_the_output_and_keeps_the_final_record() {
     );
     assert!(on_disk < 300_000);
     assert!(String::from_utf8_lossy(&out.stderr).contains("output capture stopped"));
+}
+
+#[test]
+fn help_is_printed_whole() {
+    let out = std::process::Command::new(harness::GUEST)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.len() > 1024, "longer than the old fixed buffer");
+    for part in [
+        "nlxtp-guest daemon",
+        "--boot-id HEX",
+        "nlxtp-guest status set TEXT... | -",
+        "archive_setstatus and nlxtp-status",
+        "nlxtp-guest status show [DIR]",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from:\n{text}");
+    }
+    assert!(
+        text.ends_with("(default /mnt/nlXTP).\n"),
+        "cut off:\n{text}"
+    );
+}
+
+/// Runs `script` once to its end; the final record, standard output and standard error.
+fn run_once(script: &str) -> (nlxtp_core::StatusRecord, String, String) {
+    let mut area = Area::new();
+    area.upload_script(script);
+    let out = area.daemon_once(&[]);
+    let rec = area.wait_done(10);
+    let daemon_log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = area.read(layout::STDOUT_FILE);
+    let stderr = area.read(layout::STDERR_FILE);
+    assert!(out.status.success(), "daemon: {daemon_log}");
+    (rec, stdout, stderr)
+}
+
+#[test]
+fn a_bash_script_runs_under_bash() {
+    let (rec, out, err) = run_once(
+        r#"#!/bin/bash
+set -o pipefail
+trap 'echo "trapped at $LINENO" >&2' ERR
+arr=(one two three)
+echo "len=${#arr[@]} second=${arr[1]}"
+n=0; for i in {1..100}; do n=$((n+i)); done; echo "sum=$n"
+if [[ "abc" == a* && -n "$BASH_VERSION" ]]; then echo "double-brackets"; fi
+false | true; echo "pipefail=$?"
+archive_setstatus "bash ${BASH_VERSINFO[0]}" || echo "helper failed"
+readlink /proc/$$/exe
+"#,
+    );
+    assert_eq!(rec.state, RunState::Exited(0), "stderr: {err}");
+    let bash = fs::canonicalize("/bin/bash").unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "len=3 second=two\nsum=5050\ndouble-brackets\npipefail=1\n{}\n",
+            bash.display()
+        )
+    );
+    assert_eq!(
+        err, "trapped at 8\n",
+        "the ERR trap fired for the failed pipeline"
+    );
+    assert!(rec.custom.starts_with("bash "), "{:?}", rec.custom);
+}
+
+#[test]
+fn one_argument_from_the_line_and_blanks_around_it() {
+    // As the kernel: blanks after #! and around the argument are dropped.
+    let (rec, out, _) = run_once("#! /bin/sh -e \t\necho one\nfalse\necho two\n");
+    assert_eq!(rec.state, RunState::Exited(1));
+    assert_eq!(out, "one\n");
+    // Blanks inside the argument are kept: it is one argument, then the script's name.
+    let (rec, out, _) = run_once("#!/bin/echo  one  two \nignored\n");
+    assert_eq!(rec.state, RunState::Exited(0));
+    assert_eq!(out, "one  two auto_exec.sh\n");
+}
+
+#[test]
+fn a_script_without_a_line_runs_under_bin_sh() {
+    let (rec, out, _) = run_once("readlink /proc/$$/exe\necho \"$0\"\n");
+    assert_eq!(rec.state, RunState::Exited(0));
+    let sh = fs::canonicalize("/bin/sh").unwrap();
+    assert_eq!(out, format!("{}\nauto_exec.sh\n", sh.display()));
+    // `#!` with nothing after it: the same.
+    let (rec, out, _) = run_once("#!\nreadlink /proc/$$/exe\n");
+    assert_eq!(rec.state, RunState::Exited(0));
+    assert_eq!(out, format!("{}\n", sh.display()));
+}
+
+#[test]
+fn a_python_script_runs_under_python() {
+    let (rec, out, err) = run_once(
+        "#!/usr/bin/env python3\nimport sys\nprint('python', sys.version_info[0], sys.argv[0])\nsys.exit(7)\n",
+    );
+    assert_eq!(rec.state, RunState::Exited(7), "stderr: {err}");
+    assert_eq!(out, "python 3 auto_exec.sh\n");
+}
+
+#[test]
+fn a_missing_interpreter_is_a_recorded_failure() {
+    let (rec, out, err) = run_once("#!/nonexistent/sh\necho ran\n");
+    assert_eq!(rec.state, RunState::StartFailed(libc_errno::ENOENT));
+    assert_eq!(out, "", "not run by another shell");
+    assert_eq!(
+        err,
+        "nlxtp-guest: the interpreter /nonexistent/sh named by the #! line of auto_exec.sh \
+         does not exist in this guest (install it, or change the #! line) (errno 2); the \
+         script did not run\n"
+    );
+    assert_eq!(rec.stderr.bytes, err.len() as u64);
+}
+
+#[test]
+fn windows_line_endings_in_the_line_are_refused_with_the_fix() {
+    let (rec, out, err) = run_once("#!/bin/sh\r\necho ran\r\n");
+    assert_eq!(rec.state, RunState::StartFailed(libc_errno::ENOENT));
+    assert_eq!(out, "");
+    assert!(err.contains("Windows line endings (CR LF)"), "{err}");
+    assert!(err.contains("dos2unix auto_exec.sh"), "{err}");
+}
+
+#[test]
+fn an_overlong_line_is_refused() {
+    let (rec, _, err) = run_once(&format!("#!/bin/sh {}\necho ran\n", "x".repeat(300)));
+    assert_eq!(rec.state, RunState::StartFailed(libc_errno::ENOEXEC));
+    assert!(err.contains("longer than 255 bytes"), "{err}");
+}
+
+#[test]
+fn a_relative_area_path_reaches_the_script_absolute() {
+    let mut area = Area::new();
+    area.upload_script("cd /\necho \"$archive_dir\"\narchive_setstatus set from /\n");
+    let out = std::process::Command::new(harness::GUEST)
+        .current_dir(area.root.path())
+        .args(["daemon", "--dir", "area", "--once"])
+        .env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", area.bin.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rec = area.wait_done(5);
+    assert_eq!(rec.state, RunState::Exited(0));
+    assert_eq!(
+        area.read(layout::STDOUT_FILE),
+        format!("{}\n", area.dir().display())
+    );
+    assert_eq!(rec.custom.as_str(), "set from /");
 }

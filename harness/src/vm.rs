@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nlxtp_host::area::vfat::{create_image, VfatImage};
+use nlxtp_host::area::vfat::{create_disk, DiskOptions, VfatImage};
 
 use crate::kernel::Kernel;
 use crate::qemu::{Vm, VmConfig};
@@ -41,11 +41,23 @@ impl GuestSetup {
     /// # Errors
     /// As [`GuestSetup::new`].
     pub fn with_fat(disk_mib: u64, fat_bits: Option<u8>) -> Result<GuestSetup> {
+        Self::with_disk(&DiskOptions {
+            size: disk_mib << 20,
+            fat_bits,
+            ..DiskOptions::default()
+        })
+    }
+
+    /// As [`GuestSetup::new`], with the shared disk made as `options` say (a partition
+    /// table, say).
+    ///
+    /// # Errors
+    /// As [`GuestSetup::new`].
+    pub fn with_disk(options: &DiskOptions) -> Result<GuestSetup> {
         let dir = tempfile::Builder::new().prefix("nlxtp-vm-").tempdir()?;
         let (kernel, initramfs) = crate::initramfs::guest_initramfs(dir.path())?;
         let disk = dir.path().join("shared.img");
-        create_image(&disk, disk_mib << 20, fat_bits, None)
-            .context("could not create the shared disk")?;
+        create_disk(&disk, options).context("could not create the shared disk")?;
         Ok(GuestSetup {
             dir,
             kernel,

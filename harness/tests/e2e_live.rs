@@ -36,6 +36,7 @@ fn follow(area: &dyn SharedArea) -> (Vec<u8>, Vec<(String, Instant)>, Instant) {
                 arrivals.push((partial[..end].to_string(), Instant::now()));
                 partial.drain(..=end);
             }
+            Ok(())
         },
         &mut || panic!("a line every 0.5 s never outruns the ring"),
     )

@@ -41,6 +41,7 @@ struct Case {
     image: Outcome,
     dir: Outcome,
     files_only: bool,
+    run_again: bool,
     limits: ArchiveLimits,
 }
 
@@ -51,6 +52,7 @@ fn case(name: impl Into<String>, archive: Vec<u8>, both: Outcome) -> Case {
         image: both.clone(),
         dir: both,
         files_only: false,
+        run_again: false,
         limits: ArchiveLimits::default(),
     }
 }
@@ -502,7 +504,8 @@ fn structure() -> Vec<Case> {
         ),
     ];
     // Protocol files a re-uploaded download brings, or an archive forges (in any case:
-    // vFAT finds NLXTP/STATUS.BIN as nlxtp/status.bin): left out, never taken over.
+    // vFAT finds NLXTP/STATUS.BIN as nlxtp/status.bin): left out, never taken over. An
+    // earlier run's status means the archive already ran: refused unless run again.
     let forged = forged_status();
     for name in layout::RUN_FILES {
         let (dir, file) = name.split_once('/').unwrap();
@@ -511,12 +514,37 @@ fn structure() -> Vec<Case> {
             format!("{dir}/{}", file.to_uppercase()),
             name.to_uppercase(),
         ] {
-            cases.push(case(
-                format!("archive brings {name}"),
-                with_script(Tar::new().file(&name, &forged)),
-                accepted(&[("auto_exec.sh", SCRIPT)]),
-            ));
+            let archive = with_script(Tar::new().file(&name, &forged));
+            let title = format!("archive brings {name}");
+            if name.eq_ignore_ascii_case(layout::STATUS_FILE) {
+                cases.push(case(&title, archive.clone(), Refused("--run-again")));
+                let mut again = case(
+                    format!("{title}, run again"),
+                    archive,
+                    accepted(&[("auto_exec.sh", SCRIPT)]),
+                );
+                again.run_again = true;
+                cases.push(again);
+            } else {
+                cases.push(case(title, archive, accepted(&[("auto_exec.sh", SCRIPT)])));
+            }
         }
+    }
+    // The original implementation's status: refused, or left out when run again.
+    for name in ["exec_status/done", "EXEC_STATUS/out"] {
+        let archive = with_script(Tar::new().file(name, b"x"));
+        cases.push(case(
+            format!("archive brings {name}"),
+            archive.clone(),
+            Refused("--run-again"),
+        ));
+        let mut again = case(
+            format!("archive brings {name}, run again"),
+            archive,
+            accepted(&[("auto_exec.sh", SCRIPT)]),
+        );
+        again.run_again = true;
+        cases.push(again);
     }
     cases.push(case(
         "archive brings nlxtp/Manifest.bin",
@@ -715,6 +743,7 @@ fn options(case: &Case) -> UploadOptions {
     UploadOptions {
         limits: case.limits,
         files_only: case.files_only,
+        run_again: case.run_again,
         // No status check: nothing runs in these areas, and `status` remembers what it
         // saw in the user's state directory.
         force: true,

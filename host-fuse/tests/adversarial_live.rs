@@ -72,7 +72,10 @@ fn follow_within(dir: &Path) -> (Result<WaitOutcome, StatusError>, Vec<u8>, Dura
                 Streams::Both,
                 Some(Duration::from_secs(5)),
                 Duration::from_millis(10),
-                &mut |_, bytes| shown.extend_from_slice(bytes),
+                &mut |_, bytes| {
+                    shown.extend_from_slice(bytes);
+                    Ok(())
+                },
                 &mut || {},
             );
             (outcome, shown)

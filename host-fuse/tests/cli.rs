@@ -1,8 +1,11 @@
 //! The `nlxtp` command as a user runs it: real processes, real directories and images,
 //! snapshots of what a person and a script read.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use nlxtp_core::record::STATUS_SLOT_LEN;
 use nlxtp_core::slots::STATUS_FILE_LEN;
@@ -20,6 +23,17 @@ fn nlxtp(args: &[&str], state: &Path) -> Output {
 
 /// Writes a status file as a guest's monitor would.
 fn write_status(area: &Path, state: RunState, interval_ms: u32) {
+    std::fs::create_dir_all(area.join("nlxtp")).unwrap();
+    std::fs::write(
+        area.join("nlxtp/status.bin"),
+        status_file(state, interval_ms),
+    )
+    .unwrap();
+    std::fs::write(area.join("auto_exec.sh"), "echo hi\n").unwrap();
+}
+
+/// A status file as a guest's monitor writes it.
+fn status_file(state: RunState, interval_ms: u32) -> Vec<u8> {
     let mut rec = StatusRecord {
         run_id: RunId::from_hex("0123456789abcdef0123456789abcdef").unwrap(),
         boot_id: BootId([0x11; 16]),
@@ -47,9 +61,7 @@ fn write_status(area: &Path, state: RunState, interval_ms: u32) {
         let at = writer.encode(&mut rec, &mut slot).unwrap();
         file[at..at + STATUS_SLOT_LEN].copy_from_slice(&slot);
     }
-    std::fs::create_dir_all(area.join("nlxtp")).unwrap();
-    std::fs::write(area.join("nlxtp/status.bin"), file).unwrap();
-    std::fs::write(area.join("auto_exec.sh"), "echo hi\n").unwrap();
+    file
 }
 
 fn text(out: &Output, dir: &Path) -> String {
@@ -239,6 +251,143 @@ fn exec_upload_download_round_trip_on_an_image() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&script.stdout).contains("sh -c"));
+}
+
+#[test]
+fn download_from_a_running_vm_waits_for_its_run_or_takes_it_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("shared.img");
+    let img = image.to_str().unwrap();
+    assert!(nlxtp(&["create-disk", img, "--size", "8M"], dir.path())
+        .status
+        .success());
+    common::mmd(&image, "nlxtp");
+    common::mcopy(
+        &image,
+        "nlxtp/status.bin",
+        &status_file(RunState::Running, 60_000),
+    );
+    let output = dir.path().join("out.tar");
+    let out_tar = output.to_str().unwrap();
+    // Held as a running QEMU holds it.
+    let vm = nlxtp_host::area::vfat::ImageWriteGuard::acquire(&image).unwrap();
+
+    let out = nlxtp(&["download", img, out_tar], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the VM is running and its run is not done"),
+        "{err}"
+    );
+    assert!(!output.exists() && !dir.path().join("out.partial").exists());
+
+    let out = nlxtp(&["download", "--live", img, out_tar], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning: the VM is running"), "{err}");
+    assert!(output.is_file() && !dir.path().join("out.partial").exists());
+
+    drop(vm);
+    common::mcopy(
+        &image,
+        "nlxtp/status.bin",
+        &status_file(RunState::Exited(0), 60_000),
+    );
+    let _vm = nlxtp_host::area::vfat::ImageWriteGuard::acquire(&image).unwrap();
+    std::fs::remove_file(&output).unwrap();
+    let out = nlxtp(&["download", img, out_tar], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("warning"),
+        "a run that is done is packed as it is: {err}"
+    );
+    assert!(output.is_file());
+}
+
+/// Runs `nlxtp` with its standard output a pipe whose reader has gone, as in
+/// `nlxtp logs T | head -2` once `head` has read its lines.
+fn nlxtp_to_closed_pipe(args: &[&str], state: &Path) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(NLXTP)
+        .args(args)
+        .env("XDG_STATE_HOME", state)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("shared.img");
+    let img = image.to_str().unwrap();
+    assert!(nlxtp(&["create-disk", img, "--size", "8M"], dir.path())
+        .status
+        .success());
+    common::mmd(&image, "nlxtp");
+    common::mcopy(&image, "auto_exec.sh", b"echo hi\n");
+    common::mcopy(
+        &image,
+        "nlxtp/status.bin",
+        &status_file(RunState::Exited(3), 60_000),
+    );
+    // More than a pipe holds.
+    let lines = "a line of the script's output\n".repeat(20_000);
+    common::mcopy(&image, "nlxtp/stdout.txt", lines.as_bytes());
+    common::mcopy(&image, "nlxtp/stderr.txt", lines.as_bytes());
+
+    // Commands whose exit code says only that they worked: 0, whatever was left unread.
+    for args in [
+        &["logs", img][..],
+        &["logs", "--both", img],
+        &["status", "--json", img],
+        &["status", img],
+        &["download", img, "-"],
+        &[
+            "download",
+            "--json",
+            img,
+            dir.path().join("out.tar").to_str().unwrap(),
+        ],
+    ] {
+        let out = nlxtp_to_closed_pipe(args, dir.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: nothing on stderr, got {err:?}");
+    }
+    // Commands whose exit code carries the run's result keep it.
+    for args in [
+        &["wait", "--quiet", "--json-result", img][..],
+        &["logs", "--follow", "--json-result", img],
+    ] {
+        let out = nlxtp_to_closed_pipe(args, dir.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: nothing on stderr, got {err:?}");
+    }
+
+    // Following a run that goes on stops when the reader goes: no result yet, exit 0.
+    let area = dir.path().join("running");
+    write_status(&area, RunState::Running, 60_000);
+    let mut live = vec![0u8; nlxtp_core::live::LIVE_FILE_LEN];
+    nlxtp_core::live::put_block(&mut live, 1, nlxtp_core::live::Stream::Stdout, 0, b"hi\n")
+        .unwrap();
+    std::fs::write(area.join(nlxtp_core::layout::LIVE_FILE), live).unwrap();
+    let started = Instant::now();
+    let out = nlxtp_to_closed_pipe(
+        &["logs", "-f", "--timeout", "20", area.to_str().unwrap()],
+        dir.path(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "nothing on stderr, got {err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "it stopped at the first write, not at the run's end"
+    );
 }
 
 #[test]

@@ -87,6 +87,17 @@ impl Drop for Qemu {
     }
 }
 
+/// The tests of this file one at a time: a QEMU one test starts is forked while the
+/// other may hold a lock's descriptor, which the child then shares until its exec (OFD
+/// locks last as long as any copy), so the other would see its dropped lock still held.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Polls `cond` until it holds, failing after `deadline`.
 fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -98,6 +109,7 @@ fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn running_qemu_is_detected_and_blocks_uploads_and_the_guard_blocks_qemu() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("vm.img");
     create_image(&img, 16 << 20, None, None).unwrap();
@@ -174,6 +186,7 @@ fn running_qemu_is_detected_and_blocks_uploads_and_the_guard_blocks_qemu() {
 fn a_running_record_is_cut_off_only_when_no_qemu_holds_the_image() {
     use nlxtp_core::RunState;
     use nlxtp_host::ops::{self, Monitor};
+    let _serial = serial();
 
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("vm.img");

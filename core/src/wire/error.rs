@@ -55,7 +55,8 @@ pub enum CorruptKind {
     Magic,
     /// The reserved flags byte is not zero.
     Flags,
-    /// The declared payload length does not fit in the slot.
+    /// The declared payload length does not fit in the slot, or a long frame carries a
+    /// payload short enough for a short frame (no writer makes one).
     Length,
     /// The checksum matched but the payload is not a valid record.
     Payload,
@@ -92,7 +93,7 @@ impl fmt::Display for CorruptKind {
             CorruptKind::FileSize => "file is larger than the format allows",
             CorruptKind::Magic => "bad magic bytes",
             CorruptKind::Flags => "reserved flags are set",
-            CorruptKind::Length => "payload length exceeds the slot",
+            CorruptKind::Length => "payload length is out of range",
             CorruptKind::Payload => "payload is not a valid record",
             CorruptKind::TrailingBytes => "payload has trailing bytes",
             CorruptKind::WrongSlot => "record is in the wrong slot for its sequence number",

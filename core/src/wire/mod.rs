@@ -1,10 +1,11 @@
 //! The frame every protocol file is made of, and the errors of decoding one.
 //!
-//! A frame fills a fixed-size slot (4096 bytes for a status slot, 512 for the manifest):
+//! A frame fills a fixed-size slot (4096 bytes for a status slot, 512 for the manifest,
+//! 69632 for a custom status slot):
 //!
 //! ```text
 //! offset        size  field
-//! 0             4     magic: b"NLXS" (status) or b"NLXM" (manifest)
+//! 0             4     magic: b"NLXS" (status), b"NLXM" (manifest), b"NLXC" (custom status)
 //! 4             1     version: 1
 //! 5             1     flags: 0 (reserved)
 //! 6             2     length of the payload, little endian
@@ -14,6 +15,11 @@
 //! ...                 zero padding
 //! slot-8        8     copy of the sequence number, little endian
 //! ```
+//!
+//! A payload of 65535 bytes or more (only a slot larger than 64 KiB holds one) makes a
+//! **long frame**: the length field holds `0xffff`, the real length follows as a `u32` at
+//! offset 16 and the payload starts at 20; everything else is the same. Shorter payloads
+//! are always written as short frames, so each payload has one encoding.
 //!
 //! The tail copy of the sequence sits in the slot's last sector while the header sits in
 //! its first, so a slot torn between two writes at any single point (a new prefix and an
@@ -26,7 +32,10 @@ mod error;
 mod frame;
 
 pub use error::{CorruptKind, DecodeError, EncodeError};
-pub use frame::{decode_frame, encode_frame, max_payload_len, Magic, FRAME_OVERHEAD, VERSION};
+pub use frame::{
+    decode_frame, encode_frame, max_payload_len, Magic, FRAME_OVERHEAD, LONG_FRAME_OVERHEAD,
+    MAX_SLOT_LEN, VERSION,
+};
 
 /// Byte offsets inside a frame.
 pub mod field {
@@ -50,4 +59,10 @@ pub mod field {
     pub const CRC_LEN: usize = 4;
     /// Size of the sequence copy at the end of the slot.
     pub const TAIL_LEN: usize = 8;
+    /// In a long frame (`LENGTH` = `u16::MAX`): the payload length, `u32` little endian.
+    pub const LONG_LENGTH: Range<usize> = 16..20;
+    /// Size of a long frame's payload length.
+    pub const LONG_LENGTH_LEN: usize = 4;
+    /// Start of a long frame's payload.
+    pub const LONG_PAYLOAD: usize = 20;
 }

@@ -118,7 +118,10 @@ fn main() -> Result<()> {
         Streams::Stdout,
         Some(Duration::from_secs(120)),
         Duration::from_millis(500),
-        &mut |_, b| bytes += b.len(),
+        &mut |_, b| {
+            bytes += b.len();
+            Ok(())
+        },
         &mut || {},
     )?;
     let (cpu, wall) = (cpu_seconds() - cpu0, wall0.elapsed().as_secs_f64());

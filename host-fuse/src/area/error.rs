@@ -28,6 +28,15 @@ pub enum AreaError {
         /// The image.
         image: PathBuf,
     },
+    /// A partitioned image holds more than one FAT partition that could be the shared
+    /// area.
+    #[error("{} holds more than one FAT partition that could be the shared area ({partitions}): label the shared one NLXTP (fatlabel DEVICE NLXTP in the guest, or mlabel), or keep one FAT partition", image.display())]
+    AmbiguousVolume {
+        /// The image.
+        image: PathBuf,
+        /// The candidates, described.
+        partitions: String,
+    },
     /// The backing image or directory does not exist.
     #[error("there is no shared area at {}: check the path, or create the image first", path.display())]
     NoImage {

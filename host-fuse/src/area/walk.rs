@@ -50,7 +50,7 @@ impl Default for WalkLimits {
     }
 }
 
-/// What [`SharedArea::walk`] calls for each entry: with a reader of the file's bytes, or
+/// What [`SharedArea::walk`](super::SharedArea::walk) calls for each entry: with a reader of the file's bytes, or
 /// `None` for a directory. Its error ends the walk as [`AreaError::Sink`].
 pub type Visitor<'a> = dyn FnMut(&Entry, Option<&mut dyn Read>) -> io::Result<()> + 'a;
 

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::MountError;
+use super::ConfigError;
 use crate::area::{AreaError, SharedArea};
 use crate::ops;
 
@@ -76,8 +76,8 @@ struct ContainerEntry {
 /// Checks that `name` can be a directory name of the view.
 ///
 /// # Errors
-/// [`MountError::BadName`] saying why not.
-pub fn check_name(name: &str) -> Result<(), MountError> {
+/// [`ConfigError::BadName`] saying why not.
+pub fn check_name(name: &str) -> Result<(), ConfigError> {
     let reason = if name.is_empty() {
         Some("it is empty")
     } else if name.len() > 255 {
@@ -90,7 +90,7 @@ pub fn check_name(name: &str) -> Result<(), MountError> {
         None
     };
     match reason {
-        Some(reason) => Err(MountError::BadName {
+        Some(reason) => Err(ConfigError::BadName {
             name: name.to_owned(),
             reason,
         }),
@@ -101,14 +101,14 @@ pub fn check_name(name: &str) -> Result<(), MountError> {
 /// Parses one `NAME=TARGET` argument.
 ///
 /// # Errors
-/// [`MountError::BadVmArg`] without `=`, [`MountError::BadName`] for a bad name.
-pub fn parse_vm_arg(arg: &str) -> Result<VmSpec, MountError> {
-    let (name, target) = arg.split_once('=').ok_or_else(|| MountError::BadVmArg {
+/// [`ConfigError::BadVmArg`] without `=`, [`ConfigError::BadName`] for a bad name.
+pub fn parse_vm_arg(arg: &str) -> Result<VmSpec, ConfigError> {
+    let (name, target) = arg.split_once('=').ok_or_else(|| ConfigError::BadVmArg {
         arg: arg.to_owned(),
     })?;
     check_name(name)?;
     if target.is_empty() {
-        return Err(MountError::BadVmArg {
+        return Err(ConfigError::BadVmArg {
             arg: arg.to_owned(),
         });
     }
@@ -122,15 +122,16 @@ pub fn parse_vm_arg(arg: &str) -> Result<VmSpec, MountError> {
 /// Reads the VMs listed in the config file at `path`.
 ///
 /// # Errors
-/// [`MountError::Config`] when it cannot be read or parsed, [`MountError::BadName`].
-pub fn read_config(path: &Path) -> Result<Vec<VmSpec>, MountError> {
-    let text = std::fs::read_to_string(path).map_err(|e| MountError::Config {
+/// [`ConfigError::Unreadable`], [`ConfigError::Invalid`] (its cause names the line and
+/// column), [`ConfigError::BadName`].
+pub fn read_config(path: &Path) -> Result<Vec<VmSpec>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source,
     })?;
-    let file: ConfigFile = toml::from_str(&text).map_err(|e| MountError::Config {
+    let file: ConfigFile = toml::from_str(&text).map_err(|source| ConfigError::Invalid {
         path: path.to_owned(),
-        reason: e.message().to_owned(),
+        source,
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     file.vms
@@ -156,8 +157,8 @@ pub fn read_config(path: &Path) -> Result<Vec<VmSpec>, MountError> {
 /// The VMs of `cli` followed by those of `config`; a name given twice is an error.
 ///
 /// # Errors
-/// As [`read_config`], and [`MountError::DuplicateName`].
-pub fn collect(cli: &[VmSpec], config: Option<&Path>) -> Result<Vec<VmSpec>, MountError> {
+/// As [`read_config`], and [`ConfigError::DuplicateName`].
+pub fn collect(cli: &[VmSpec], config: Option<&Path>) -> Result<Vec<VmSpec>, ConfigError> {
     let mut all = cli.to_vec();
     if let Some(path) = config {
         all.extend(read_config(path)?);
@@ -165,7 +166,7 @@ pub fn collect(cli: &[VmSpec], config: Option<&Path>) -> Result<Vec<VmSpec>, Mou
     let mut seen = std::collections::HashSet::new();
     for spec in &all {
         if !seen.insert(spec.name.as_str()) {
-            return Err(MountError::DuplicateName {
+            return Err(ConfigError::DuplicateName {
                 name: spec.name.clone(),
             });
         }
@@ -199,10 +200,18 @@ mod tests {
         assert_eq!(specs[1].target, dir.path().join("b.img"));
         let cli = vec![parse_vm_arg("a=/other.img").unwrap()];
         let err = collect(&cli, Some(&path)).unwrap_err();
-        assert!(matches!(err, MountError::DuplicateName { .. }), "{err}");
+        assert!(matches!(err, ConfigError::DuplicateName { .. }), "{err}");
         std::fs::write(&path, "[vm]\n").unwrap();
         let err = read_config(&path).unwrap_err().to_string();
         assert!(err.contains("vms.toml"), "{err}");
+        // toml's own error, with its line and column, is the cause.
+        std::fs::write(&path, "[vms]\na = \"a.img\"\nb = 3\n").unwrap();
+        let err = read_config(&path).unwrap_err();
+        let cause = std::error::Error::source(&err)
+            .expect("a cause")
+            .to_string();
+        assert!(cause.contains("line 3, column 5"), "{cause}");
+        assert!(!err.to_string().contains("line 3"), "not repeated: {err}");
     }
 
     #[test]

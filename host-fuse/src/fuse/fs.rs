@@ -39,10 +39,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         mtime,
         ctime: mtime,
         crtime: mtime,
-        kind: match a.kind {
-            Kind::Dir => FileType::Directory,
-            Kind::File => FileType::RegularFile,
-        },
+        kind: file_type(a.kind),
         perm: a.perm,
         nlink: if a.kind == Kind::Dir { 2 } else { 1 },
         uid: a.uid,
@@ -50,6 +47,21 @@ fn file_attr(a: &Attr) -> FileAttr {
         rdev: 0,
         blksize: 4096,
         flags: 0,
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+    }
+}
+
+/// Answers a call that returns nothing.
+fn reply_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
     }
 }
 
@@ -143,17 +155,17 @@ impl Filesystem for Fs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        match name(n).and_then(|n| self.0.remove(parent.0, n, false).map_err(errno)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            name(n).and_then(|n| self.0.remove(parent.0, n, false).map_err(errno)),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        match name(n).and_then(|n| self.0.remove(parent.0, n, true).map_err(errno)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(
+            reply,
+            name(n).and_then(|n| self.0.remove(parent.0, n, true).map_err(errno)),
+        );
     }
 
     fn rename(
@@ -178,10 +190,7 @@ impl Filesystem for Fs {
                 .rename(parent.0, n, new_parent.0, new, no_replace)
                 .map_err(errno)
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, result);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -261,10 +270,7 @@ impl Filesystem for Fs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.0.flush(fh.0, req.pid()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.0.flush(fh.0, req.pid()).map_err(errno));
     }
 
     fn release(
@@ -277,10 +283,7 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.0.release(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.0.release(fh.0).map_err(errno));
     }
 
     fn fsync(
@@ -291,10 +294,7 @@ impl Filesystem for Fs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.0.fsync(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.0.fsync(fh.0).map_err(errno));
     }
 
     fn readdir(
@@ -310,11 +310,7 @@ impl Filesystem for Fs {
             Err(e) => return reply.error(errno(e)),
         };
         for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-            let kind = match kind {
-                Kind::Dir => FileType::Directory,
-                Kind::File => FileType::RegularFile,
-            };
-            if reply.add(INodeNo(*ino), i as u64 + 1, kind, name) {
+            if reply.add(INodeNo(*ino), i as u64 + 1, file_type(*kind), name) {
                 break;
             }
         }
@@ -329,10 +325,7 @@ impl Filesystem for Fs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.0.fsyncdir(ino.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        reply_empty(reply, self.0.fsyncdir(ino.0).map_err(errno));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

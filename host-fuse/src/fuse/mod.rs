@@ -13,9 +13,9 @@
 //!   anything is uncommitted.
 //! - **Read-only while a VM runs.** While QEMU holds a VM's image (its lock bytes), the
 //!   VM's files show without write bits and every change fails with `EROFS`.
-//! - **Staged writes.** The first change to a stopped VM's area takes the image's
-//!   [`ImageWriteGuard`](crate::area::vfat::ImageWriteGuard) (so no QEMU starts on it
-//!   meanwhile) and copies the area into unnamed temporary files (the stage). Changes go
+//! - **Staged writes.** The first change to a stopped VM's area holds it
+//!   ([`SharedArea::hold`](crate::area::SharedArea::hold): for an image, QEMU's write
+//!   locks, so no QEMU starts on it meanwhile) and copies the area into unnamed temporary files (the stage). Changes go
 //!   to the stage. A **commit** writes the whole stage with one
 //!   [`replace`](crate::area::SharedArea::replace), which swaps the image atomically: a
 //!   crash, a `SIGKILL` included, leaves the old content or the new. Commits happen at
@@ -56,17 +56,20 @@
 //!   mount. A mount whose process died is detached by `nlxtp umount` with a message.
 
 mod config;
+mod control;
+mod daemon;
+mod error;
 mod fs;
+mod mountinfo;
 mod run;
 mod stage;
+mod umount;
 mod view;
 
-use std::io;
 use std::path::PathBuf;
 
 pub use config::{check_name, parse_vm_arg, read_config, VmSpec};
-
-use crate::area::AreaError;
+pub use error::{ConfigError, DaemonMessages, MountError, UmountError};
 
 /// What `nlxtp mount` was asked for.
 #[derive(Debug, Clone, Default)]
@@ -86,140 +89,6 @@ pub struct MountOptions {
     pub stage_dir: Option<PathBuf>,
 }
 
-/// Why `nlxtp mount` failed. Nothing is mounted then.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum MountError {
-    /// A `--vm` argument is not `NAME=TARGET`.
-    #[error("{arg:?} is not NAME=TARGET: write --vm web1=/path/to/web1.img")]
-    BadVmArg {
-        /// The argument.
-        arg: String,
-    },
-    /// A VM name cannot be a directory of the view.
-    #[error("the VM name {name:?} cannot be used because {reason}: choose another name")]
-    BadName {
-        /// The name.
-        name: String,
-        /// Why not.
-        reason: &'static str,
-    },
-    /// Two VMs have the same name.
-    #[error("the VM name {name:?} is given twice: give each VM its own name")]
-    DuplicateName {
-        /// The name.
-        name: String,
-    },
-    /// The config file cannot be read or parsed.
-    #[error("cannot use the config file {} ({reason}): fix it; it holds a [vms] table of NAME = \"TARGET\" lines", path.display())]
-    Config {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A VM's shared area cannot be opened.
-    #[error("cannot open the shared area of VM {name}: fix its TARGET (a disk image or a container directory)")]
-    Target {
-        /// The VM.
-        name: String,
-        /// Why.
-        #[source]
-        source: AreaError,
-    },
-    /// The mount point is unusable.
-    #[error("cannot mount on {} ({reason}): give an existing, empty directory", path.display())]
-    MountPoint {
-        /// The mount point.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The mount point is a mount whose process died.
-    #[error("{} is a stale mount (its mount process died): run nlxtp umount {} first", path.display(), path.display())]
-    Stale {
-        /// The mount point.
-        path: PathBuf,
-    },
-    /// A mount process already serves this mount point.
-    #[error("{} is already an nlxtp mount: unmount it first (nlxtp umount {})", path.display(), path.display())]
-    AlreadyMounted {
-        /// The mount point.
-        path: PathBuf,
-    },
-    /// The FUSE mount itself failed.
-    #[error("mounting the view on {} failed: check that /dev/fuse and fusermount3 exist (apt-get install fuse3) and that you may mount there", path.display())]
-    Fuse {
-        /// The mount point.
-        path: PathBuf,
-        /// The system's error.
-        #[source]
-        source: io::Error,
-    },
-    /// The control socket (or a thread) could not be set up.
-    #[error("cannot set up the control socket {}: check that its directory is writable (or set NLXTP_RUNTIME_DIR)", path.display())]
-    Control {
-        /// The socket.
-        path: PathBuf,
-        /// The system's error.
-        #[source]
-        source: io::Error,
-    },
-    /// The background mount process did not come up.
-    #[error("the background mount did not start ({reason}): run it without --daemon to see why")]
-    Daemon {
-        /// What happened.
-        reason: String,
-    },
-}
-
-/// Why `nlxtp umount` did not unmount.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum UmountError {
-    /// Nothing is mounted there.
-    #[error("{} is not mounted: check the path", path.display())]
-    NotMounted {
-        /// The path.
-        path: PathBuf,
-    },
-    /// Something else than the nlxtp view is mounted there.
-    #[error("{} is a {fstype} mount, not an nlxtp view: unmount it with umount", path.display())]
-    NotOurs {
-        /// The path.
-        path: PathBuf,
-        /// Its filesystem type.
-        fstype: String,
-    },
-    /// Files are open (or in use) under the mount.
-    #[error("{} is busy and stays mounted: close these (or pass --lazy to detach now and commit as they close): {details}", path.display())]
-    Busy {
-        /// The mount point.
-        path: PathBuf,
-        /// What is open, one per line.
-        details: String,
-    },
-    /// The mount process could not commit or unmount.
-    #[error("{} stays mounted: {details}", path.display())]
-    Failed {
-        /// The mount point.
-        path: PathBuf,
-        /// What went wrong.
-        details: String,
-    },
-    /// A system call failed.
-    #[error("could not {action} {}: fix the cause below and retry", path.display())]
-    Io {
-        /// What was tried.
-        action: &'static str,
-        /// The mount point.
-        path: PathBuf,
-        /// The system's error.
-        #[source]
-        source: io::Error,
-    },
-}
-
 /// Mounts the view and serves it until it is unmounted (or, with
 /// [`MountOptions::daemon`], starts a background process that does and returns once it
 /// is mounted). Prints one line to standard output when the mount is ready.
@@ -228,7 +97,7 @@ pub enum UmountError {
 /// [`MountError`]; nothing is mounted then.
 pub fn mount(options: &MountOptions) -> Result<(), MountError> {
     if options.daemon {
-        run::spawn_daemon(options)
+        daemon::spawn_daemon(options)
     } else {
         run::serve(options)
     }
@@ -240,5 +109,5 @@ pub fn mount(options: &MountOptions) -> Result<(), MountError> {
 /// # Errors
 /// [`UmountError::Busy`] when files are open (unless `lazy`), and the others.
 pub fn umount(mountpoint: &std::path::Path, lazy: bool) -> Result<String, UmountError> {
-    run::umount(mountpoint, lazy)
+    umount::umount(mountpoint, lazy)
 }

@@ -146,6 +146,17 @@ impl Node {
     pub(crate) fn is_dir(&self) -> bool {
         matches!(self, Node::Dir { .. })
     }
+
+    /// Its staged copy, if it is a staged file.
+    pub(crate) fn staged(&self) -> Option<&Arc<StagedFile>> {
+        match self {
+            Node::File {
+                data: Data::Staged(f),
+                ..
+            } => Some(f),
+            _ => None,
+        }
+    }
 }
 
 /// Every file and directory of an area by path (`/`-separated, no leading `/`); the
@@ -283,11 +294,8 @@ impl Stage {
         if !new_script {
             return Ok((tree, None));
         }
-        let old = match tree.get(MANIFEST_FILE) {
-            Some(Node::File {
-                data: Data::Staged(f),
-                ..
-            }) if f.len() == MANIFEST_LEN as u64 => {
+        let old = match tree.get(MANIFEST_FILE).and_then(Node::staged) {
+            Some(f) if f.len() == MANIFEST_LEN as u64 => {
                 Manifest::decode(&f.read_at(0, MANIFEST_LEN)?).ok()
             }
             _ => None,

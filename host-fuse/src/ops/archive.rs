@@ -4,9 +4,12 @@
 //! Formats: plain tar, tar.gz and tar.zst, told apart by their first bytes on the way
 //! in, chosen by the output name on the way out.
 
+use std::cell::Cell;
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};
 use std::path::{Component, Path};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use nlxtp_core::layout;
@@ -136,6 +139,12 @@ pub enum ArchiveError {
         /// The member's name.
         name: String,
     },
+    /// The archive holds the status of a run: it is a download of an area where it ran.
+    #[error("the archive holds the status of an earlier run ({evidence}): it is a download of an area where it already ran, and would run again; pass --run-again to run it anyway (its old status is left out)")]
+    EarlierRun {
+        /// The status file found in the archive.
+        evidence: String,
+    },
     /// The start script is not a regular file.
     #[error("{script} in the archive is not a regular file: it must be a shell script", script = layout::START_SCRIPT)]
     ScriptNotFile,
@@ -182,7 +191,7 @@ const TRAILER_BUDGET: u64 = 16 << 20;
 /// A reader that fails once it has given out its budget, which the caller sets.
 struct Budget<R> {
     inner: R,
-    left: std::rc::Rc<std::cell::Cell<u64>>,
+    left: Rc<Cell<u64>>,
 }
 
 impl<R: Read> Read for Budget<R> {
@@ -221,32 +230,29 @@ pub fn read_upload(
         .fill_buf()
         .map_err(|source| ArchiveError::Read { source })?;
     let compression = Compression::sniff(head);
-    let in_place = archive_file.filter(|_| compression == Compression::None);
-    let decoded: Box<dyn Read> = match compression {
-        Compression::None => Box::new(buffered),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => Box::new(
-            zstd::Decoder::with_buffer(buffered).map_err(|source| ArchiveError::Read { source })?,
-        ),
-    };
-    let budget = std::rc::Rc::new(std::cell::Cell::new(HEADER_BUDGET));
+    let budget = Rc::new(Cell::new(HEADER_BUDGET));
     let mut archive = tar::Archive::new(Budget {
-        inner: decoded,
-        left: budget.clone(),
+        inner: decoder(buffered, compression)?,
+        left: Rc::clone(&budget),
     });
-    let mut parsed = ParsedUpload {
-        files: Vec::new(),
-        dropped: Vec::new(),
-        stripped_mode_bits: Vec::new(),
-        total_bytes: 0,
-        compression,
+    let mut members = Members {
+        limits,
+        in_place: archive_file.filter(|_| compression == Compression::None),
+        budget: &budget,
+        seen: HashSet::new(),
+        parsed: ParsedUpload {
+            files: Vec::new(),
+            dropped: Vec::new(),
+            stripped_mode_bits: Vec::new(),
+            total_bytes: 0,
+            compression,
+        },
     };
-    let mut seen = std::collections::HashSet::new();
     let entries = archive
         .entries()
         .map_err(|source| ArchiveError::NotAnArchive { source })?;
     for (index, entry) in entries.enumerate() {
-        let mut entry = entry.map_err(|source| {
+        let entry = entry.map_err(|source| {
             if index == 0 {
                 ArchiveError::NotAnArchive { source }
             } else {
@@ -258,105 +264,9 @@ pub fn read_upload(
                 limit: limits.max_entries,
             });
         }
-        // Every member's data counts, also of members skipped below: the next member is
-        // reached by reading through it. The size is the one the tar crate reads (a PAX
-        // size overrides the header's).
-        let size = entry.size();
-        if parsed.total_bytes.saturating_add(size) > limits.max_total_bytes {
-            return Err(ArchiveError::TooLarge {
-                limit: limits.max_total_bytes,
-            });
-        }
-        parsed.total_bytes += size;
-        budget.set(size.saturating_add(HEADER_BUDGET));
-        let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let kind = entry.header().entry_type();
-        use tar::EntryType as T;
-        match kind {
-            // Extension headers: the tar crate already applied them to the next member.
-            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
-            T::Symlink => {
-                return Err(ArchiveError::Link {
-                    name: raw_name,
-                    kind: "symbolic",
-                })
-            }
-            T::Link => {
-                return Err(ArchiveError::Link {
-                    name: raw_name,
-                    kind: "hard",
-                })
-            }
-            T::Char => {
-                return Err(ArchiveError::Special {
-                    name: raw_name,
-                    kind: "character device",
-                })
-            }
-            T::Block => {
-                return Err(ArchiveError::Special {
-                    name: raw_name,
-                    kind: "block device",
-                })
-            }
-            T::Fifo => {
-                return Err(ArchiveError::Special {
-                    name: raw_name,
-                    kind: "FIFO",
-                })
-            }
-            T::Regular | T::Continuous | T::Directory => {}
-            _ => {
-                return Err(ArchiveError::Special {
-                    name: raw_name,
-                    kind: "special member (sparse or unknown type)",
-                })
-            }
-        }
-        let Some(path) = clean_path(&raw_name)? else {
-            continue;
-        };
-        if !seen.insert(path.as_str().to_owned()) {
-            return Err(ArchiveError::Duplicate { name: raw_name });
-        }
-        let mode = entry.header().mode().unwrap_or(0o644);
-        if mode & 0o7000 != 0 {
-            parsed.stripped_mode_bits.push(path.as_str().to_owned());
-        }
-        let mode = mode & 0o777;
-        if kind == T::Directory {
-            if path.as_str() == layout::START_SCRIPT {
-                return Err(ArchiveError::ScriptNotFile);
-            }
-            parsed.files.push(UploadFile {
-                path,
-                data: UploadData::Dir,
-                mode,
-            });
-            continue;
-        }
-        // In any case: on vFAT, nlxtp/STATUS.BIN is the status file a host reads.
-        if layout::RUN_FILES
-            .iter()
-            .any(|run_file| run_file.eq_ignore_ascii_case(path.as_str()))
-        {
-            parsed.dropped.push(path.as_str().to_owned());
-            continue;
-        }
-        let data = match in_place {
-            // The tar crate reads through the data it was not asked for.
-            Some(file) if size > SPOOL_ABOVE => UploadData::Reader {
-                reader: Box::new(FileRange {
-                    file: Arc::clone(file),
-                    at: entry.raw_file_position(),
-                    left: size,
-                }),
-                len: size,
-            },
-            _ => read_member(&mut entry, size).map_err(|source| ArchiveError::Read { source })?,
-        };
-        parsed.files.push(UploadFile { path, data, mode });
+        members.add(entry)?;
     }
+    let parsed = members.parsed;
     // The compressed stream's own check (gzip CRC, zstd checksum) comes after the end
     // blocks: read on to it, so a truncated or damaged archive is refused.
     if compression != Compression::None {
@@ -372,6 +282,128 @@ pub fn read_upload(
         return Err(ArchiveError::NoScript);
     }
     Ok(parsed)
+}
+
+/// The archive's bytes, decompressed.
+fn decoder<'a>(
+    buffered: impl BufRead + 'a,
+    compression: Compression,
+) -> Result<Box<dyn Read + 'a>, ArchiveError> {
+    Ok(match compression {
+        Compression::None => Box::new(buffered),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Compression::Zstd => Box::new(
+            zstd::Decoder::with_buffer(buffered).map_err(|source| ArchiveError::Read { source })?,
+        ),
+    })
+}
+
+/// The members of an upload read so far, and the checks each next one must pass.
+struct Members<'a> {
+    limits: &'a ArchiveLimits,
+    /// The archive's own file, when large members are to be read from it where they lie.
+    in_place: Option<&'a Arc<File>>,
+    /// What the tar reader may read before the next member.
+    budget: &'a Cell<u64>,
+    /// Paths taken, to refuse a second member with the same one.
+    seen: HashSet<String>,
+    parsed: ParsedUpload,
+}
+
+impl Members<'_> {
+    /// Checks one member and takes it, or leaves it out (extension headers, the
+    /// archive's root, protocol files of an earlier run).
+    fn add(&mut self, mut entry: tar::Entry<'_, impl Read>) -> Result<(), ArchiveError> {
+        // Every member's data counts, also of members skipped below: the next member is
+        // reached by reading through it. The size is the one the tar crate reads (a PAX
+        // size overrides the header's).
+        let size = entry.size();
+        if self.parsed.total_bytes.saturating_add(size) > self.limits.max_total_bytes {
+            return Err(ArchiveError::TooLarge {
+                limit: self.limits.max_total_bytes,
+            });
+        }
+        self.parsed.total_bytes += size;
+        self.budget.set(size.saturating_add(HEADER_BUDGET));
+        let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let kind = entry.header().entry_type();
+        if !takes_type(kind, &raw_name)? {
+            return Ok(());
+        }
+        let Some(path) = clean_path(&raw_name)? else {
+            return Ok(());
+        };
+        if !self.seen.insert(path.as_str().to_owned()) {
+            return Err(ArchiveError::Duplicate { name: raw_name });
+        }
+        let mode = entry.header().mode().unwrap_or(0o644);
+        if mode & 0o7000 != 0 {
+            self.parsed
+                .stripped_mode_bits
+                .push(path.as_str().to_owned());
+        }
+        let mode = mode & 0o777;
+        if kind == tar::EntryType::Directory {
+            if path.as_str() == layout::START_SCRIPT {
+                return Err(ArchiveError::ScriptNotFile);
+            }
+            self.parsed.files.push(UploadFile {
+                path,
+                data: UploadData::Dir,
+                mode,
+            });
+            return Ok(());
+        }
+        // In any case: on vFAT, nlxtp/STATUS.BIN is the status file a host reads.
+        if layout::RUN_FILES
+            .iter()
+            .any(|run_file| run_file.eq_ignore_ascii_case(path.as_str()))
+        {
+            self.parsed.dropped.push(path.as_str().to_owned());
+            return Ok(());
+        }
+        let data = match self.in_place {
+            // The tar crate reads through the data it was not asked for.
+            Some(file) if size > SPOOL_ABOVE => UploadData::Reader {
+                reader: Box::new(FileRange {
+                    file: Arc::clone(file),
+                    at: entry.raw_file_position(),
+                    left: size,
+                }),
+                len: size,
+            },
+            _ => read_member(&mut entry, size).map_err(|source| ArchiveError::Read { source })?,
+        };
+        self.parsed.files.push(UploadFile { path, data, mode });
+        Ok(())
+    }
+}
+
+/// Whether a member of this type is taken (a file or directory) or skipped (an extension
+/// header, which the tar crate has already applied to the next member). Links, devices,
+/// FIFOs and unknown types are refused.
+fn takes_type(kind: tar::EntryType, name: &str) -> Result<bool, ArchiveError> {
+    use tar::EntryType as T;
+    let special = |kind| ArchiveError::Special {
+        name: name.to_owned(),
+        kind,
+    };
+    match kind {
+        T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => Ok(false),
+        T::Regular | T::Continuous | T::Directory => Ok(true),
+        T::Symlink => Err(ArchiveError::Link {
+            name: name.to_owned(),
+            kind: "symbolic",
+        }),
+        T::Link => Err(ArchiveError::Link {
+            name: name.to_owned(),
+            kind: "hard",
+        }),
+        T::Char => Err(special("character device")),
+        T::Block => Err(special("block device")),
+        T::Fifo => Err(special("FIFO")),
+        _ => Err(special("special member (sparse or unknown type)")),
+    }
 }
 
 /// A member's name as a path in the area; `None` for the archive's root (`./`).

@@ -7,6 +7,7 @@
 //! that started late), it stops printing live and takes the rest from the capture
 //! files when the run has ended, so nothing is skipped or repeated, only delayed.
 
+use std::io;
 use std::time::Duration;
 
 use nlxtp_core::layout;
@@ -186,20 +187,23 @@ fn read_live(area: &(impl SharedArea + ?Sized)) -> Result<Vec<u8>, AreaError> {
 
 /// Follows the output until the run ends (as [`wait`] does), handing each new piece to
 /// `emit` as soon as the guest has flushed it; `on_behind` is told once if the live ring
-/// lost output (it then arrives when the run ends).
+/// lost output (it then arrives when the run ends). An error from `emit` stops the
+/// following at once (the reader went away, say).
 ///
 /// # Errors
-/// As [`wait`], and when the live or capture files cannot be read.
+/// As [`wait`]; when the live or capture files cannot be read; [`AreaError::Sink`] (in
+/// [`StatusError::Area`]) with `emit`'s error.
 pub fn follow(
     area: &(impl SharedArea + ?Sized),
     streams: Streams,
     timeout: Option<Duration>,
     interval: Duration,
-    emit: &mut dyn FnMut(Stream, &[u8]),
+    emit: &mut dyn FnMut(Stream, &[u8]) -> io::Result<()>,
     on_behind: &mut dyn FnMut(),
 ) -> Result<WaitOutcome, StatusError> {
     let mut follower = Follower::new(streams);
     let mut run: Option<nlxtp_core::RunId> = None;
+    let mut sink = Sink { emit, failed: None };
     let outcome = wait(area, timeout, interval, &mut |record: Option<
         &StatusRecord,
     >| {
@@ -211,7 +215,8 @@ pub fn follow(
             run = Some(rec.run_id);
         }
         let was_behind = follower.is_behind();
-        follower.take(&read_live(area)?, emit);
+        follower.take(&read_live(area)?, &mut |s, b| sink.put(s, b));
+        sink.check()?;
         if follower.is_behind() && !was_behind {
             on_behind();
         }
@@ -219,10 +224,31 @@ pub fn follow(
     })?;
     if let WaitOutcome::Done(_) | WaitOutcome::LegacyDone(_) = outcome {
         // The last blocks the monitor flushed before its final record.
-        follower.take(&read_live(area)?, emit);
-        follower.finish(area, emit)?;
+        follower.take(&read_live(area)?, &mut |s, b| sink.put(s, b));
+        follower.finish(area, &mut |s, b| sink.put(s, b))?;
+        sink.check()?;
     }
     Ok(outcome)
+}
+
+/// The caller's `emit`, taking nothing more after its first error.
+struct Sink<'a> {
+    emit: &'a mut dyn FnMut(Stream, &[u8]) -> io::Result<()>,
+    failed: Option<io::Error>,
+}
+
+impl Sink<'_> {
+    fn put(&mut self, stream: Stream, bytes: &[u8]) {
+        if self.failed.is_none() {
+            self.failed = (self.emit)(stream, bytes).err();
+        }
+    }
+
+    fn check(&mut self) -> Result<(), AreaError> {
+        self.failed
+            .take()
+            .map_or(Ok(()), |e| Err(AreaError::sink(e)))
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! download, exec. The CLI, the FUSE view and the harness all go through these.
 
 pub mod archive;
+pub mod download;
 pub mod logs;
 pub mod status;
 
@@ -12,6 +13,7 @@ use nlxtp_core::record::MANIFEST_LEN;
 use nlxtp_core::{layout, Manifest, RunId};
 
 pub use archive::{ArchiveError, ArchiveLimits, Compression, DownloadReport, ParsedUpload};
+pub use download::{prepare_download, DownloadError, DownloadOptions, PreparedDownload};
 pub use status::{status, wait, Monitor, StatusReport, WaitOutcome};
 
 use crate::area::dir::ContainerDir;
@@ -73,6 +75,10 @@ pub struct UploadOptions {
     pub archive_file: Option<std::sync::Arc<std::fs::File>>,
     /// Whether the upload waits until the new content is on the disk.
     pub durability: Durability,
+    /// Run an archive that holds the status of an earlier run (a download uploaded
+    /// again); its old status files are dropped. Without it such an archive is refused,
+    /// as the original implementation refused it.
+    pub run_again: bool,
 }
 
 /// What an upload did.
@@ -194,6 +200,8 @@ pub fn prepare_upload<'a>(
         !options.files_only,
         options.archive_file.as_ref(),
     )?;
+    let mut parsed = parsed;
+    refuse_earlier_run(&mut parsed, options.run_again)?;
     if options.files_only {
         // A guest's vFAT ignores case: `AUTO_EXEC.SH` would run.
         let script = parsed.files.iter().find(|f| {
@@ -235,6 +243,45 @@ pub fn prepare_upload<'a>(
         durability: options.durability,
         report,
     })
+}
+
+/// Refuses an archive that holds an earlier run's status (nlxtp's `nlxtp/status.bin`,
+/// which the archive reader has already left out, or the original implementation's
+/// `exec_status/`), unless `run_again`: then the original's status files are left out too.
+fn refuse_earlier_run(parsed: &mut ParsedUpload, run_again: bool) -> Result<(), UploadError> {
+    let legacy_dir = layout::legacy::EXEC_STATUS_DIR;
+    let is_legacy = |path: &str| {
+        let top = path.split('/').next().unwrap_or(path);
+        top.eq_ignore_ascii_case(legacy_dir)
+    };
+    let evidence = parsed
+        .dropped
+        .iter()
+        .find(|p| p.eq_ignore_ascii_case(layout::STATUS_FILE))
+        .cloned()
+        .or_else(|| {
+            parsed
+                .files
+                .iter()
+                .map(|f| f.path.as_str())
+                .find(|p| is_legacy(p))
+                .map(|_| format!("{legacy_dir}/"))
+        });
+    let Some(evidence) = evidence else {
+        return Ok(());
+    };
+    if !run_again {
+        return Err(ArchiveError::EarlierRun { evidence }.into());
+    }
+    let (old, kept): (Vec<UploadFile>, Vec<UploadFile>) = std::mem::take(&mut parsed.files)
+        .into_iter()
+        .partition(|f| is_legacy(f.path.as_str()));
+    parsed.files = kept;
+    parsed.total_bytes -= old.iter().map(|f| f.data.len()).sum::<u64>();
+    parsed
+        .dropped
+        .extend(old.into_iter().map(|f| f.path.as_str().to_owned()));
+    Ok(())
 }
 
 /// What a run asks of the guest's monitor; its manifest carries it.

@@ -57,10 +57,10 @@ impl Skipped {
 }
 
 impl ContainerDir {
-    /// Like [`SharedArea::walk`], and says what it skipped.
+    /// Like [`SharedArea::walk`](crate::area::SharedArea::walk), and says what it skipped.
     ///
     /// # Errors
-    /// As [`SharedArea::walk`].
+    /// As [`SharedArea::walk`](crate::area::SharedArea::walk).
     pub fn walk_report(
         &self,
         limits: &WalkLimits,

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use nlxtp_core::layout::DEFAULT_VOLUME_LABEL;
 
-use super::geometry::FatType;
-use super::volume::{read_geometry, Image};
-use super::write::{fatfs_type, fresh_volume_id, guarded, label_bytes};
+use super::block::{ImageFile, Window};
+use super::format::{fatfs_type, format, fresh_volume_id, label_bytes};
+use super::geometry::{FatType, Geometry};
+use super::partition::{self, Scheme};
 use crate::area::AreaError;
 
 /// The smallest image [`create_image`] makes (FAT12 with room for a few files).
@@ -97,6 +98,44 @@ pub fn create_image(
     fat_bits: Option<u8>,
     label: Option<&str>,
 ) -> Result<(), CreateError> {
+    create_disk(
+        path,
+        &DiskOptions {
+            size,
+            fat_bits,
+            label: label.map(str::to_owned),
+            partition: None,
+        },
+    )
+}
+
+/// How [`create_disk`] makes a shared disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskOptions {
+    /// Size in bytes, a multiple of 512.
+    pub size: u64,
+    /// 12, 16 or 32; `None` lets the size decide.
+    pub fat_bits: Option<u8>,
+    /// The volume label; `None` for [`DEFAULT_VOLUME_LABEL`].
+    pub label: Option<String>,
+    /// A partition table with one FAT partition (1 MiB in, to the end), or `None` for a
+    /// FAT volume that is the whole disk.
+    pub partition: Option<Scheme>,
+}
+
+/// [`create_image`], with a partition table if `options` ask for one (the guest finds
+/// the partition by its label as it finds a whole disk).
+///
+/// # Errors
+/// As [`create_image`].
+pub fn create_disk(path: &Path, options: &DiskOptions) -> Result<(), CreateError> {
+    let DiskOptions {
+        size,
+        fat_bits,
+        ref label,
+        partition,
+    } = *options;
+    let label = label.as_deref();
     if !(MIN_IMAGE_LEN..=MAX_IMAGE_LEN).contains(&size) || !size.is_multiple_of(512) {
         return Err(CreateError::BadSize { size });
     }
@@ -120,7 +159,7 @@ pub fn create_image(
             io::ErrorKind::AlreadyExists => CreateError::Exists { path: path.into() },
             _ => CreateError::Area(AreaError::io("create", path, source)),
         })?;
-    let made = make(path, size, fat_type, label_raw);
+    let made = make(path, size, fat_type, label_raw, partition);
     if made.is_err() {
         let _ = std::fs::remove_file(path);
     }
@@ -132,6 +171,7 @@ fn make(
     size: u64,
     fat_type: Option<FatType>,
     label: [u8; 11],
+    partition: Option<Scheme>,
 ) -> Result<(), CreateError> {
     let qemu_img = |detail: String| CreateError::QemuImg {
         path: path.into(),
@@ -155,11 +195,12 @@ fn make(
         let said = String::from_utf8_lossy(&out.stderr);
         return Err(qemu_img(format!("{}: {}", out.status, said.trim())));
     }
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(|source| CreateError::Area(AreaError::io("open", path, source)))?;
+    let image = ImageFile::from_file(file, path)?;
     let mut options = fatfs::FormatVolumeOptions::new()
         .volume_label(label)
         .volume_id(fresh_volume_id());
@@ -170,16 +211,29 @@ fn make(
         path: path.into(),
         source,
     };
-    guarded("formatted a new image", || {
-        fatfs::format_volume(&mut file, options)
-    })
-    .map_err(|e| format_error(io::Error::other(e.to_string())))?
-    .map_err(format_error)?;
-    file.sync_all()
+    let region = match partition {
+        Some(scheme) => partition::table_region(size, scheme)?,
+        None => partition::VolumePlace {
+            offset: 0,
+            len: size,
+            partition: None,
+        },
+    };
+    let volume = Window::new(&image, region.offset, region.len)?;
+    format(&volume, options, "formatted a new image")
+        .map_err(|e| format_error(io::Error::other(e.to_string())))?
+        .map_err(format_error)?;
+    let made =
+        Geometry::read(&volume).map_err(|e| format_error(io::Error::other(e.to_string())))?;
+    if let Some(scheme) = partition {
+        let mut ids = [0u8; 32];
+        getrandom::fill(&mut ids).map_err(|e| format_error(io::Error::other(e.to_string())))?;
+        partition::write_table(&image, scheme, made.fat_type, ids)?;
+    }
+    image
+        .file()
+        .sync_all()
         .map_err(|source| CreateError::Area(AreaError::io("flush", path, source)))?;
-    let made = Image::from_file(file, path)
-        .and_then(|image| read_geometry(&image))
-        .map_err(|e| format_error(io::Error::other(e.to_string())))?;
     match fat_type {
         Some(wanted) if wanted != made.fat_type => Err(CreateError::FatTypeDoesNotFit {
             bits: wanted.bits(),

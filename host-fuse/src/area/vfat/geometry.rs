@@ -3,6 +3,7 @@
 //! After [`Geometry::parse`] succeeds, every offset it hands out lies inside the image:
 //! the FAT, the FAT12/16 root directory region and every cluster `2..=max_cluster`.
 
+use super::block::BlockSource;
 use crate::area::AreaError;
 
 /// FAT entry width, decided as fatfs, Linux and the FAT specification do: by cluster count.
@@ -64,11 +65,11 @@ pub struct Geometry {
     pub(crate) label: Option<[u8; 11]>,
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
+fn u16_at(b: &[u8; BOOT_SECTOR_LEN], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+fn u32_at(b: &[u8; BOOT_SECTOR_LEN], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
@@ -81,22 +82,53 @@ fn corrupt(what: impl Into<String>) -> AreaError {
 /// Length of the boot sector fields we read.
 pub const BOOT_SECTOR_LEN: usize = 512;
 
-impl Geometry {
-    /// Checks the boot sector `sector` (the image's first 512 bytes) against an image of
-    /// `image_len` bytes.
-    ///
-    /// # Errors
-    /// [`AreaError::Corrupt`] naming the first field that is out of range or inconsistent.
-    pub fn parse(sector: &[u8; BOOT_SECTOR_LEN], image_len: u64) -> Result<Self, AreaError> {
-        let b = &sector[..];
-        if b[510] != 0x55 || b[511] != 0xAA {
+/// Byte offsets of the boot sector's fields (the BIOS parameter block).
+mod field {
+    pub const BYTES_PER_SECTOR: usize = 11;
+    pub const SECTORS_PER_CLUSTER: usize = 13;
+    pub const RESERVED_SECTORS: usize = 14;
+    pub const FATS: usize = 16;
+    pub const ROOT_ENTRIES: usize = 17;
+    pub const TOTAL_SECTORS_16: usize = 19;
+    pub const MEDIA: usize = 21;
+    pub const SECTORS_PER_FAT_16: usize = 22;
+    pub const TOTAL_SECTORS_32: usize = 32;
+    /// FAT32 only, from here on.
+    pub const SECTORS_PER_FAT_32: usize = 36;
+    pub const EXT_FLAGS: usize = 40;
+    pub const FS_VERSION: usize = 42;
+    pub const ROOT_CLUSTER: usize = 44;
+    pub const FS_INFO_SECTOR: usize = 48;
+    pub const BACKUP_BOOT_SECTOR: usize = 50;
+    /// The extended boot signature (0x28 or 0x29), FAT12/16 and FAT32; the volume id
+    /// follows it, and (0x29 only) the label after the id.
+    pub const EXT_SIGNATURE_16: usize = 38;
+    pub const EXT_SIGNATURE_32: usize = 66;
+    pub const SIGNATURE: usize = 510;
+}
+
+/// The fields that say how big things are, each checked on its own.
+struct Bpb {
+    bytes_per_sector: u32,
+    sectors_per_cluster: u32,
+    reserved: u64,
+    fats: u8,
+    root_entries: u16,
+    total_sectors: u32,
+    sectors_per_fat: u32,
+    is_fat32: bool,
+}
+
+impl Bpb {
+    fn read(b: &[u8; BOOT_SECTOR_LEN]) -> Result<Self, AreaError> {
+        if b[field::SIGNATURE] != 0x55 || b[field::SIGNATURE + 1] != 0xAA {
             return Err(corrupt("no 55 AA signature, so this is not a FAT volume"));
         }
-        let bytes_per_sector = u32::from(u16_at(b, 11));
+        let bytes_per_sector = u32::from(u16_at(b, field::BYTES_PER_SECTOR));
         if !matches!(bytes_per_sector, 512 | 1024 | 2048 | 4096) {
             return Err(corrupt(format!("{bytes_per_sector} bytes per sector")));
         }
-        let sectors_per_cluster = u32::from(b[13]);
+        let sectors_per_cluster = u32::from(b[field::SECTORS_PER_CLUSTER]);
         if !sectors_per_cluster.is_power_of_two() || sectors_per_cluster > 128 {
             return Err(corrupt(format!(
                 "{sectors_per_cluster} sectors per cluster"
@@ -106,26 +138,29 @@ impl Geometry {
         if cluster_size > 64 * 1024 {
             return Err(corrupt(format!("clusters of {cluster_size} bytes")));
         }
-        let reserved = u64::from(u16_at(b, 14));
+        let reserved = u64::from(u16_at(b, field::RESERVED_SECTORS));
         if reserved == 0 {
             return Err(corrupt("no reserved sectors"));
         }
-        let fats = b[16];
+        let fats = b[field::FATS];
         if !(1..=2).contains(&fats) {
             return Err(corrupt(format!("{fats} FATs")));
         }
-        let root_entries = u16_at(b, 17);
-        let total16 = u32::from(u16_at(b, 19));
-        let total32 = u32_at(b, 32);
-        let total_sectors = match (total16, total32) {
+        let root_entries = u16_at(b, field::ROOT_ENTRIES);
+        let total16 = u32::from(u16_at(b, field::TOTAL_SECTORS_16));
+        let total_sectors = match (total16, u32_at(b, field::TOTAL_SECTORS_32)) {
             (0, 0) => return Err(corrupt("a total sector count of 0")),
             (0, n) => n,
             (n, 0) => n,
             (_, _) => return Err(corrupt("two different total sector counts")),
         };
-        let spf16 = u32::from(u16_at(b, 22));
+        let spf16 = u32::from(u16_at(b, field::SECTORS_PER_FAT_16));
         let is_fat32 = spf16 == 0;
-        let sectors_per_fat = if is_fat32 { u32_at(b, 36) } else { spf16 };
+        let sectors_per_fat = if is_fat32 {
+            u32_at(b, field::SECTORS_PER_FAT_32)
+        } else {
+            spf16
+        };
         if sectors_per_fat == 0 {
             return Err(corrupt("a FAT of 0 sectors"));
         }
@@ -135,11 +170,33 @@ impl Geometry {
         if !is_fat32 && root_entries == 0 {
             return Err(corrupt("an empty FAT12/16 root directory region"));
         }
-        let bps = u64::from(bytes_per_sector);
-        let root_dir_sectors = (u64::from(root_entries) * 32).div_ceil(bps);
-        let fat_sectors = u64::from(sectors_per_fat);
-        let first_data_sector = reserved + u64::from(fats) * fat_sectors + root_dir_sectors;
-        let total = u64::from(total_sectors);
+        Ok(Bpb {
+            bytes_per_sector,
+            sectors_per_cluster,
+            reserved,
+            fats,
+            root_entries,
+            total_sectors,
+            sectors_per_fat,
+            is_fat32,
+        })
+    }
+}
+
+/// Where the regions are, from checked fields.
+struct Regions {
+    first_data_sector: u64,
+    clusters: u64,
+    fat_type: FatType,
+}
+
+impl Regions {
+    fn of(bpb: &Bpb, image_len: u64) -> Result<Self, AreaError> {
+        let bps = u64::from(bpb.bytes_per_sector);
+        let root_dir_sectors = (u64::from(bpb.root_entries) * 32).div_ceil(bps);
+        let fat_sectors = u64::from(bpb.sectors_per_fat);
+        let first_data_sector = bpb.reserved + u64::from(bpb.fats) * fat_sectors + root_dir_sectors;
+        let total = u64::from(bpb.total_sectors);
         if total <= first_data_sector {
             return Err(corrupt("no room for a data region"));
         }
@@ -149,82 +206,142 @@ impl Geometry {
                 total * bps
             )));
         }
-        let clusters = (total - first_data_sector) / u64::from(sectors_per_cluster);
+        let clusters = (total - first_data_sector) / u64::from(bpb.sectors_per_cluster);
         if clusters == 0 {
             return Err(corrupt("no data clusters"));
         }
         let fat_type = FatType::from_clusters(clusters);
-        if is_fat32 != (fat_type == FatType::Fat32) {
+        if bpb.is_fat32 != (fat_type == FatType::Fat32) {
             return Err(corrupt(format!(
                 "{clusters} clusters, which does not match the FAT{} layout of its fields",
-                if is_fat32 { 32 } else { 16 }
+                if bpb.is_fat32 { 32 } else { 16 }
             )));
         }
         if clusters > 0x0FFF_FFF5 {
             return Err(corrupt(format!("{clusters} clusters")));
         }
-        let fat_len = fat_sectors * bps;
-        let entries_in_fat = fat_len * 8 / u64::from(fat_type.bits());
+        let entries_in_fat = fat_sectors * bps * 8 / u64::from(fat_type.bits());
         if entries_in_fat < clusters + 2 {
             return Err(corrupt(format!(
                 "a FAT with {entries_in_fat} entries for {clusters} clusters"
             )));
         }
-        let mut active_fat = 0;
-        let mut root_cluster = 0;
-        let mut fs_info_offset = None;
-        if is_fat32 {
-            let ext_flags = u16_at(b, 40);
-            if ext_flags & 0x80 != 0 {
-                active_fat = u64::from(ext_flags & 0x0F);
-                if active_fat >= u64::from(fats) {
-                    return Err(corrupt(format!("active FAT {active_fat} of {fats}")));
-                }
-            }
-            if u16_at(b, 42) != 0 {
-                return Err(corrupt("an unknown FAT32 version"));
-            }
-            root_cluster = u32_at(b, 44);
-            if root_cluster < 2 || u64::from(root_cluster) > clusters + 1 {
-                return Err(corrupt(format!("root directory cluster {root_cluster}")));
-            }
-            let fs_info = u64::from(u16_at(b, 48));
-            let backup = u64::from(u16_at(b, 50));
-            if fs_info == 0 || fs_info >= reserved || backup >= reserved {
-                return Err(corrupt("FSInfo or backup sector outside the reserved area"));
-            }
-            fs_info_offset = Some(fs_info * bps);
-        }
-        let (ext_at, label_at) = if is_fat32 { (66, 71) } else { (38, 43) };
-        let (volume_id, label) = if matches!(b[ext_at], 0x28 | 0x29) {
-            let mut label = [0u8; 11];
-            label.copy_from_slice(&b[label_at..label_at + 11]);
-            (
-                Some(u32_at(b, ext_at + 1)),
-                (b[ext_at] == 0x29).then_some(label),
-            )
-        } else {
-            (None, None)
-        };
-        let fat_offset = (reserved + active_fat * fat_sectors) * bps;
-        let root_start = (reserved + u64::from(fats) * fat_sectors) * bps;
-        Ok(Geometry {
+        Ok(Regions {
+            first_data_sector,
+            clusters,
             fat_type,
-            bytes_per_sector,
-            cluster_size,
-            fats,
-            root_entries,
-            media: b[21],
-            fat_offset,
-            first_fat_offset: reserved * bps,
-            fs_info_offset,
-            fat_len,
-            root_region: (!is_fat32).then_some((root_start, u64::from(root_entries) * 32)),
+        })
+    }
+}
+
+/// FAT32's own fields: the active FAT, the root directory's cluster, FSInfo's sector.
+struct Fat32Fields {
+    active_fat: u64,
+    root_cluster: u32,
+    fs_info_sector: u64,
+}
+
+impl Fat32Fields {
+    fn read(b: &[u8; BOOT_SECTOR_LEN], bpb: &Bpb, clusters: u64) -> Result<Self, AreaError> {
+        let ext_flags = u16_at(b, field::EXT_FLAGS);
+        let mut active_fat = 0;
+        if ext_flags & 0x80 != 0 {
+            active_fat = u64::from(ext_flags & 0x0F);
+            if active_fat >= u64::from(bpb.fats) {
+                return Err(corrupt(format!("active FAT {active_fat} of {}", bpb.fats)));
+            }
+        }
+        if u16_at(b, field::FS_VERSION) != 0 {
+            return Err(corrupt("an unknown FAT32 version"));
+        }
+        let root_cluster = u32_at(b, field::ROOT_CLUSTER);
+        if root_cluster < 2 || u64::from(root_cluster) > clusters + 1 {
+            return Err(corrupt(format!("root directory cluster {root_cluster}")));
+        }
+        let fs_info = u64::from(u16_at(b, field::FS_INFO_SECTOR));
+        let backup = u64::from(u16_at(b, field::BACKUP_BOOT_SECTOR));
+        if fs_info == 0 || fs_info >= bpb.reserved || backup >= bpb.reserved {
+            return Err(corrupt("FSInfo or backup sector outside the reserved area"));
+        }
+        Ok(Fat32Fields {
+            active_fat,
             root_cluster,
-            data_offset: first_data_sector * bps,
-            // Checked above: at most 0x0FFF_FFF5.
-            clusters: clusters as u32,
-            total_sectors,
+            fs_info_sector: fs_info,
+        })
+    }
+}
+
+/// The volume id and, if the boot sector has one, the label.
+fn id_and_label(b: &[u8; BOOT_SECTOR_LEN], is_fat32: bool) -> (Option<u32>, Option<[u8; 11]>) {
+    let ext_at = if is_fat32 {
+        field::EXT_SIGNATURE_32
+    } else {
+        field::EXT_SIGNATURE_16
+    };
+    if !matches!(b[ext_at], 0x28 | 0x29) {
+        return (None, None);
+    }
+    let mut label = [0u8; 11];
+    label.copy_from_slice(&b[ext_at + 5..ext_at + 16]);
+    (
+        Some(u32_at(b, ext_at + 1)),
+        (b[ext_at] == 0x29).then_some(label),
+    )
+}
+
+impl Geometry {
+    /// Reads the boot sector of the volume in `source` and checks it.
+    ///
+    /// # Errors
+    /// [`AreaError::Corrupt`] for a source too short or a bad boot sector; those of
+    /// reading `source`.
+    pub fn read(source: &dyn BlockSource) -> Result<Self, AreaError> {
+        let len = source.len();
+        if len < BOOT_SECTOR_LEN as u64 {
+            return Err(AreaError::Corrupt {
+                what: format!("an image of {len} bytes, too short for a boot sector"),
+            });
+        }
+        let mut sector = [0u8; BOOT_SECTOR_LEN];
+        source.read_at(0, &mut sector)?;
+        Geometry::parse(&sector, len)
+    }
+
+    /// Checks the boot sector `sector` (the image's first 512 bytes) against an image of
+    /// `image_len` bytes.
+    ///
+    /// # Errors
+    /// [`AreaError::Corrupt`] naming the first field that is out of range or inconsistent.
+    pub fn parse(sector: &[u8; BOOT_SECTOR_LEN], image_len: u64) -> Result<Self, AreaError> {
+        let bpb = Bpb::read(sector)?;
+        let regions = Regions::of(&bpb, image_len)?;
+        let fat32 = if bpb.is_fat32 {
+            Some(Fat32Fields::read(sector, &bpb, regions.clusters)?)
+        } else {
+            None
+        };
+        let (volume_id, label) = id_and_label(sector, bpb.is_fat32);
+        let bps = u64::from(bpb.bytes_per_sector);
+        let fat_sectors = u64::from(bpb.sectors_per_fat);
+        let active_fat = fat32.as_ref().map_or(0, |f| f.active_fat);
+        let root_start = (bpb.reserved + u64::from(bpb.fats) * fat_sectors) * bps;
+        Ok(Geometry {
+            fat_type: regions.fat_type,
+            bytes_per_sector: bpb.bytes_per_sector,
+            cluster_size: bpb.bytes_per_sector * bpb.sectors_per_cluster,
+            fats: bpb.fats,
+            root_entries: bpb.root_entries,
+            media: sector[field::MEDIA],
+            fat_offset: (bpb.reserved + active_fat * fat_sectors) * bps,
+            first_fat_offset: bpb.reserved * bps,
+            fs_info_offset: fat32.as_ref().map(|f| f.fs_info_sector * bps),
+            fat_len: fat_sectors * bps,
+            root_region: (!bpb.is_fat32).then_some((root_start, u64::from(bpb.root_entries) * 32)),
+            root_cluster: fat32.as_ref().map_or(0, |f| f.root_cluster),
+            data_offset: regions.first_data_sector * bps,
+            // Checked in Regions::of: at most 0x0FFF_FFF5.
+            clusters: regions.clusters as u32,
+            total_sectors: bpb.total_sectors,
             volume_id,
             label,
         })

@@ -45,7 +45,11 @@ pub fn qemu_holds_image(path: &Path) -> Result<bool, AreaError> {
     holds(&file, path)
 }
 
-fn holds(file: &File, path: &Path) -> Result<bool, AreaError> {
+/// Whether a QEMU holds the image open as `file` (see [`qemu_holds_image`]).
+///
+/// # Errors
+/// [`AreaError::Io`] if the lock query fails.
+pub(super) fn holds(file: &File, path: &Path) -> Result<bool, AreaError> {
     for byte in [100, 101, 201] {
         let mut probe = flock(libc::F_WRLCK, byte, 1);
         fcntl(file.as_fd(), FcntlArg::F_OFD_GETLK(&mut probe))

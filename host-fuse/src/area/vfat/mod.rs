@@ -1,35 +1,64 @@
 //! The vFAT disk-image backend: a VM's shared area is a raw image with a FAT12, FAT16 or
-//! FAT32 volume (no partition table), read and written in user space.
+//! FAT32 volume, the whole image or one partition of it, read and written in user space.
 //!
 //! The image is the guest's, so every byte of it is hostile. Reading never goes through
-//! a general-purpose FAT library: the host's own parser (`volume.rs`) checks the boot
-//! sector (`geometry.rs`), loads and checks the whole FAT (`fat.rs`: no entry points
-//! outside the volume, no chain loops), and bounds every directory and file, so any
-//! image ends in a result or an [`AreaError::Corrupt`] in time proportional to its size.
-//! Uploads are written into a copy the host has just formatted (fatfs formats it,
-//! `build.rs` lays the files in, `write.rs` swaps it in). QEMU's image locks say whether the VM runs and keep it from starting
-//! during an upload ([`qemu_holds_image`], [`ImageWriteGuard`]).
+//! a general-purpose FAT library: the host's own parser checks the boot sector, follows
+//! every chain bounded, and bounds every directory and file, so any image ends in a
+//! result or an [`AreaError::Corrupt`] in time proportional to its size. Uploads are
+//! written into a copy the host has just formatted. QEMU's image locks say whether the
+//! VM runs and keep it from starting during an upload ([`qemu_holds_image`],
+//! [`ImageWriteGuard`]).
+//!
+//! Each on-disk structure is defined once, below a [`BlockSource`] (where the volume's
+//! bytes are: a local file, a window of one), for the reader and the writer alike:
+//!
+//! - `block.rs`: [`BlockSource`], [`ImageFile`], [`Window`];
+//! - `geometry.rs`: the boot sector, parsed and checked;
+//! - `fat.rs`: FAT entries of 12, 16 and 32 bits (get and set), the table read on
+//!   demand, bounded chains, the whole-table check;
+//! - `entry.rs`: directory entries: field offsets, short and long-name entries encoded
+//!   and decoded, the short-name checksum, DOS times;
+//! - `volume.rs` (lookups, reads) and `walk.rs` (a walk over everything): the reader;
+//! - `status.rs`: the status fast path; `snapshot.rs`: a status report in one pass;
+//! - `names.rs` (short names for long ones), `plan.rs` (an upload checked and ordered),
+//!   `layout.rs` (where it goes), `build.rs` (writing it), `format.rs` (fatfs
+//!   formatting), `replace.rs` (the new image swapped in), `create.rs` (a new disk);
+//! - `partition.rs`: where the volume lies: the whole image, or an MBR or GPT
+//!   partition ([`find_volume`]);
+//! - `lock.rs`: QEMU's lock bytes.
 
+pub mod block;
 mod build;
 mod create;
-mod dir;
+mod entry;
 mod fat;
+mod format;
 mod geometry;
+mod layout;
 mod lock;
+mod names;
+pub mod partition;
+mod plan;
+mod replace;
+mod snapshot;
 mod status;
 mod volume;
-mod write;
+mod walk;
 
 use std::path::{Path, PathBuf};
 
-pub use create::{create_image, CreateError, MAX_IMAGE_LEN, MIN_IMAGE_LEN};
+pub use block::{BlockSource, Disk, ImageFile, Window};
+pub use create::{
+    create_disk, create_image, CreateError, DiskOptions, MAX_IMAGE_LEN, MIN_IMAGE_LEN,
+};
 pub use lock::{qemu_holds_image, ImageWriteGuard};
+pub use partition::{find_volume, Partition, Scheme, VolumePlace};
 
 use self::status::StatusCache;
 use self::volume::Volume;
 use crate::area::{
-    AreaError, AreaHold, AreaKind, AreaPath, Capabilities, ChangeKey, Durability, SharedArea,
-    StatusRead, UploadFile, Visitor, WalkLimits,
+    AreaError, AreaHold, AreaKind, AreaPath, AreaSnapshot, Capabilities, ChangeKey, Durability,
+    SharedArea, StatusRead, UploadFile, Visitor, WalkLimits,
 };
 
 /// A VM's shared area: the vFAT image at a path.
@@ -109,7 +138,7 @@ impl SharedArea for VfatImage {
         files: Vec<UploadFile>,
         durability: Durability,
     ) -> Result<(), AreaError> {
-        write::replace(&self.path, files, durability)
+        replace::replace(&self.path, files, durability)
     }
 
     /// QEMU's write locks on the image ([`ImageWriteGuard`]).
@@ -132,11 +161,17 @@ impl SharedArea for VfatImage {
         let guard = slot
             .take()
             .expect("a held image keeps its guard between calls");
-        let (result, guard) = match write::replace_holding(&self.path, guard, files, durability) {
+        let (result, guard) = match replace::replace_holding(&self.path, guard, files, durability) {
             Ok(new) => (Ok(()), new),
             Err((e, old)) => (Err(e), old),
         };
         *slot = Some(guard);
         result
+    }
+
+    /// One open and one pass over the image (`snapshot.rs`), which also remembers where
+    /// the status file is for the next [`SharedArea::read_status_file`].
+    fn snapshot(&self) -> Result<AreaSnapshot, AreaError> {
+        snapshot::snapshot(&self.path, &self.status)
     }
 }

@@ -15,16 +15,18 @@ use std::sync::Mutex;
 
 use nlxtp_core::slots::STATUS_FILE_LEN;
 
-use super::dir::short_form;
-use super::volume::{Image, Located, Volume};
+use super::block::{BlockSource, Disk};
+use super::entry::short_form;
+use super::volume::{read_located, Dirs, Located, Volume};
 use crate::area::{AreaError, StatusRead};
 
 /// Reads of the status file beyond its fixed size: one byte, to see a longer file.
-const WANTED: u64 = STATUS_FILE_LEN as u64 + 1;
+pub const WANTED: u64 = STATUS_FILE_LEN as u64 + 1;
 
+/// Where one image's status file is.
 #[derive(Debug)]
-struct Place {
-    image: Image,
+pub struct Place {
+    image: Disk,
     inode: (u64, u64),
     located: Located,
 }
@@ -58,6 +60,11 @@ impl StatusCache {
             Some(found) => read_ranges(found, out),
             None => Ok(()),
         }
+    }
+
+    /// Remembers `place`, found by a look at the image that has just read the file.
+    pub fn remember(&self, place: Option<Place>) {
+        *self.place.lock().unwrap_or_else(|p| p.into_inner()) = place;
     }
 }
 
@@ -93,12 +100,38 @@ fn identity(entry: &[u8; 32]) -> ([u8; 12], [u8; 2], [u8; 6]) {
 
 fn locate(path: &Path) -> Result<Option<Place>, AreaError> {
     let volume = Volume::open_unchecked(path)?;
+    let Some(located) = locate_in(&volume, &mut Dirs::default())? else {
+        return Ok(None);
+    };
+    // The inode of the file this Image has open: read after opening, so a rename in
+    // between shows as a mismatch at the next read rather than as a stale cache.
+    let meta = volume
+        .source
+        .inner()
+        .file()
+        .metadata()
+        .map_err(|e| AreaError::io("inspect", path, e))?;
+    Ok(Some(Place {
+        image: volume.source,
+        inode: (meta.dev(), meta.ino()),
+        located,
+    }))
+}
+
+/// Finds the status file in `volume`: `None` if there is none.
+///
+/// # Errors
+/// [`AreaError::Corrupt`] for a broken chain on the way, or a directory in its place.
+pub fn locate_in<S: BlockSource>(
+    volume: &Volume<S>,
+    dirs: &mut Dirs,
+) -> Result<Option<Located>, AreaError> {
     let shorts = [
         short_form(nlxtp_core::layout::PROTOCOL_DIR).expect("an 8.3 name"),
         short_form("status.bin").expect("an 8.3 name"),
     ];
     debug_assert_eq!(nlxtp_core::layout::STATUS_FILE, "nlxtp/status.bin");
-    let Some(located) = volume.locate_short(&shorts, WANTED)? else {
+    let Some(located) = volume.locate_short_in(dirs, &shorts, WANTED)? else {
         return Ok(None);
     };
     if located.is_dir {
@@ -106,27 +139,19 @@ fn locate(path: &Path) -> Result<Option<Place>, AreaError> {
             what: "the status file is a directory".into(),
         });
     }
-    // The inode of the file this Image has open: read after opening, so a rename in
-    // between shows as a mismatch at the next read rather than as a stale cache.
-    let meta = volume
-        .image
-        .file()
-        .metadata()
-        .map_err(|e| AreaError::io("inspect", path, e))?;
-    Ok(Some(Place {
-        image: volume.image,
-        inode: (meta.dev(), meta.ino()),
+    Ok(Some(located))
+}
+
+/// The place of a status file found in the image `image`, whose device and inode are
+/// `inode`.
+pub fn place(image: Disk, inode: (u64, u64), located: Located) -> Place {
+    Place {
+        image,
+        inode,
         located,
-    }))
+    }
 }
 
 fn read_ranges(place: &Place, out: &mut Vec<u8>) -> Result<(), AreaError> {
-    let len = place.located.size.min(WANTED) as usize;
-    out.resize(len, 0);
-    let mut at = 0;
-    for &(offset, n) in &place.located.ranges {
-        place.image.read_at(offset, &mut out[at..at + n])?;
-        at += n;
-    }
-    Ok(())
+    read_located(&place.image, &place.located, out)
 }

@@ -5,98 +5,38 @@
 //! loops and every cluster number used to compute an offset is inside the image. Every
 //! walk is bounded by [`WalkLimits`], every directory by [`MAX_DIR_BYTES`], every file by
 //! its cluster chain and the image's length; a directory reached twice (a directory loop)
-//! is an error. Reads use `pread` on a file opened read-only: nothing here writes.
+//! is an error. Reads go through a [`BlockSource`]; nothing here writes.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::dir::{parse_dir, RawEntry, ENTRY_LEN};
+use super::block::{BlockSource, Disk, ImageFile};
+use super::entry::{parse_dir, RawEntry, ENTRY_LEN};
 use super::fat::Fat;
-use super::geometry::{Geometry, BOOT_SECTOR_LEN};
-use crate::area::{AreaError, AreaPath, Entry, EntryKind, Visitor, WalkBudget, WalkLimits};
+use super::geometry::Geometry;
+use super::partition;
+use super::walk::VolumeWalk;
+use crate::area::{AreaError, AreaPath, Visitor, WalkBudget, WalkLimits};
 
 /// The most bytes a directory may have: 65536 entries, the FAT specification's limit.
 pub const MAX_DIR_BYTES: u64 = 65536 * ENTRY_LEN as u64;
 
-/// An image file opened for reading, with its length at open time.
-#[derive(Debug)]
-pub struct Image {
-    file: File,
-    len: u64,
-    path: PathBuf,
-}
-
-impl Image {
-    /// Opens `path` read-only.
-    ///
-    /// # Errors
-    /// [`AreaError::NotFound`] if there is no such file, else [`AreaError::Io`].
-    pub fn open(path: &Path) -> Result<Self, AreaError> {
-        let file = File::open(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => AreaError::NoImage { path: path.into() },
-            _ => AreaError::io("open", path, source),
-        })?;
-        Self::from_file(file, path)
-    }
-
-    /// Wraps an already open file, which `path` names.
-    ///
-    /// # Errors
-    /// [`AreaError::Io`] if its length cannot be read.
-    pub fn from_file(file: File, path: &Path) -> Result<Self, AreaError> {
-        let len = file
-            .metadata()
-            .map_err(|source| AreaError::io("inspect", path, source))?
-            .len();
-        Ok(Image {
-            file,
-            len,
-            path: path.into(),
-        })
-    }
-
-    /// The open file.
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
-    /// Reads exactly `buf.len()` bytes at `offset`, which must lie inside the image.
-    ///
-    /// # Errors
-    /// [`AreaError::Corrupt`] for a range past the end (the image shrank, or a caller
-    /// trusted a bad offset); [`AreaError::Io`] if reading fails.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), AreaError> {
-        let end = offset.checked_add(buf.len() as u64);
-        if end.is_none_or(|end| end > self.len) {
-            return Err(AreaError::Corrupt {
-                what: format!(
-                    "a read of {} bytes at {offset} past the image's end",
-                    buf.len()
-                ),
-            });
-        }
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|source| AreaError::io("read", &self.path, source))
-    }
-}
+/// Bytes of a directory read at once (a multiple of [`ENTRY_LEN`]).
+const DIR_PIECE: usize = 4096;
 
 /// (offset, length) runs of bytes in the image.
-type Runs = Vec<(u64, usize)>;
+pub type Runs = Vec<(u64, usize)>;
 
 /// A directory as read: its live entries, its raw bytes, and where those bytes are.
-struct Listing {
-    entries: Vec<RawEntry>,
+pub struct Listing {
+    pub entries: Vec<RawEntry>,
     bytes: Vec<u8>,
     runs: Runs,
 }
 
 /// Where a directory's entries are.
-#[derive(Debug, Clone, Copy)]
-enum DirPlace {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirPlace {
     /// The FAT12/16 root directory region.
     Region { offset: u64, len: u64 },
     /// A cluster chain.
@@ -113,34 +53,25 @@ pub struct Located {
     /// (offset, length) in the image of each run of contiguous clusters holding the
     /// file's bytes, covering `min(size, wanted)` bytes.
     pub ranges: Vec<(u64, usize)>,
-    pub size: u64,
     pub is_dir: bool,
 }
 
-/// A checked FAT volume.
+/// A FAT volume in a [`BlockSource`]: its boot sector checked, its FAT read as needed.
 #[derive(Debug)]
-pub struct Volume {
-    pub image: Image,
+pub struct Volume<S = Disk> {
+    pub source: S,
     pub geometry: Geometry,
     fat: Fat,
 }
 
-impl Volume {
-    /// Opens the image at `path`, checking only its boot sector: every chain is still
-    /// bounded when followed ([`Fat::chain`]), but a loop anywhere else in the FAT goes
-    /// unnoticed. For the status locate, which follows three chains.
+impl Volume<Disk> {
+    /// Opens the image at `path`, checking only its boot sector (see
+    /// [`Volume::new_unchecked`]).
     ///
     /// # Errors
     /// As [`Volume::open`].
     pub fn open_unchecked(path: &Path) -> Result<Self, AreaError> {
-        let image = Image::open(path)?;
-        let geometry = read_geometry(&image)?;
-        let fat = Fat::load(&geometry, |offset, buf| image.read_at(offset, buf))?;
-        Ok(Volume {
-            image,
-            geometry,
-            fat,
-        })
+        Self::new_unchecked(partition::volume_in(ImageFile::open(path)?)?)
     }
 
     /// Opens and checks the image at `path`: boot sector and the whole FAT.
@@ -149,33 +80,64 @@ impl Volume {
     /// [`AreaError::Corrupt`] for a bad boot sector or FAT, [`AreaError::Io`] and
     /// [`AreaError::NoImage`] from opening it.
     pub fn open(path: &Path) -> Result<Self, AreaError> {
-        let image = Image::open(path)?;
-        let geometry = read_geometry(&image)?;
-        let fat = Fat::load(&geometry, |offset, buf| image.read_at(offset, buf))?;
-        fat.check()?;
+        Self::new(partition::volume_in(ImageFile::open(path)?)?)
+    }
+}
+
+impl<S: BlockSource> Volume<S> {
+    /// The volume in `source`, checking only its boot sector: the FAT is read as chains
+    /// are followed, and every chain is still bounded ([`Fat::chain`]), but a loop
+    /// elsewhere in the FAT goes unnoticed. For the status read, which follows a few.
+    ///
+    /// # Errors
+    /// As [`Volume::new`].
+    pub fn new_unchecked(source: S) -> Result<Self, AreaError> {
+        let geometry = Geometry::read(&source)?;
+        let fat = Fat::lazy(&geometry)?;
         Ok(Volume {
-            image,
+            source,
             geometry,
             fat,
         })
     }
 
-    fn max_clusters_for(&self, bytes: u64) -> usize {
+    /// The volume in `source`, checked: boot sector and the whole FAT.
+    ///
+    /// # Errors
+    /// [`AreaError::Corrupt`] for a bad boot sector or FAT, [`AreaError::Io`].
+    pub fn new(source: S) -> Result<Self, AreaError> {
+        let geometry = Geometry::read(&source)?;
+        let fat = Fat::load(&geometry, &source)?;
+        fat.check(&source)?;
+        Ok(Volume {
+            source,
+            geometry,
+            fat,
+        })
+    }
+
+    pub(super) fn max_clusters_for(&self, bytes: u64) -> usize {
         bytes.div_ceil(u64::from(self.geometry.cluster_size)) as usize
     }
 
     /// The clusters of a file of `size` bytes starting at `first`, checked against the size.
-    fn file_chain(&self, first: u32, size: u64, name: &str) -> Result<Vec<u32>, AreaError> {
+    pub(super) fn file_chain(
+        &self,
+        first: u32,
+        size: u64,
+        name: &str,
+    ) -> Result<Vec<u32>, AreaError> {
         if size == 0 {
             return Ok(Vec::new());
         }
-        if size > self.image.len {
+        if size > self.source.len() {
             return Err(AreaError::Corrupt {
                 what: format!("{name} claims {size} bytes, more than the whole image"),
             });
         }
         let what = format!("the file {name}");
-        let chain = self.fat.chain(first, self.max_clusters_for(size), &what)?;
+        let limit = self.max_clusters_for(size);
+        let chain = self.fat.chain(&self.source, first, limit, &what)?;
         let held = chain.len() as u64 * u64::from(self.geometry.cluster_size);
         if held < size {
             return Err(AreaError::Corrupt {
@@ -186,9 +148,9 @@ impl Volume {
     }
 
     /// (offset, length) runs of contiguous clusters covering `len` bytes of `chain`.
-    fn ranges(&self, chain: &[u32], len: u64) -> Vec<(u64, usize)> {
+    pub(super) fn ranges(&self, chain: &[u32], len: u64) -> Runs {
         let cluster = u64::from(self.geometry.cluster_size);
-        let mut out: Vec<(u64, usize)> = Vec::new();
+        let mut out: Runs = Vec::new();
         let mut left = len;
         for &c in chain {
             if left == 0 {
@@ -205,25 +167,45 @@ impl Volume {
         out
     }
 
-    /// A directory's bytes and the image offset of each of its entries' slot.
+    /// Reads the bytes of `runs`, one after another.
+    fn read_runs(&self, runs: &[(u64, usize)], out: &mut [u8]) -> Result<(), AreaError> {
+        let mut at = 0;
+        for &(offset, len) in runs {
+            self.source.read_at(offset, &mut out[at..at + len])?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    /// A directory's bytes up to its end marker (an entry starting with 0: nothing after
+    /// it counts), and where all of its bytes are. The whole chain is followed either way.
     fn read_dir(&self, place: DirPlace, name: &str) -> Result<(Vec<u8>, Runs), AreaError> {
         let ranges = match place {
             DirPlace::Region { offset, len } => vec![(offset, len as usize)],
             DirPlace::Chain(first) => {
                 let what = format!("the directory {name}");
-                let chain = self
-                    .fat
-                    .chain(first, self.max_clusters_for(MAX_DIR_BYTES), &what)?;
+                let limit = self.max_clusters_for(MAX_DIR_BYTES);
+                let chain = self.fat.chain(&self.source, first, limit, &what)?;
                 let len = chain.len() as u64 * u64::from(self.geometry.cluster_size);
                 self.ranges(&chain, len)
             }
         };
-        let total: usize = ranges.iter().map(|r| r.1).sum();
-        let mut bytes = vec![0u8; total];
-        let mut at = 0;
+        // In pieces, stopping after the end marker: a root region of 16 KiB usually
+        // holds a handful of entries.
+        let mut bytes = Vec::new();
         for &(offset, len) in &ranges {
-            self.image.read_at(offset, &mut bytes[at..at + len])?;
-            at += len;
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(DIR_PIECE);
+                let at = bytes.len();
+                bytes.resize(at + n, 0);
+                self.source
+                    .read_at(offset + done as u64, &mut bytes[at..])?;
+                done += n;
+                if bytes[at..].chunks_exact(ENTRY_LEN).any(|e| e[0] == 0) {
+                    return Ok((bytes, ranges));
+                }
+            }
         }
         Ok((bytes, ranges))
     }
@@ -235,7 +217,7 @@ impl Volume {
         }
     }
 
-    fn entries(&self, place: DirPlace, name: &str) -> Result<Listing, AreaError> {
+    pub(super) fn entries(&self, place: DirPlace, name: &str) -> Result<Listing, AreaError> {
         let (bytes, runs) = self.read_dir(place, name)?;
         let hi = self.geometry.root_region.is_none();
         Ok(Listing {
@@ -245,7 +227,7 @@ impl Volume {
         })
     }
 
-    fn subdir(&self, entry: &RawEntry, path: &str) -> Result<DirPlace, AreaError> {
+    pub(super) fn subdir(&self, entry: &RawEntry, path: &str) -> Result<DirPlace, AreaError> {
         if !self.geometry.is_data_cluster(entry.first_cluster) {
             return Err(AreaError::Corrupt {
                 what: format!(
@@ -258,24 +240,22 @@ impl Volume {
     }
 
     /// Finds the file or directory whose short names along the way are `shorts`, and
-    /// where the first `wanted` bytes of it are. `None`: no such entry.
+    /// where the first `wanted` bytes of it are; directories listed once per `dirs`.
+    /// `None`: no such entry.
     ///
     /// # Errors
     /// [`AreaError::Corrupt`] for a broken chain on the way or in the file.
-    pub fn locate_short(
+    pub fn locate_short_in(
         &self,
+        dirs: &mut Dirs,
         shorts: &[[u8; 11]],
         wanted: u64,
     ) -> Result<Option<Located>, AreaError> {
         let mut place = self.root();
         let mut path = String::new();
         for (depth, short) in shorts.iter().enumerate() {
-            let Listing {
-                entries,
-                bytes,
-                runs: ranges,
-            } = self.entries(place, &path)?;
-            let Some(entry) = entries.into_iter().find(|e| &e.short == short) else {
+            let listing = dirs.list(self, place, &path)?;
+            let Some(entry) = listing.entries.iter().find(|e| &e.short == short) else {
                 return Ok(None);
             };
             path = format!("{path}/{}", entry.name);
@@ -283,28 +263,35 @@ impl Volume {
                 if !entry.is_dir {
                     return Ok(None);
                 }
-                place = self.subdir(&entry, &path)?;
+                place = self.subdir(entry, &path)?;
                 continue;
             }
             let at = entry.index * ENTRY_LEN;
             let mut raw = [0u8; ENTRY_LEN];
-            raw.copy_from_slice(&bytes[at..at + ENTRY_LEN]);
+            raw.copy_from_slice(&listing.bytes[at..at + ENTRY_LEN]);
             let size = u64::from(entry.size);
-            let ranges_out = if entry.is_dir {
+            let ranges = if entry.is_dir {
                 Vec::new()
             } else {
                 let chain = self.file_chain(entry.first_cluster, size, &path)?;
                 self.ranges(&chain, size.min(wanted))
             };
             return Ok(Some(Located {
-                entry_offset: offset_in(&ranges, at),
+                entry_offset: offset_in(&listing.runs, at),
                 entry: raw,
-                ranges: ranges_out,
-                size,
+                ranges,
                 is_dir: entry.is_dir,
             }));
         }
         Ok(None)
+    }
+
+    /// Reads the bytes of a located file, as many as its ranges cover, into `out`.
+    ///
+    /// # Errors
+    /// Those of reading the source.
+    pub fn read_located(&self, located: &Located, out: &mut Vec<u8>) -> Result<(), AreaError> {
+        read_located(&self.source, located, out)
     }
 
     /// Visits every file and directory, parents before their contents, each directory's
@@ -331,14 +318,40 @@ impl Volume {
     /// [`AreaError::NotFound`], [`AreaError::NotAFile`], [`AreaError::TooLarge`],
     /// [`AreaError::Corrupt`].
     pub fn read_file(&self, path: &AreaPath, max_len: u64) -> Result<Vec<u8>, AreaError> {
+        let file = self.find_file(&mut Dirs::default(), path, max_len)?;
+        self.read_found(&file)
+    }
+
+    /// The bytes of a file [`Volume::find_file`] found.
+    ///
+    /// # Errors
+    /// Those of reading the source.
+    pub fn read_found(&self, file: &FoundFile) -> Result<Vec<u8>, AreaError> {
+        let mut out = vec![0u8; file.size as usize];
+        self.read_runs(&self.ranges(&file.chain, file.size), &mut out)?;
+        Ok(out)
+    }
+
+    /// Finds the file at `path` as [`Volume::read_file`] does, checking its chain and
+    /// its size against `max_len`, without reading it; directories listed once per
+    /// `dirs`.
+    ///
+    /// # Errors
+    /// As [`Volume::read_file`].
+    pub fn find_file(
+        &self,
+        dirs: &mut Dirs,
+        path: &AreaPath,
+        max_len: u64,
+    ) -> Result<FoundFile, AreaError> {
         let mut place = self.root();
         let parts: Vec<&str> = path.components().collect();
         let mut shown = String::new();
         for (i, part) in parts.iter().enumerate() {
             let shown_dir = if shown.is_empty() { "/" } else { &shown };
-            let entries = self.entries(place, shown_dir)?.entries;
+            let entries = &dirs.list(self, place, shown_dir)?.entries;
             let found = entries
-                .into_iter()
+                .iter()
                 .find(|e| names_match(&e.name, part) || short_matches(&e.short, part));
             let Some(entry) = found else {
                 return Err(AreaError::NotFound { path: path.clone() });
@@ -358,13 +371,7 @@ impl Volume {
                         limit: max_len,
                     });
                 }
-                let mut out = vec![0u8; size as usize];
-                let mut at = 0;
-                for (offset, len) in self.ranges(&chain, size) {
-                    self.image.read_at(offset, &mut out[at..at + len])?;
-                    at += len;
-                }
-                return Ok(out);
+                return Ok(FoundFile { size, chain });
             }
             if !entry.is_dir {
                 return Err(AreaError::NotFound { path: path.clone() });
@@ -372,105 +379,63 @@ impl Volume {
             if last {
                 return Err(AreaError::NotAFile { path: path.clone() });
             }
-            place = self.subdir(&entry, &shown)?;
+            place = self.subdir(entry, &shown)?;
         }
         Err(AreaError::NotAFile { path: path.clone() })
     }
 }
 
-/// One walk over a volume: what it has used of its limits, and the directories it has
-/// entered (a directory reached twice is a loop).
-struct VolumeWalk<'a, 'v> {
-    volume: &'a Volume,
-    budget: WalkBudget,
-    seen_dirs: HashSet<u32>,
-    visit: &'a mut Visitor<'v>,
+/// A file [`Volume::find_file`] found: its size and its clusters, checked.
+#[derive(Debug, Clone)]
+pub struct FoundFile {
+    /// Its size in bytes.
+    pub size: u64,
+    chain: Vec<u32>,
 }
 
-impl VolumeWalk<'_, '_> {
-    /// Visits the entries of the directory at `place`, whose path is `parent`.
-    fn dir(
+/// Directories already listed during one look at a volume, so that several lookups
+/// read each directory once.
+#[derive(Default)]
+pub struct Dirs {
+    listed: Vec<(DirPlace, Listing)>,
+}
+
+impl Dirs {
+    fn list<S: BlockSource>(
         &mut self,
+        volume: &Volume<S>,
         place: DirPlace,
-        parent: Option<&AreaPath>,
-        depth: usize,
-    ) -> Result<(), AreaError> {
-        let shown = parent.map_or("/", AreaPath::as_str);
-        let mut entries = self.volume.entries(place, shown)?.entries;
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Some(pair) = entries.windows(2).find(|w| w[0].name == w[1].name) {
-            return Err(AreaError::Corrupt {
-                what: format!("two entries named {:?} in {shown}", pair[0].name),
-            });
-        }
-        for raw in entries {
-            self.budget.count_entries(1)?;
-            let path = match parent {
-                Some(p) => p.join(&raw.name),
-                None => AreaPath::new(raw.name.clone()),
+        name: &str,
+    ) -> Result<&Listing, AreaError> {
+        let at = match self.listed.iter().position(|(p, _)| *p == place) {
+            Some(at) => at,
+            None => {
+                let listing = volume.entries(place, name)?;
+                self.listed.push((place, listing));
+                self.listed.len() - 1
             }
-            .map_err(|_| AreaError::Corrupt {
-                what: format!("the name {:?} in {shown}", raw.name),
-            })?;
-            if raw.is_dir {
-                self.subdir(&raw, path, depth)?;
-            } else {
-                self.file(&raw, path)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn subdir(&mut self, raw: &RawEntry, path: AreaPath, depth: usize) -> Result<(), AreaError> {
-        let entry = Entry {
-            path,
-            kind: EntryKind::Dir,
-            size: 0,
-            mode: 0o755,
         };
-        self.budget.enter(depth + 1, &entry.path)?;
-        let sub = self.volume.subdir(raw, entry.path.as_str())?;
-        if !self.seen_dirs.insert(raw.first_cluster) {
-            return Err(AreaError::Corrupt {
-                what: format!(
-                    "the directory {} is reached twice (a directory loop)",
-                    entry.path
-                ),
-            });
-        }
-        (self.visit)(&entry, None).map_err(AreaError::sink)?;
-        self.dir(sub, Some(&entry.path), depth + 1)
+        Ok(&self.listed[at].1)
     }
+}
 
-    fn file(&mut self, raw: &RawEntry, path: AreaPath) -> Result<(), AreaError> {
-        let volume = self.volume;
-        let size = u64::from(raw.size);
-        let chain = volume.file_chain(raw.first_cluster, size, path.as_str())?;
-        self.budget.count_file(size)?;
-        // Each file's chain holds its size, so files holding more than the data region
-        // share clusters: a guest multiplying what a download reads.
-        let region = u64::from(volume.geometry.clusters) * u64::from(volume.geometry.cluster_size);
-        if self.budget.bytes() > region {
-            return Err(AreaError::Corrupt {
-                what: format!(
-                    "the files hold {} bytes, more than the volume's {region}: files share (cross-link) clusters",
-                    self.budget.bytes()
-                ),
-            });
-        }
-        let entry = Entry {
-            path,
-            kind: EntryKind::File,
-            size,
-            mode: if raw.read_only { 0o444 } else { 0o644 },
-        };
-        let mut reader = RangeReader::new(&volume.image, volume.ranges(&chain, size));
-        let visited = (self.visit)(&entry, Some(&mut reader));
-        if let Some(failed) = reader.failed.take() {
-            return Err(failed);
-        }
-        visited.map_err(AreaError::sink)
+/// Reads the bytes of `located` from `source`, as many as its ranges cover, into `out`.
+///
+/// # Errors
+/// Those of reading `source`.
+pub fn read_located(
+    source: &dyn BlockSource,
+    located: &Located,
+    out: &mut Vec<u8>,
+) -> Result<(), AreaError> {
+    let len: usize = located.ranges.iter().map(|r| r.1).sum();
+    out.resize(len, 0);
+    let mut at = 0;
+    for &(offset, n) in &located.ranges {
+        source.read_at(offset, &mut out[at..at + n])?;
+        at += n;
     }
+    Ok(())
 }
 
 fn names_match(a: &str, b: &str) -> bool {
@@ -478,7 +443,7 @@ fn names_match(a: &str, b: &str) -> bool {
 }
 
 fn short_matches(short: &[u8; 11], name: &str) -> bool {
-    super::dir::short_form(name).is_some_and(|s| &s == short)
+    super::entry::short_form(name).is_some_and(|s| &s == short)
 }
 
 /// The image offset of byte `at` of a directory laid out in `ranges`.
@@ -492,63 +457,88 @@ fn offset_in(ranges: &[(u64, usize)], mut at: usize) -> u64 {
     unreachable!("an entry index inside the directory's bytes")
 }
 
-/// Reads the boot sector and checks it.
-///
-/// # Errors
-/// [`AreaError::Corrupt`] for an image too short or a bad boot sector.
-pub fn read_geometry(image: &Image) -> Result<Geometry, AreaError> {
-    if image.len < BOOT_SECTOR_LEN as u64 {
-        return Err(AreaError::Corrupt {
-            what: format!(
-                "an image of {} bytes, too short for a boot sector",
-                image.len
-            ),
-        });
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    use super::*;
+    use crate::area::vfat::block::Window;
+
+    fn run(program: &str, args: &[&str]) {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("{program} did not start (install dosfstools and mtools): {e}")
+            });
+        assert!(out.status.success(), "{program} {args:?}: {out:?}");
     }
-    let mut sector = [0u8; BOOT_SECTOR_LEN];
-    image.read_at(0, &mut sector)?;
-    Geometry::parse(&sector, image.len)
-}
 
-/// Reads exactly the bytes of some (offset, length) runs of an image, then ends.
-struct RangeReader<'a> {
-    image: &'a Image,
-    ranges: std::vec::IntoIter<(u64, usize)>,
-    current: Option<(u64, usize)>,
-    /// Why a read failed: reported by the walk instead of the visitor's error.
-    failed: Option<AreaError>,
-}
-
-impl<'a> RangeReader<'a> {
-    fn new(image: &'a Image, ranges: Vec<(u64, usize)>) -> Self {
-        RangeReader {
-            image,
-            ranges: ranges.into_iter(),
-            current: None,
-            failed: None,
-        }
+    /// Every file and directory with its bytes, as a walk gives them.
+    fn contents<S: BlockSource>(volume: &Volume<S>) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        volume
+            .walk(&WalkLimits::default(), &mut |entry, reader| {
+                let bytes = reader.map(|r| {
+                    let mut b = Vec::new();
+                    r.read_to_end(&mut b).map(|_| b)
+                });
+                out.push((entry.path.to_string(), bytes.transpose()?));
+                Ok(())
+            })
+            .unwrap();
+        out
     }
-}
 
-impl Read for RangeReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.current {
-                Some((_, 0)) | None => match self.ranges.next() {
-                    Some(next) => self.current = Some(next),
-                    None => return Ok(0),
-                },
-                Some((offset, left)) => {
-                    let n = left.min(buf.len());
-                    // The image may shrink under us; read_at then reports it.
-                    if let Err(failed) = self.image.read_at(offset, &mut buf[..n]) {
-                        self.failed = Some(failed);
-                        return Err(io::Error::other("reading the image failed"));
-                    }
-                    self.current = Some((offset + n as u64, left - n));
-                    return Ok(n);
-                }
-            }
-        }
+    /// A FAT16 volume of 16 MiB made by mkfs.vfat 2 MiB into a 24 MiB disk, with files
+    /// put in by mtools; read through a window it is the volume copied out on its own.
+    #[test]
+    fn a_window_reads_a_volume_inside_a_bigger_disk() {
+        const OFFSET: u64 = 2 << 20;
+        const LEN: u64 = 16 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.img");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(24 << 20)
+            .unwrap();
+        let disk_s = disk.to_str().unwrap();
+        let sectors = (OFFSET / 512).to_string();
+        let blocks = (LEN / 1024).to_string();
+        run(
+            "mkfs.vfat",
+            &["--offset", &sectors, "-n", "NLXTP", disk_s, &blocks],
+        );
+        let at = format!("{disk_s}@@{OFFSET}");
+        let src: PathBuf = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("a long name.txt"), b"in a window").unwrap();
+        std::fs::write(src.join("sub/BIG.BIN"), vec![7u8; 100_000]).unwrap();
+        run("mmd", &["-i", &at, "::sub"]);
+        let put = |from: &str, to: &str| {
+            let from = src.join(from);
+            run("mcopy", &["-i", &at, from.to_str().unwrap(), to]);
+        };
+        put("a long name.txt", "::a long name.txt");
+        put("sub/BIG.BIN", "::sub/BIG.BIN");
+
+        let plain = dir.path().join("plain.img");
+        let bytes = std::fs::read(&disk).unwrap();
+        std::fs::write(&plain, &bytes[OFFSET as usize..(OFFSET + LEN) as usize]).unwrap();
+        let whole = Volume::open(&plain).unwrap();
+        let window = Window::new(ImageFile::open(&disk).unwrap(), OFFSET, LEN).unwrap();
+        let inside = Volume::new(window).unwrap();
+        let files = contents(&whole);
+        assert_eq!(files.len(), 3, "{files:?}");
+        assert_eq!(contents(&inside), files);
+        let path = AreaPath::new("SUB/big.bin").unwrap();
+        assert_eq!(
+            inside.read_file(&path, 1 << 20).unwrap(),
+            vec![7u8; 100_000]
+        );
+
+        // The disk itself is no FAT volume at its start.
+        assert!(Volume::open(&disk).is_err());
     }
 }

@@ -1,5 +1,9 @@
-//! Directory entries: short (8.3) entries, long-name (VFAT) entries, and the names a
-//! person sees, decoded as Linux's vfat driver shows them.
+//! Directory entries, defined once for the reader and the writer: the 32-byte short
+//! (8.3) entry and the long-name (VFAT) entries before it, with their field offsets,
+//! encoding and decoding, the short-name checksum that ties them together, DOS times,
+//! and the names a person sees, decoded as Linux's vfat driver shows them.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::area::AreaError;
 
@@ -15,6 +19,143 @@ pub const LOWER_BASE: u8 = 0x08;
 pub const LOWER_EXT: u8 = 0x10;
 /// A long name has at most 255 UTF-16 units: 20 entries of 13.
 const MAX_LFN_ENTRIES: u8 = 20;
+/// UTF-16 units in one long-name entry.
+pub const LONG_UNITS: usize = 13;
+/// Where those units sit in a long-name entry.
+const LONG_UNIT_AT: [usize; LONG_UNITS] = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
+/// In a long-name entry's order byte: this is the last part (stored first).
+const LONG_LAST: u8 = 0x40;
+/// The first name byte of a deleted entry, and of the end marker.
+const DELETED: u8 = 0xE5;
+const END: u8 = 0x00;
+
+/// Byte offsets of the fields of a short entry (`NAME` is 11 bytes) and of a long-name
+/// entry (`ORDER`, `ATTR`, `CHECKSUM`; the units at [`LONG_UNIT_AT`]).
+pub mod field {
+    pub const NAME: usize = 0;
+    pub const ATTR: usize = 11;
+    pub const CASE: usize = 12;
+    pub const CREATE_TIME: usize = 14;
+    pub const CREATE_DATE: usize = 16;
+    pub const ACCESS_DATE: usize = 18;
+    pub const CLUSTER_HI: usize = 20;
+    pub const WRITE_TIME: usize = 22;
+    pub const WRITE_DATE: usize = 24;
+    pub const CLUSTER_LO: usize = 26;
+    pub const SIZE: usize = 28;
+    pub const ORDER: usize = 0;
+    pub const CHECKSUM: usize = 13;
+}
+
+fn u16_at(e: &[u8; ENTRY_LEN], at: usize) -> u16 {
+    u16::from_le_bytes([e[at], e[at + 1]])
+}
+
+/// The checksum of a short name that each of its long-name entries carries.
+/// The checksum of a short name that each of its long-name entries carries.
+pub fn short_checksum(short: &[u8; 11]) -> u8 {
+    short
+        .iter()
+        .fold(0u8, |sum, &b| sum.rotate_right(1).wrapping_add(b))
+}
+
+/// A FAT date and time (local time is unknown to FAT; the host writes UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DosTime {
+    date: u16,
+    time: u16,
+}
+
+impl DosTime {
+    /// Now.
+    pub fn now() -> Self {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self::from_unix(secs)
+    }
+
+    /// `secs` since 1970, clamped to what FAT holds (1980 to 2107).
+    pub fn from_unix(secs: u64) -> Self {
+        let secs = secs.clamp(315_532_800, 4_354_819_199);
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        // Howard Hinnant's civil_from_days.
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u16;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
+        let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
+        let (hour, min, sec) = (
+            (rem / 3600) as u16,
+            (rem / 60 % 60) as u16,
+            (rem % 60) as u16,
+        );
+        DosTime {
+            date: ((year - 1980) << 9) | (month << 5) | day,
+            time: (hour << 11) | (min << 5) | (sec / 2),
+        }
+    }
+}
+
+/// A short entry: `name` (11 stored bytes), attributes, case flags ([`LOWER_BASE`],
+/// [`LOWER_EXT`]), first cluster, size, and `at` as its creation, access and write time.
+pub fn encode_short(
+    name: &[u8; 11],
+    attr: u8,
+    case: u8,
+    cluster: u32,
+    size: u32,
+    at: DosTime,
+) -> [u8; ENTRY_LEN] {
+    let mut e = [0u8; ENTRY_LEN];
+    e[field::NAME..field::NAME + 11].copy_from_slice(name);
+    e[field::ATTR] = attr;
+    e[field::CASE] = case;
+    for pos in [field::CREATE_TIME, field::WRITE_TIME] {
+        e[pos..pos + 2].copy_from_slice(&at.time.to_le_bytes());
+    }
+    for pos in [field::CREATE_DATE, field::ACCESS_DATE, field::WRITE_DATE] {
+        e[pos..pos + 2].copy_from_slice(&at.date.to_le_bytes());
+    }
+    e[field::CLUSTER_HI..field::CLUSTER_HI + 2]
+        .copy_from_slice(&((cluster >> 16) as u16).to_le_bytes());
+    e[field::CLUSTER_LO..field::CLUSTER_LO + 2].copy_from_slice(&(cluster as u16).to_le_bytes());
+    e[field::SIZE..field::SIZE + 4].copy_from_slice(&size.to_le_bytes());
+    e
+}
+
+/// How many long-name entries a name of `units` UTF-16 units takes.
+pub fn long_entries(units: usize) -> usize {
+    units.div_ceil(LONG_UNITS)
+}
+
+/// Appends the long-name entries of `long` (UTF-16) for the short name `short`, last
+/// part first, as they precede the short entry.
+pub fn encode_long(long: &[u16], short: &[u8; 11], out: &mut Vec<u8>) {
+    let sum = short_checksum(short);
+    let count = long_entries(long.len());
+    for ord in (1..=count).rev() {
+        let mut e = [0u8; ENTRY_LEN];
+        e[field::ORDER] = ord as u8 | if ord == count { LONG_LAST } else { 0 };
+        e[field::ATTR] = ATTR_LFN;
+        e[field::CHECKSUM] = sum;
+        let first = (ord - 1) * LONG_UNITS;
+        for (k, &pos) in LONG_UNIT_AT.iter().enumerate() {
+            // After the name: one NUL, then 0xFFFF padding.
+            let unit = match long.get(first + k) {
+                Some(&u) => u,
+                None if first + k == long.len() => 0,
+                None => 0xFFFF,
+            };
+            e[pos..pos + 2].copy_from_slice(&unit.to_le_bytes());
+        }
+        out.extend_from_slice(&e);
+    }
+}
 
 /// One file or directory, as its short entry records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +170,6 @@ pub struct RawEntry {
     pub size: u32,
     /// Index of the short entry in its directory.
     pub index: usize,
-}
-
-fn short_checksum(short: &[u8; 11]) -> u8 {
-    short
-        .iter()
-        .fold(0u8, |sum, &b| sum.rotate_right(1).wrapping_add(b))
 }
 
 /// The short name as text: `BASE.EXT`, with the NT lower-case flags applied. Bytes
@@ -76,17 +211,17 @@ struct LongName {
 }
 
 impl LongName {
-    fn push(&mut self, e: &[u8]) {
-        let order = e[0];
+    fn push(&mut self, e: &[u8; ENTRY_LEN]) {
+        let order = e[field::ORDER];
         let seq = order & 0x1F;
-        if order & 0x40 != 0 {
+        if order & LONG_LAST != 0 {
             *self = LongName {
-                units: vec![0xFFFF; 13 * usize::from(seq)],
+                units: vec![0xFFFF; LONG_UNITS * usize::from(seq)],
                 expect: seq,
-                checksum: e[13],
+                checksum: e[field::CHECKSUM],
                 valid: (1..=MAX_LFN_ENTRIES).contains(&seq),
             };
-        } else if !self.valid || seq != self.expect || e[13] != self.checksum {
+        } else if !self.valid || seq != self.expect || e[field::CHECKSUM] != self.checksum {
             self.valid = false;
             return;
         }
@@ -94,14 +229,12 @@ impl LongName {
             self.valid = false;
             return;
         }
-        let at = 13 * usize::from(seq - 1);
-        let pieces = [&e[1..11], &e[14..26], &e[28..32]];
-        let mut i = at;
-        for piece in pieces {
-            for pair in piece.chunks_exact(2) {
-                self.units[i] = u16::from_le_bytes([pair[0], pair[1]]);
-                i += 1;
-            }
+        let at = LONG_UNITS * usize::from(seq - 1);
+        for (unit, &pos) in self.units[at..at + LONG_UNITS]
+            .iter_mut()
+            .zip(&LONG_UNIT_AT)
+        {
+            *unit = u16_at(e, pos);
         }
         self.expect = seq - 1;
     }
@@ -138,41 +271,43 @@ pub fn parse_dir(bytes: &[u8], first_cluster_hi: bool) -> Result<Vec<RawEntry>, 
     let mut out = Vec::new();
     let mut long = LongName::default();
     for (index, e) in bytes.chunks_exact(ENTRY_LEN).enumerate() {
-        match e[0] {
-            0x00 => break,
-            0xE5 => {
+        let e: &[u8; ENTRY_LEN] = e.try_into().expect("chunks of ENTRY_LEN");
+        match e[field::NAME] {
+            END => break,
+            DELETED => {
                 long = LongName::default();
                 continue;
             }
             _ => {}
         }
-        let attr = e[11];
+        let attr = e[field::ATTR];
         if attr & 0x3F == ATTR_LFN {
             long.push(e);
             continue;
         }
         let mut short = [0u8; 11];
-        short.copy_from_slice(&e[..11]);
+        short.copy_from_slice(&e[field::NAME..field::NAME + 11]);
         if attr & ATTR_VOLUME != 0 || short == *b".          " || short == *b"..         " {
             long = LongName::default();
             continue;
         }
         let name = match long.finish(&short)? {
             Some(name) => name,
-            None => short_name_text(&short, e[12]),
+            None => short_name_text(&short, e[field::CASE]),
         };
         let hi = if first_cluster_hi {
-            u32::from(u16::from_le_bytes([e[20], e[21]]))
+            u32::from(u16_at(e, field::CLUSTER_HI))
         } else {
             0
         };
+        let size = &e[field::SIZE..field::SIZE + 4];
         out.push(RawEntry {
             name,
             short,
             is_dir: attr & ATTR_DIR != 0,
             read_only: attr & ATTR_READ_ONLY != 0,
-            first_cluster: hi << 16 | u32::from(u16::from_le_bytes([e[26], e[27]])),
-            size: u32::from_le_bytes([e[28], e[29], e[30], e[31]]),
+            first_cluster: hi << 16 | u32::from(u16_at(e, field::CLUSTER_LO)),
+            size: u32::from_le_bytes([size[0], size[1], size[2], size[3]]),
             index,
         });
     }
@@ -288,6 +423,52 @@ mod tests {
             parse_dir(&parts.concat(), false).unwrap()[0].name,
             "FOO.TXT"
         );
+    }
+
+    #[test]
+    fn dos_time_of_a_known_instant() {
+        // 2026-11-26 12:55:07 UTC.
+        let t = DosTime::from_unix(1_795_697_707);
+        assert_eq!(t.date, ((2026 - 1980) << 9) | (11 << 5) | 26);
+        assert_eq!(t.time, (12 << 11) | (55 << 5) | 3);
+        let now = DosTime::now();
+        assert!(now.date >> 9 >= 2024 - 1980);
+    }
+
+    #[test]
+    fn checksum_matches_the_specification() {
+        // The specification's loop, written out.
+        let name = b"AUTO_E~1SH ";
+        let mut sum: u8 = 0;
+        for &b in name {
+            sum = (if sum & 1 != 0 { 0x80u8 } else { 0 })
+                .wrapping_add(sum >> 1)
+                .wrapping_add(b);
+        }
+        assert_eq!(short_checksum(name), sum);
+    }
+
+    #[test]
+    fn what_is_encoded_decodes_the_same() {
+        let short = *b"A_VERY~1TXT";
+        let name = "a very long name, ünïcode.txt";
+        let units: Vec<u16> = name.encode_utf16().collect();
+        let mut dir = Vec::new();
+        encode_long(&units, &short, &mut dir);
+        assert_eq!(dir.len(), super::long_entries(units.len()) * ENTRY_LEN);
+        let at = DosTime::from_unix(1_795_697_707);
+        dir.extend(encode_short(&short, ATTR_ARCHIVE, 0, 0x1_0007, 12345, at));
+        dir.extend(encode_short(b"SUB        ", ATTR_DIR, LOWER_BASE, 9, 0, at));
+        let entries = parse_dir(&dir, true).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].name, name);
+        assert_eq!(
+            (entries[0].first_cluster, entries[0].size),
+            (0x1_0007, 12345)
+        );
+        assert_eq!(entries[0].index, super::long_entries(units.len()));
+        assert_eq!(entries[1].name, "sub");
+        assert!(entries[1].is_dir);
     }
 
     #[test]

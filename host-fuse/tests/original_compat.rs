@@ -197,3 +197,56 @@ fn a_running_record_in_a_container_still_needs_force() {
     assert!(!up.status.success());
     assert!(stderr(&up).contains("--force"), "{}", stderr(&up));
 }
+
+#[test]
+fn a_download_uploaded_again_is_refused_unless_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = cut_off_image(dir.path());
+    let legacy = dir.path().join("legacy");
+    legacy_dir(&legacy, true);
+    for source in [img.as_path(), legacy.as_path()] {
+        let name = source.file_name().unwrap().to_str().unwrap();
+        let download = dir.path().join(format!("{name}.tar.gz"));
+        let down = nlxtp(
+            &[
+                "download",
+                source.to_str().unwrap(),
+                download.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        assert!(down.status.success(), "{}", stderr(&down));
+
+        let target = dir.path().join(format!("{name}-target"));
+        std::fs::create_dir_all(&target).unwrap();
+        let (target, download) = (target.to_str().unwrap(), download.to_str().unwrap());
+        let refused = nlxtp(&["upload", target, download], dir.path());
+        assert_eq!(refused.status.code(), Some(1), "{name}");
+        let why = stderr(&refused);
+        assert!(
+            why.contains("earlier run") && why.contains("--run-again"),
+            "{name}: {why}"
+        );
+        assert!(
+            std::fs::read_dir(target).unwrap().next().is_none(),
+            "{name}: a refused upload changes nothing"
+        );
+
+        let again = nlxtp(&["upload", "--run-again", target, download], dir.path());
+        assert!(again.status.success(), "{name}: {}", stderr(&again));
+        let area = Path::new(target);
+        assert!(area.join("auto_exec.sh").is_file(), "{name}");
+        assert!(
+            area.join("nlxtp/manifest.bin").is_file(),
+            "{name}: a fresh run"
+        );
+        assert!(
+            !area.join("nlxtp/status.bin").exists(),
+            "{name}: old status left out"
+        );
+        assert!(
+            !area.join("exec_status").exists(),
+            "{name}: old status left out"
+        );
+    }
+}

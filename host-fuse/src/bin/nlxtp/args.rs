@@ -1,0 +1,418 @@
+//! The command line as clap reads it, and what its arguments mean for the library.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nlxtp_host::area::{AreaError, Durability, SharedArea};
+use nlxtp_host::ops::logs::Streams;
+use nlxtp_host::ops::{self, ArchiveLimits, Compression, UploadOptions};
+
+const EXIT_CODES: &str = "\
+Exit codes of `nlxtp wait` (and `nlxtp exec --wait`):
+  0-123  the script's own exit code (0 also when a run of the original implementation,
+         which records no exit code, is done)
+  124    --timeout passed before the run ended
+  125    nlxtp itself failed (bad target, unreadable image)
+  126    the run will not finish: the monitor was lost (VM died or hung), the VM is off
+         with the run cut off, or the run was aborted, timed out in the guest, or could
+         not start
+  127    there is no upload to wait for
+  128+N  the script was killed by signal N
+Other commands exit 0 on success, 1 on error, 2 on bad usage.";
+
+/// `--rootfs`, the same for every command that takes a TARGET and at the top, where it
+/// may come before the command's name.
+const ROOTFS_HELP: &str = "A container's root filesystem as the host sees it: TARGET is then \
+the area's path inside the container (`/nlxtp`), resolved beneath ROOTFS without following \
+any symbolic link or `..`, so the container cannot point the host elsewhere. Without it, \
+every component of TARGET but the last is followed as it is: give an area whose parent \
+directories are the host's";
+
+/// Control a VM or a container through its shared disk or directory, with no network.
+///
+/// TARGET is a VM's shared disk image (a raw vFAT image, attached to QEMU with
+/// -drive file=IMAGE,format=raw,if=virtio) or a container's shared directory.
+/// A typical cycle: create-disk, upload (VM off), boot the VM, wait, download.
+#[derive(Debug, Parser)]
+#[command(name = "nlxtp", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// Log what happens (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    // `--rootfs` wherever it is given, also to a command without a TARGET (which refuses
+    // it). A command with a TARGET reads it from its `Target`.
+    #[arg(long, global = true, value_name = "ROOTFS", help = ROOTFS_HELP)]
+    pub rootfs: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a raw disk image with a FAT filesystem for a VM's shared area.
+    ///
+    /// Attach it with: qemu-system-x86_64 ... -drive file=IMAGE,format=raw,if=virtio
+    CreateDisk {
+        /// The image file to create (never overwritten).
+        image: PathBuf,
+        /// Size, in bytes or with K, M, G.
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
+        size: u64,
+        /// FAT type (12, 16 or 32); by default the size decides.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(12..=32))]
+        fat: Option<u8>,
+        /// Volume label; the guest finds its disk by it.
+        #[arg(long)]
+        label: Option<String>,
+        /// Put the FAT volume in a partition (1 MiB in, to the end) of an MBR or GPT
+        /// partition table, as installers and the original testbed made shared disks.
+        /// The guest finds the partition by its label as it finds a whole disk.
+        #[arg(long, value_enum, value_name = "TABLE")]
+        partition: Option<PartitionTable>,
+    },
+    /// Replace the shared area's content with an archive whose auto_exec.sh the guest runs.
+    ///
+    /// A VM must be off (its disk is written while it cannot see it; the script runs at
+    /// its next boot). A container runs the script at once.
+    Upload {
+        #[command(flatten)]
+        target: Target,
+        /// A .tar, .tar.gz or .tar.zst file (recognised by content), or - for stdin.
+        archive: PathBuf,
+        #[command(flatten)]
+        options: UploadArgs,
+    },
+    /// Show the run's status: state, exit code, custom text, output sizes, monitor liveness.
+    ///
+    /// Safe while the VM runs: the image is read, never mounted, and a record being
+    /// written is read again, never shown half.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until the run ends and exit with the script's exit code (see below).
+    Wait {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Pack the whole shared area (script, outputs, status, results) into an archive.
+    Download {
+        #[command(flatten)]
+        target: Target,
+        /// Output file (.tar, .tar.gz/.tgz, .tar.zst by name), or - for stdout (tar).
+        output: PathBuf,
+        /// Download while the VM runs and the run is not done (files may be mid-write).
+        #[arg(long)]
+        live: bool,
+        /// Output format, overriding the name: tar, tar.gz or tar.zst.
+        #[arg(long, value_enum, hide_possible_values = true)]
+        format: Option<Format>,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the script's output; with --follow, keep printing it as the guest flushes it.
+    ///
+    /// Works while the VM runs: new output comes from a checksummed ring the guest
+    /// writes in place (nlxtp/live.bin), never from half-updated FAT metadata. With
+    /// --follow, it ends when the run does and exits like `nlxtp wait`.
+    Logs {
+        #[command(flatten)]
+        target: Target,
+        /// Keep printing new output until the run ends.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        streams: StreamArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Upload an archive whose auto_exec.sh runs COMMAND (then optionally wait for it).
+    Exec {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        options: UploadArgs,
+        /// Wait for the command to finish and exit with its code (containers, or a VM you boot meanwhile).
+        #[arg(long = "wait")]
+        and_wait: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Mount every VM's shared area under one directory (FUSE): MOUNTPOINT/NAME/ per VM.
+    ///
+    /// Read-only while a VM runs; read-write while it is stopped (and for containers),
+    /// with changes committed atomically at close, fsync and unmount. NAME/.nlxtp/status.json
+    /// shows the run's status. SIGHUP re-reads --config. Runs in the foreground until
+    /// `nlxtp umount`, SIGINT or SIGTERM.
+    Mount {
+        /// An existing directory to mount on.
+        mountpoint: PathBuf,
+        /// A VM as NAME=TARGET (a disk image or a container directory); repeat for more.
+        #[arg(long = "vm", value_name = "NAME=TARGET")]
+        vms: Vec<String>,
+        /// A TOML file whose vms table lists NAME = "TARGET" lines (re-read on SIGHUP).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Mount in the background and return once mounted.
+        #[arg(long)]
+        daemon: bool,
+        /// Let users other than the one mounting use the view.
+        #[arg(long)]
+        allow_other: bool,
+        /// Where staged changes are kept (default: the temporary directory).
+        #[arg(long, value_name = "DIR")]
+        stage_dir: Option<PathBuf>,
+    },
+    /// Commit everything pending and unmount a view made by `nlxtp mount`.
+    ///
+    /// Refuses (busy) while files are open, naming them. A view whose mount process died
+    /// ("transport endpoint is not connected") is cleaned up.
+    Umount {
+        /// The mount point.
+        mountpoint: PathBuf,
+        /// Detach now even with files open; what they write is committed as they close.
+        #[arg(long)]
+        lazy: bool,
+    },
+}
+
+impl Command {
+    /// Whether the command works on a TARGET (and so takes `--rootfs`).
+    pub fn has_target(&self) -> bool {
+        !matches!(
+            self,
+            Command::CreateDisk { .. } | Command::Mount { .. } | Command::Umount { .. }
+        )
+    }
+}
+
+/// The shared area a command works on.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The shared disk image or directory.
+    #[arg(value_name = "TARGET")]
+    pub path: PathBuf,
+    // The same as `Cli::rootfs`, seen here whichever side of the command's name it was
+    // given on (clap hands a global argument's value down to the subcommand).
+    #[arg(long, global = true, value_name = "ROOTFS", help = ROOTFS_HELP)]
+    pub rootfs: Option<PathBuf>,
+}
+
+impl Target {
+    /// The area: TARGET itself, or with `--rootfs`, the container directory TARGET
+    /// inside that root filesystem.
+    pub fn open(&self) -> Result<Box<dyn SharedArea>, AreaError> {
+        match &self.rootfs {
+            None => ops::open_target(&self.path),
+            Some(rootfs) => ops::open_target_in(rootfs, &self.path),
+        }
+    }
+}
+
+/// An archive format for `download --format`.
+/// A partition table for `create-disk --partition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PartitionTable {
+    /// A DOS (MBR) partition table.
+    Mbr,
+    /// A GUID partition table.
+    Gpt,
+}
+
+impl From<PartitionTable> for nlxtp_host::area::vfat::Scheme {
+    fn from(table: PartitionTable) -> Self {
+        match table {
+            PartitionTable::Mbr => Self::Mbr,
+            PartitionTable::Gpt => Self::Gpt,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    #[value(name = "tar")]
+    Tar,
+    #[value(name = "tar.gz", alias = "tgz")]
+    TarGz,
+    #[value(name = "tar.zst", alias = "tzst")]
+    TarZst,
+}
+
+impl From<Format> for Compression {
+    fn from(format: Format) -> Compression {
+        match format {
+            Format::Tar => Compression::None,
+            Format::TarGz => Compression::Gzip,
+            Format::TarZst => Compression::Zstd,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// Standard error instead of standard output.
+    #[arg(long, conflicts_with = "both")]
+    stderr: bool,
+    /// Both streams, interleaved as the guest captured them (stderr to stderr).
+    #[arg(long)]
+    both: bool,
+}
+
+impl StreamArgs {
+    pub fn streams(&self) -> Streams {
+        match (self.stderr, self.both) {
+            (_, true) => Streams::Both,
+            (true, false) => Streams::Stderr,
+            (false, false) => Streams::Stdout,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// Upload files without an auto_exec.sh (nothing runs).
+    #[arg(long)]
+    files_only: bool,
+    /// Replace the area even while its run goes on and its monitor is alive (a
+    /// container's run: the guest then stops it). Not needed for a VM that is off: a run
+    /// cut off by its power-off is replaced anyway. A running VM's disk is never written.
+    #[arg(long)]
+    force: bool,
+    /// Run an archive that holds the status of an earlier run (a download uploaded
+    /// again): refused without this, as the original implementation refused it. The old
+    /// status files are left out.
+    #[arg(long)]
+    run_again: bool,
+    /// Ask the guest to kill the script after this many seconds.
+    #[arg(long = "kill-after", value_name = "SECS")]
+    kill_after: Option<u32>,
+    /// Heartbeat interval the guest's monitor should promise.
+    #[arg(long, value_name = "MS")]
+    heartbeat_ms: Option<u32>,
+    /// Cap on each captured output stream in the guest (bytes, or K, M, G).
+    #[arg(long, value_parser = parse_size)]
+    output_cap: Option<u64>,
+    /// Most archive members accepted.
+    #[arg(long, default_value_t = ArchiveLimits::default().max_entries)]
+    max_entries: usize,
+    /// Most bytes of file content accepted (bytes, or K, M, G).
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    max_bytes: u64,
+    /// Do not wait for the disk: skip the fsync before the new content takes the old
+    /// one's place. A crash of nlxtp still leaves the old content or the new, but a power
+    /// loss or kernel crash soon after may leave neither. For throwaway images (CI),
+    /// where the flush is most of an upload's time.
+    #[arg(long)]
+    no_sync: bool,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl UploadArgs {
+    /// The upload's options; `archive_file` as [`UploadOptions::archive_file`].
+    pub fn options(&self, archive_file: Option<Arc<File>>) -> UploadOptions {
+        UploadOptions {
+            limits: ArchiveLimits {
+                max_entries: self.max_entries,
+                max_total_bytes: self.max_bytes,
+            },
+            files_only: self.files_only,
+            force: self.force,
+            run_again: self.run_again,
+            timeout_secs: self.kill_after,
+            heartbeat_ms: self.heartbeat_ms,
+            output_cap: self.output_cap,
+            archive_file,
+            durability: if self.no_sync {
+                Durability::Unsynced
+            } else {
+                Durability::Synced
+            },
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Give up after this many seconds (exit 124).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Seconds between two reads of the status.
+    #[arg(long, default_value_t = 0.5, value_name = "SECS")]
+    interval: f64,
+    /// Print the final status as JSON.
+    #[arg(long = "json-result")]
+    pub json_result: bool,
+    /// Print nothing while waiting.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl WaitArgs {
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout.map(Duration::from_secs_f64)
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.interval.max(0.05))
+    }
+}
+
+/// "64M" -> 67108864.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 4096, 512K, 64M, 2G)"))?;
+    let shift = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(format!("unknown size unit in {text:?}: use K, M or G")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
