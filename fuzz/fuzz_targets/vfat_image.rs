@@ -3,9 +3,9 @@
 //! name, the live ring, a download packed into nothing. No panic, no hang, bounded memory,
 //! and every file reader yields exactly the size the walk announced.
 //!
-//! The input is the image, padded with zeros up to the size its boot sector claims (at
-//! most 40 MiB, room for the smallest FAT32), so seeds can stop after their last non-zero
-//! byte.
+//! The input is the image, padded with zeros up to the size its boot sector claims, or
+//! for a partitioned image the end of its last MBR entry (at most 40 MiB, room for the
+//! smallest FAT32), so seeds can stop after their last non-zero byte.
 #![no_main]
 
 #[path = "scratch.rs"]
@@ -53,8 +53,26 @@ fn claimed_len(data: &[u8]) -> Option<u64> {
         0 => u64::from(u32::from_le_bytes(data.get(32..36)?.try_into().ok()?)),
         n => n,
     };
-    let len = sector.checked_mul(total)?;
+    let len = match sector.checked_mul(total)? {
+        0 => partitioned_len(data)?,
+        len => len,
+    };
     (len > data.len() as u64 && len <= MAX_IMAGE).then_some(len)
+}
+
+/// The end of the furthest MBR entry (a GPT's protective entry covers the disk).
+fn partitioned_len(data: &[u8]) -> Option<u64> {
+    if data.get(510..512)? != [0x55, 0xAA] {
+        return None;
+    }
+    (0..4)
+        .filter_map(|i| {
+            let entry = data.get(446 + 16 * i..462 + 16 * i)?;
+            let start = u64::from(u32::from_le_bytes(entry[8..12].try_into().ok()?));
+            let sectors = u64::from(u32::from_le_bytes(entry[12..16].try_into().ok()?));
+            Some((start + sectors + 1) * 512)
+        })
+        .max()
 }
 
 fn write_image(path: &Path, data: &[u8]) {

@@ -78,6 +78,8 @@ pub fn build(kernel: &Kernel, guest: &Path, out: &Path) -> Result<()> {
         fs::read("/bin/busybox").context("could not read /bin/busybox (install busybox-static)")?;
     cpio.file("bin/busybox", 0o755, &busybox)?;
     cpio.symlink("bin/sh", "busybox")?;
+    // Real archives start with #!/bin/bash, and the guest runs the interpreter named.
+    add_dynamic_program(&mut cpio, "/bin/bash")?;
     cpio.file(
         "bin/nlxtp-guest",
         0o755,
@@ -98,6 +100,47 @@ pub fn build(kernel: &Kernel, guest: &Path, out: &Path) -> Result<()> {
     cpio.file("init", 0o755, INIT.as_bytes())?;
     cpio.finish()?.flush()?;
     fs::rename(&tmp, out)?;
+    Ok(())
+}
+
+/// Adds the host's dynamically linked program at `program` and the shared libraries
+/// `ldd` names for it, each at its own path.
+fn add_dynamic_program<W: Write>(cpio: &mut Cpio<W>, program: &str) -> Result<()> {
+    let ldd = std::process::Command::new("ldd")
+        .arg(program)
+        .output()
+        .with_context(|| format!("could not run ldd {program}"))?;
+    anyhow::ensure!(ldd.status.success(), "ldd {program} failed");
+    let mut files = vec![program.to_owned()];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"
+        let path = line.split("=>").last().unwrap_or(line).trim();
+        if let Some(path) = path
+            .split_whitespace()
+            .next()
+            .filter(|p| p.starts_with('/'))
+        {
+            files.push(path.to_owned());
+        }
+    }
+    let mut dirs: Vec<String> = Vec::new();
+    for file in &files {
+        let inside = file.trim_start_matches('/');
+        let mut at = String::new();
+        for part in Path::new(inside).parent().into_iter().flat_map(Path::iter) {
+            at = if at.is_empty() {
+                part.to_string_lossy().into_owned()
+            } else {
+                format!("{at}/{}", part.to_string_lossy())
+            };
+            if !dirs.contains(&at) && !["bin", "lib", "usr", "usr/bin"].contains(&at.as_str()) {
+                cpio.dir(&at, 0o755)?;
+                dirs.push(at.clone());
+            }
+        }
+        let bytes = fs::read(file).with_context(|| format!("could not read {file}"))?;
+        cpio.file(inside, 0o755, &bytes)?;
+    }
     Ok(())
 }
 

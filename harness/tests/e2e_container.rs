@@ -150,3 +150,44 @@ fn second_experiment_installs_a_package() {
         "dpkg database:\n{db}"
     );
 }
+
+/// A custom status of 60 KB (the original's package-fetch tool wrote 9.4 KB), set 100
+/// times by the script while the host reads the status as `nlxtp status` does: each
+/// read is one whole text, never a mix of two, and the last one is there at the end.
+#[test]
+fn a_long_custom_status_is_read_whole_while_it_changes() {
+    let container = Container::start(500).unwrap();
+    // The container has no /dev/zero: the text is made by doubling.
+    let script = "big=x\nwhile [ ${#big} -lt 60000 ]; do big=$big$big; done\nbig=$(printf %s \"$big\" | head -c 60000)\ni=1\nwhile [ $i -le 100 ]; do\n  archive_setstatus \"$i:$big\"\n  i=$((i + 1))\ndone\n";
+    let area = ops::open_target(&container.shared()).unwrap();
+    let bytes = archive(&[("auto_exec.sh", script.as_bytes(), 0o755)]).unwrap();
+    ops::upload(area.as_ref(), &bytes[..], &UploadOptions::default()).unwrap();
+    let body = "x".repeat(60_000);
+    let (mut reads, mut whole) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = ops::status(area.as_ref()).unwrap();
+        let Some(rec) = report.record else { continue };
+        reads += 1;
+        if !rec.custom.is_empty() {
+            let (n, text) = rec.custom.split_once(':').expect("one whole text");
+            assert!(
+                (1..=100).contains(&n.parse::<u32>().unwrap()) && text == body,
+                "a torn or mixed custom status of {} bytes: {:?}",
+                rec.custom.len(),
+                &rec.custom[..rec.custom.len().min(80)]
+            );
+            whole += 1;
+        }
+        if rec.done {
+            assert_eq!(
+                rec.custom,
+                format!("100:{body}"),
+                "the last text at the end"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no end\n{}", container.log());
+    }
+    eprintln!("{reads} status reads, {whole} with a whole 60 KB text");
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use nlxtp_core::{AbortReason, RunState, StatusReader, StatusRecord};
 use nlxtp_harness::vm::{archive, GuestSetup, BOOT_DEADLINE};
+use nlxtp_host::area::vfat::{DiskOptions, Scheme};
 use nlxtp_host::area::{read_status, AreaError, Patience, SharedArea};
 use nlxtp_host::ops::{self, Compression, UploadError, UploadOptions, WaitOutcome};
 
@@ -313,7 +314,8 @@ fn third_experiment_probe_then_installer() {
 fn original_implementation_archive_works_unchanged() {
     let mut setup = GuestSetup::new(32).unwrap();
     // In the style of ToMaTo's executable archives: $archive_dir, archive_setstatus, files beside the script.
-    let script = "#!/bin/bash\ncd \"$archive_dir\"\narchive_setstatus \"version $archive_version\"\ncat data/input.txt | tr a-z A-Z > output.txt\necho finished\n";
+    // Its #!/bin/bash line is honoured: arrays, brace ranges and [[ ]] work.
+    let script = "#!/bin/bash\ncd \"$archive_dir\"\narchive_setstatus \"version $archive_version\"\ncat data/input.txt | tr a-z A-Z > output.txt\nparts=(a b c)\nn=0; for i in {1..100}; do n=$((n + i)); done\n[[ ${#parts[@]} == 3 && $n == 5050 ]] && echo bash-ok\necho finished\n";
     upload(
         &setup,
         &[
@@ -330,7 +332,35 @@ fn original_implementation_archive_works_unchanged() {
     );
     let files = download(&setup);
     assert_eq!(files["output.txt"], b"SOME INPUT\n");
-    assert_eq!(files["nlxtp/stdout.txt"], b"finished\n");
+    assert_eq!(files["nlxtp/stdout.txt"], b"bash-ok\nfinished\n");
+}
+
+/// Shared disks with a partition table (the original testbed's MBR disks, GPT as
+/// installers make them): the guest finds the partition by its label, and the host
+/// reads what the guest's kernel wrote there.
+#[test]
+fn partitioned_shared_disks_mbr_and_gpt() {
+    for scheme in [Scheme::Mbr, Scheme::Gpt] {
+        let mut setup = GuestSetup::with_disk(&DiskOptions {
+            size: 32 << 20,
+            partition: Some(scheme),
+            ..DiskOptions::default()
+        })
+        .unwrap();
+        let script = "mkdir -p \"$archive_dir/out\"\necho in a partition > \"$archive_dir/out/where.txt\"\narchive_setstatus partitioned\n";
+        upload(&setup, &[("auto_exec.sh", script.as_bytes(), 0o755)]);
+        let mut vm = setup.boot(false).unwrap();
+        vm.wait_exit(RUN_DEADLINE).unwrap();
+        let rec = wait_until(&setup.area(), |r| r.state.is_terminal());
+        assert_eq!(
+            (rec.state, rec.custom.as_str()),
+            (RunState::Exited(0), "partitioned"),
+            "{scheme:?}\n{}",
+            vm.serial()
+        );
+        let files = download(&setup);
+        assert_eq!(files["out/where.txt"], b"in a partition\n", "{scheme:?}");
+    }
 }
 
 /// FAT12 and FAT32 disks, written by the guest's Linux kernel and read back by the host

@@ -3,13 +3,17 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use nlxtp_core::custom::{custom_text, CUSTOM_FILE_LEN};
+use nlxtp_core::record::CUSTOM_STATUS_MAX;
 use nlxtp_core::{
-    BootId, Liveness, LivenessPolicy, RunId, RunState, Seen, StatusReader, StatusRecord, Verdict,
+    layout, BootId, Liveness, LivenessPolicy, RunId, RunState, Seen, StatusReader, StatusRecord,
+    Verdict,
 };
 use serde::Serialize;
 
 use crate::area::{
-    read_status_from, AreaKind, AreaSnapshot, LegacyFiles, Patience, SharedArea, StatusError,
+    read_status_from, AreaError, AreaKind, AreaPath, AreaSnapshot, LegacyFiles, Patience,
+    SharedArea, StatusError,
 };
 
 /// Everything `nlxtp status` says about an area.
@@ -73,7 +77,8 @@ pub struct RecordView {
 }
 
 impl RecordView {
-    /// The view of a record.
+    /// The view of a record, with the custom status the record carries (a prefix of a
+    /// longer text: [`record_view`] reads the whole).
     pub fn new(rec: &StatusRecord) -> RecordView {
         let (state, signal) = match rec.state {
             RunState::Pending => ("pending", None),
@@ -104,6 +109,59 @@ impl RecordView {
             started_unix: rec.started_unix,
             updated_unix: rec.updated_unix,
             finished_unix: rec.finished_unix,
+        }
+    }
+}
+
+/// The view of `rec`, read from `area`, with its whole custom status (see
+/// [`full_custom`]).
+///
+/// # Errors
+/// When the custom status file cannot be read at all.
+pub fn record_view(
+    area: &(impl SharedArea + ?Sized),
+    rec: &StatusRecord,
+) -> Result<RecordView, AreaError> {
+    let mut view = RecordView::new(rec);
+    view.custom = full_custom(area, rec)?;
+    Ok(view)
+}
+
+/// The whole custom status of `rec` (docs/wire-format.md, the custom status file): a
+/// record carries at most [`CUSTOM_STATUS_MAX`] bytes of it, so a text that long may go
+/// on in `nlxtp/custom.bin`, which is then read (only then: a shorter text is all there
+/// is). A file caught torn is read again for up to a second; one that cannot be read
+/// gives the record's own text.
+///
+/// # Errors
+/// When the file cannot be read at all.
+pub fn full_custom(
+    area: &(impl SharedArea + ?Sized),
+    rec: &StatusRecord,
+) -> Result<String, AreaError> {
+    // A prefix cut at a character boundary is at least the limit less 3 bytes long.
+    if rec.custom.len() + 3 < CUSTOM_STATUS_MAX {
+        return Ok(rec.custom.to_string());
+    }
+    let path = AreaPath::new(layout::CUSTOM_FILE).expect("a protocol path");
+    let patience = Patience::default();
+    let started = Instant::now();
+    loop {
+        let bytes = match area.read_file(&path, CUSTOM_FILE_LEN as u64) {
+            Ok(bytes) => bytes,
+            Err(
+                AreaError::NotFound { .. }
+                | AreaError::NotAFile { .. }
+                | AreaError::TooLarge { .. },
+            ) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        match custom_text(rec, &bytes) {
+            Ok(text) => return Ok(text.to_owned()),
+            Err(e) if e.is_retryable() && started.elapsed() < patience.give_up_after => {
+                std::thread::sleep(patience.pause);
+            }
+            Err(_) => return Ok(rec.custom.to_string()),
         }
     }
 }
@@ -205,7 +263,10 @@ pub fn status(area: &(impl SharedArea + ?Sized)) -> Result<StatusReport, StatusE
         // A record means the guest has seen an upload.
         upload_present: record.is_some() || script_present,
         legacy: legacy.filter(|_| record.is_none()).map(LegacyStatus::new),
-        record: record.as_ref().map(RecordView::new),
+        record: record
+            .as_ref()
+            .map(|rec| record_view(area, rec))
+            .transpose()?,
         monitor,
     })
 }

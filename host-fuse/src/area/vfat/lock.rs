@@ -50,6 +50,29 @@ pub fn qemu_holds_image(path: &Path) -> Result<bool, AreaError> {
 /// # Errors
 /// [`AreaError::Io`] if the lock query fails.
 pub(super) fn holds(file: &File, path: &Path) -> Result<bool, AreaError> {
+    if !held_now(file, path)? {
+        return Ok(false);
+    }
+    for pause in RECHECK {
+        std::thread::sleep(pause);
+        if !held_now(file, path)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A lock seen held may be one this very process let go of, whose descriptor a child
+/// forked by another of its threads still shares for the moment between its fork and
+/// its exec (OFD locks last as long as any copy of the descriptor): look again after
+/// these pauses before taking it for a holder. A running QEMU holds its locks for good,
+/// so this only delays the answer "busy", never changes it.
+const RECHECK: [std::time::Duration; 2] = [
+    std::time::Duration::from_millis(2),
+    std::time::Duration::from_millis(10),
+];
+
+fn held_now(file: &File, path: &Path) -> Result<bool, AreaError> {
     for byte in [100, 101, 201] {
         let mut probe = flock(libc::F_WRLCK, byte, 1);
         fcntl(file.as_fd(), FcntlArg::F_OFD_GETLK(&mut probe))
@@ -59,6 +82,21 @@ pub(super) fn holds(file: &File, path: &Path) -> Result<bool, AreaError> {
         }
     }
     Ok(false)
+}
+
+/// Takes the write locks on `file`: false if another holder has them. (A lock taken on
+/// the first range stays when the second fails; the caller's retry takes it again, and
+/// dropping the file releases it.)
+fn try_lock(file: &File, path: &Path) -> Result<bool, AreaError> {
+    for (start, len) in [(100, 2), (200, 2)] {
+        let lock = flock(libc::F_WRLCK, start, len);
+        match fcntl(file.as_fd(), FcntlArg::F_OFD_SETLK(&lock)) {
+            Ok(_) => {}
+            Err(Errno::EAGAIN | Errno::EACCES) => return Ok(false),
+            Err(e) => return Err(AreaError::io("lock", path, e.into())),
+        }
+    }
+    Ok(true)
 }
 
 fn open_error(path: &Path, e: std::io::Error) -> AreaError {
@@ -96,14 +134,12 @@ impl ImageWriteGuard {
     /// # Errors
     /// As [`ImageWriteGuard::acquire`].
     pub fn lock(file: File, path: &Path) -> Result<Self, AreaError> {
-        for (start, len) in [(100, 2), (200, 2)] {
-            let lock = flock(libc::F_WRLCK, start, len);
-            match fcntl(file.as_fd(), FcntlArg::F_OFD_SETLK(&lock)) {
-                Ok(_) => {}
-                Err(Errno::EAGAIN | Errno::EACCES) => {
-                    return Err(AreaError::Busy { image: path.into() })
-                }
-                Err(e) => return Err(AreaError::io("lock", path, e.into())),
+        let mut pauses = RECHECK.iter();
+        while !try_lock(&file, path)? {
+            // See RECHECK: a holder may be a passing fork of this process.
+            match pauses.next() {
+                Some(&pause) => std::thread::sleep(pause),
+                None => return Err(AreaError::Busy { image: path.into() }),
             }
         }
         Ok(ImageWriteGuard {

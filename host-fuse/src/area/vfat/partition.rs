@@ -532,7 +532,7 @@ fn write_gpt(
         header[40..48].copy_from_slice(&(2 + GPT_TABLE_SECTORS).to_le_bytes());
         header[48..56].copy_from_slice(&last.to_le_bytes());
         header[56..72].copy_from_slice(&guid(&ids[..16]));
-        header[72..80].copy_from_slice(&(entries as u64).to_le_bytes());
+        header[72..80].copy_from_slice(&entries.to_le_bytes());
         header[80..84].copy_from_slice(&GPT_ENTRIES.to_le_bytes());
         header[84..88].copy_from_slice(&GPT_ENTRY_LEN.to_le_bytes());
         header[88..92].copy_from_slice(&crc32(&table).to_le_bytes());

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use nlxtp_core::RunState;
 use nlxtp_host::area::SharedArea;
 use nlxtp_host::ops::logs::Streams;
-use nlxtp_host::ops::{self, status::RecordView, WaitOutcome};
+use nlxtp_host::ops::{self, WaitOutcome};
 
 use crate::args::{Target, WaitArgs};
 use crate::out::{self, note, RunOutput};
@@ -47,7 +47,7 @@ pub fn wait(target: &Target, args: &WaitArgs) -> Result<ExitCode, Failure> {
         },
     )
     .map_err(|e| with_code(125)(e.into()))?;
-    finish_wait(target, args, &outcome)
+    finish_wait(area.as_ref(), target, args, &outcome)
 }
 
 /// `nlxtp logs`: the output captured so far, or with `--follow`, as it comes until the
@@ -101,11 +101,12 @@ fn follow_logs(target: &Target, streams: Streams, wait: &WaitArgs) -> Result<Exi
         Err(_) if out::reader_gone() => return Ok(ExitCode::SUCCESS),
         other => other.map_err(|e| with_code(125)(e.into()))?,
     };
-    finish_wait(target, wait, &outcome)
+    finish_wait(area.as_ref(), target, wait, &outcome)
 }
 
 /// The exit code and messages of a finished wait (documented in `EXIT_CODES`).
 fn finish_wait(
+    area: &dyn SharedArea,
     target: &Target,
     args: &WaitArgs,
     outcome: &WaitOutcome,
@@ -147,7 +148,11 @@ fn finish_wait(
         }
     };
     if args.json_result {
-        let view = record.map(RecordView::new);
+        // The whole custom status, as `nlxtp status` shows it.
+        let view = record
+            .map(|rec| ops::status::record_view(area, rec))
+            .transpose()
+            .map_err(|e| with_code(125)(e.into()))?;
         out::json(&serde_json::json!({ "exit": code, "record": view }))?;
     }
     Ok(ExitCode::from(code))
