@@ -126,10 +126,11 @@ pub fn image(init: Init) -> Result<DistroImage> {
 }
 
 /// The files of `guest-min/dist/` an install uses.
-const DIST_FILES: [&str; 4] = [
+const DIST_FILES: [&str; 5] = [
     "README.md",
     "nlxtp-guest.service",
     "nlxtp-guest.init",
+    "nlxtp-guest.modules",
     "S99nlxtp",
 ];
 
