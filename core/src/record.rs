@@ -82,8 +82,9 @@ pub enum AbortReason {
     /// daemon start found the run unfinished.
     MonitorDied,
     /// The guest's system stopped the run: a shutdown or reboot, or a stop of the service
-    /// (`systemctl stop`, `service ... stop`). The monitor got this signal, wrote this
-    /// record, and only then stopped the script. On the wire: detail 256 + the signal.
+    /// (`systemctl stop`, `service ... stop`); in a container also a new upload that
+    /// replaced the running one. The monitor got this signal, wrote this record, and only
+    /// then stopped the script. On the wire: detail 256 + the signal.
     StoppedBySystem(i32),
     /// A reason a newer guest wrote.
     Unknown(i32),
