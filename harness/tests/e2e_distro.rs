@@ -74,7 +74,8 @@ fn report(init: Init, step: &str, since: Instant) {
 
 /// Boot 1: the whole cycle of a plain run, with a process left running.
 fn run_at_boot(guest: &mut DistroGuest) {
-    let script = r#"echo "script start uptime $(cut -d' ' -f1 /proc/uptime)"
+    let script = r#"read start _ </proc/uptime
+echo "script start uptime $start"
 echo ran >> "$archive_dir/count"
 . /etc/os-release
 archive_setstatus "custom status from $ID-$VERSION_ID"
