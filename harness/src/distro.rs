@@ -23,14 +23,17 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nlxtp_host::area::vfat::{create_image, VfatImage};
 
-use crate::qemu::{accelerator, qemu_command, tail, Vm};
+use nlxtp_host::vm::qemu::accelerator;
+use nlxtp_host::vm::{Arch, QemuConfig};
+
+use crate::qemu::tail;
 
 /// The Debian release the guests run.
 pub const SUITE: &str = "bookworm";
@@ -618,12 +621,22 @@ impl DistroGuest {
         let console = self.dir().join(format!("console-{n}.log"));
         let socket = self.dir().join(format!("agent-{n}.sock"));
         let agent_log = self.dir().join(format!("agent-{n}.log"));
-        let accel = accelerator(&self.image.vmlinuz);
-        let mut command = qemu_command(accel, &self.image.vmlinuz, &console, MEMORY_MIB);
+        // The library's command line (no network, the console into the log, no reboot,
+        // the kernel's flags for TCG), with the disks and the agent's port added: the
+        // root disk is a qcow2 overlay, which the library's raw disks cannot be.
+        let config = QemuConfig {
+            arch: Arch::X86_64,
+            accel: accelerator(Arch::X86_64, &self.image.vmlinuz),
+            kernel: Some(self.image.vmlinuz.clone()),
+            initrd: Some(self.image.initrd.clone()),
+            append: "root=/dev/vda".to_string(),
+            disks: Vec::new(),
+            memory_mib: MEMORY_MIB,
+            cpus: 1,
+            serial_log: console.clone(),
+        };
+        let mut command = config.command();
         command
-            .arg("-initrd")
-            .arg(&self.image.initrd)
-            .args(["-append", "root=/dev/vda console=ttyS0 panic=-1"])
             .arg("-drive")
             .arg(format!(
                 "file={},format=qcow2,if=virtio",
@@ -639,7 +652,8 @@ impl DistroGuest {
                 socket.display()
             ))
             .args(["-serial", "chardev:agent"]);
-        let mut vm = Vm::spawn(command, &console, accel)?;
+        let _ = fs::remove_file(&console);
+        let mut vm = Machine::spawn(command, console.clone())?;
         let deadline = Instant::now() + Duration::from_secs(10);
         let stream = loop {
             match UnixStream::connect(&socket) {
@@ -648,7 +662,7 @@ impl DistroGuest {
                     return Err(e).context(format!(
                         "QEMU's agent port {} did not open; QEMU's log:\n{}",
                         socket.display(),
-                        fs::read_to_string(console.with_extension("qemu.log")).unwrap_or_default()
+                        vm.messages()
                     ));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -659,22 +673,19 @@ impl DistroGuest {
     }
 }
 
-/// A running Debian guest and its test agent. Dropping it stops QEMU (see [`Vm`]).
+/// A running Debian guest and its test agent. Dropping it stops QEMU (SIGTERM, then
+/// SIGKILL) and, if the thread is panicking (a failed test), prints the console and the
+/// agent's port.
 #[derive(Debug)]
 pub struct DistroVm {
-    vm: Vm,
+    vm: Machine,
     agent: Agent,
 }
 
 impl DistroVm {
-    /// The VM (console, exit, kill).
-    pub fn vm(&mut self) -> &mut Vm {
-        &mut self.vm
-    }
-
     /// The serial console so far.
     pub fn console(&self) -> String {
-        self.vm.serial()
+        self.vm.console()
     }
 
     /// Waits until the agent says it is up (the guest has booted to its multi-user
@@ -743,7 +754,16 @@ impl DistroVm {
     /// # Errors
     /// When the deadline passes (QEMU is then killed).
     pub fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
-        self.vm.wait_exit(within)
+        match self.vm.wait_exit(within) {
+            Some(status) => Ok(status),
+            None => {
+                self.vm.kill();
+                bail!(
+                    "the guest did not power off within {within:?}; console:\n{}",
+                    tail(&self.console())
+                )
+            }
+        }
     }
 
     /// Pulls the plug (SIGKILL to QEMU).
@@ -774,10 +794,91 @@ impl Drop for DistroVm {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "--- agent port of the failed VM ({}) ---\n{}",
+                "--- console of the failed VM ({}) ---\n{}\n--- its agent port ({}) ---\n{}",
+                self.vm.console.display(),
+                tail(&self.console()),
                 self.agent.log.display(),
                 tail(&self.agent.text())
             );
+        }
+        self.vm.stop();
+    }
+}
+
+/// A QEMU process that never outlives its owner: stopped on drop, SIGTERM first.
+#[derive(Debug)]
+struct Machine {
+    child: Option<Child>,
+    console: PathBuf,
+    started: Instant,
+}
+
+impl Machine {
+    fn spawn(mut command: Command, console: PathBuf) -> Result<Machine> {
+        let child = command
+            .spawn()
+            .context("could not start qemu-system-x86_64 (scripts/setup installs it)")?;
+        Ok(Machine {
+            child: Some(child),
+            console,
+            started: Instant::now(),
+        })
+    }
+
+    fn console(&self) -> String {
+        fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// QEMU's own messages (its standard error, beside the console log).
+    fn messages(&self) -> String {
+        fs::read_to_string(self.console.with_extension("qemu.log")).unwrap_or_default()
+    }
+
+    fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(_) | None => false,
+        }
+    }
+
+    /// Waits up to `within` for QEMU to end by itself.
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Pulls the plug: SIGKILL, as a host crash or `virsh destroy` would.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Asks QEMU to quit (SIGTERM), then kills it if it has not within 3 s.
+    fn stop(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            if self.wait_exit(Duration::from_secs(3)).is_none() {
+                self.kill();
+            }
         }
     }
 }

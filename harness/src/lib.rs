@@ -9,6 +9,10 @@
 //!   with nlxtp-guest installed as `guest-min/dist/README.md` says.
 //! - [`qemu`]: boots a VM under KVM when it works, TCG otherwise, with the serial console
 //!   in a log file, deadline-bound waits, and a guard that never lets QEMU outlive it.
+//!
+//! The machinery itself is the library's (`nlxtp_host::vm`), which `nlxtp run` uses too;
+//! these modules add what tests want: `anyhow` errors, the host's bash in the guest,
+//! waits on the serial console, the serial log printed when a test fails.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -29,12 +33,4 @@ pub fn repo_root() -> PathBuf {
 
 /// Where downloaded and built artefacts are kept between runs: `$NLXTP_CACHE`, else
 /// `~/.cache/nlxtp`. Outside the repository, so nothing large is ever committed.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("NLXTP_CACHE") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
-    home.join(".cache/nlxtp")
-}
+pub use nlxtp_host::vm::cache_dir;

@@ -89,7 +89,7 @@ impl GuestSetup {
 
     /// The kernel package (for reports).
     pub fn kernel_package(&self) -> &str {
-        &self.kernel.package
+        &self.kernel.name
     }
 
     /// Boots the VM. With `stay` it stays up after handling the upload; without, it

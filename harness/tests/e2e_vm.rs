@@ -314,8 +314,10 @@ fn third_experiment_probe_then_installer() {
 fn original_implementation_archive_works_unchanged() {
     let mut setup = GuestSetup::new(32).unwrap();
     // In the style of ToMaTo's executable archives: $archive_dir, archive_setstatus, files beside the script.
-    // Its #!/bin/bash line is honoured: arrays, brace ranges and [[ ]] work.
-    let script = "#!/bin/bash\ncd \"$archive_dir\"\narchive_setstatus \"version $archive_version\"\ncat data/input.txt | tr a-z A-Z > output.txt\nparts=(a b c)\nn=0; for i in {1..100}; do n=$((n + i)); done\n[[ ${#parts[@]} == 3 && $n == 5050 ]] && echo bash-ok\necho finished\n";
+    // Its #!/bin/bash line is honoured: arrays, brace ranges and [[ ]] work. Its custom
+    // status is longer than a record holds (the original's package-fetch tool wrote
+    // 9.4 KB of results there): the host reads it whole from the guest's disk.
+    let script = "#!/bin/bash\ncd \"$archive_dir\"\narchive_setstatus \"version $archive_version\"\ncat data/input.txt | tr a-z A-Z > output.txt\nparts=(a b c)\nn=0; for i in {1..100}; do n=$((n + i)); done\n[[ ${#parts[@]} == 3 && $n == 5050 ]] && echo bash-ok\nlist=$(for i in {1..800}; do printf 'package-%04d.deb\\n' $i; done)\narchive_setstatus \"$list\"\necho finished\n";
     upload(
         &setup,
         &[
@@ -326,9 +328,17 @@ fn original_implementation_archive_works_unchanged() {
     let mut vm = setup.boot(false).unwrap();
     vm.wait_exit(RUN_DEADLINE).unwrap();
     let rec = wait_until(&setup.area(), |r| r.state.is_terminal());
+    assert_eq!(rec.state, RunState::Exited(0));
+    let list: String = (1..=800)
+        .map(|i| format!("package-{i:04}.deb"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(list.len() > 9_000, "longer than a record's 3,584 bytes");
+    let report = ops::status(&setup.area()).unwrap();
     assert_eq!(
-        (rec.state, rec.custom.as_str()),
-        (RunState::Exited(0), "version 1")
+        report.record.unwrap().custom,
+        list,
+        "the whole custom status"
     );
     let files = download(&setup);
     assert_eq!(files["output.txt"], b"SOME INPUT\n");

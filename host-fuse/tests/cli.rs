@@ -3,23 +3,17 @@
 
 mod common;
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cli::{nlxtp, NLXTP};
 use nlxtp_core::record::STATUS_SLOT_LEN;
 use nlxtp_core::slots::STATUS_FILE_LEN;
 use nlxtp_core::{BootId, OutputInfo, RunId, RunState, StatusRecord, StatusWriter};
-
-const NLXTP: &str = env!("CARGO_BIN_EXE_nlxtp");
-
-fn nlxtp(args: &[&str], state: &Path) -> Output {
-    Command::new(NLXTP)
-        .args(args)
-        .env("XDG_STATE_HOME", state)
-        .output()
-        .unwrap()
-}
 
 /// Writes a status file as a guest's monitor would.
 fn write_status(area: &Path, state: RunState, interval_ms: u32) {
@@ -418,4 +412,37 @@ fn rootfs_resolves_the_area_inside_the_container_without_its_symlinks() {
     let out = nlxtp(&["--rootfs", root, "status", "nlxtp", "--json"], &state);
     let json = String::from_utf8_lossy(&out.stdout);
     assert!(json.contains("\"upload_present\": true"), "{json}");
+}
+
+/// `status TARGET` and `status --json TARGET` skip clap (they are polled in loops); with
+/// `--` the same command goes through clap. Both must say and exit the same.
+#[test]
+fn plain_status_forms_mean_what_clap_makes_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let area = dir.path().join("area");
+    write_status(&area, RunState::Exited(3), 2_000);
+    let missing = dir.path().join("missing.img");
+    for target in [area.to_str().unwrap(), missing.to_str().unwrap()] {
+        // (the plain form, the same through clap, whether clap's form logs to stderr)
+        for (fast, parsed, logs) in [
+            (vec!["status", target], vec!["status", "--", target], false),
+            (
+                vec!["status", "--json", target],
+                vec!["status", "--json", "--", target],
+                false,
+            ),
+            (
+                vec!["status", target, "--json"],
+                vec!["--verbose", "status", "--json", target],
+                true,
+            ),
+        ] {
+            let (a, b) = (nlxtp(&fast, dir.path()), nlxtp(&parsed, dir.path()));
+            assert_eq!(a.status.code(), b.status.code(), "{fast:?}");
+            assert_eq!(a.stdout, b.stdout, "{fast:?}");
+            if !logs {
+                assert_eq!(a.stderr, b.stderr, "{fast:?}");
+            }
+        }
+    }
 }

@@ -4,26 +4,15 @@
 
 mod common;
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use cli::{job_tar, nlxtp, stderr};
 use common::*;
 use nlxtp_core::RunState;
-
-const NLXTP: &str = env!("CARGO_BIN_EXE_nlxtp");
-
-fn nlxtp(args: &[&str], state: &Path) -> Output {
-    Command::new(NLXTP)
-        .args(args)
-        .env("XDG_STATE_HOME", state)
-        .output()
-        .unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// The original's files: output, heartbeat time, custom status and, if `done`, the flag.
 const LEGACY_OUT: &[u8] = b"installing zsh\nSetting up zsh (5.9)\nE: warning on stderr\n";
@@ -120,25 +109,6 @@ fn waiting_on_an_unfinished_legacy_run_times_out() {
     assert_eq!(wait.status.code(), Some(124), "{}", stderr(&wait));
 }
 
-/// A tar archive in `dir` whose auto_exec.sh is `script`.
-fn job_tar(dir: &Path, script: &str) -> std::path::PathBuf {
-    let src = dir.join("job-src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("auto_exec.sh"), script).unwrap();
-    let job = dir.join("job.tar");
-    run(
-        "tar",
-        &[
-            "-cf",
-            job.to_str().unwrap(),
-            "-C",
-            src.to_str().unwrap(),
-            "auto_exec.sh",
-        ],
-    );
-    job
-}
-
 /// An image whose record says "running", as a VM killed in the middle of a run leaves it.
 fn cut_off_image(dir: &Path) -> std::path::PathBuf {
     let img = make_image(dir, Maker::Mkfs(16));
@@ -174,7 +144,7 @@ fn a_running_record_on_an_image_no_vm_holds_is_a_cut_off_run() {
     assert!(started.elapsed() < Duration::from_secs(2));
 
     // An upload goes in without --force and says what it replaced.
-    let job = job_tar(dir.path(), "echo again\n");
+    let job = job_tar(dir.path(), &[("auto_exec.sh", b"echo again\n")]);
     let up = nlxtp(&["upload", target, job.to_str().unwrap()], dir.path());
     assert!(up.status.success(), "{}", stderr(&up));
     assert!(stderr(&up).contains("cut off"), "{}", stderr(&up));
@@ -189,7 +159,7 @@ fn a_running_record_in_a_container_still_needs_force() {
     let rec = record(7, RunState::Running, "half way");
     std::fs::write(area.join("nlxtp/status.bin"), status_file(3, &rec)).unwrap();
     std::fs::write(area.join("auto_exec.sh"), "sleep 600\n").unwrap();
-    let job = job_tar(dir.path(), "echo again\n");
+    let job = job_tar(dir.path(), &[("auto_exec.sh", b"echo again\n")]);
     let up = nlxtp(
         &["upload", area.to_str().unwrap(), job.to_str().unwrap()],
         dir.path(),

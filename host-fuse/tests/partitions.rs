@@ -6,29 +6,20 @@
 
 mod common;
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use cli::{job_tar, nlxtp, stderr};
 use common::*;
 use nlxtp_core::RunState;
 use nlxtp_host::area::vfat::{create_disk, find_volume, DiskOptions, ImageFile, Scheme, VfatImage};
 use nlxtp_host::area::{AreaError, SharedArea, WalkLimits};
 
-const NLXTP: &str = env!("CARGO_BIN_EXE_nlxtp");
 const MIB: u64 = 1 << 20;
-
-fn nlxtp(args: &[&str], state: &Path) -> Output {
-    Command::new(NLXTP)
-        .args(args)
-        .env("XDG_STATE_HOME", state)
-        .output()
-        .unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// Runs `program` with `input` on its standard input; panics with its output on failure.
 fn run_with_input(program: &str, args: &[&str], input: &str) {
@@ -97,22 +88,13 @@ fn mtools_image(img: &Path) -> String {
 }
 
 fn job(dir: &Path) -> PathBuf {
-    let src = dir.join("job");
-    std::fs::create_dir_all(src.join("data")).unwrap();
-    std::fs::write(src.join("auto_exec.sh"), "echo partitioned\n").unwrap();
-    std::fs::write(src.join("data/blob.bin"), vec![0x5a; 300_000]).unwrap();
-    let tar = dir.join("job.tar");
-    run(
-        "tar",
+    job_tar(
+        dir,
         &[
-            "-cf",
-            tar.to_str().unwrap(),
-            "-C",
-            src.to_str().unwrap(),
-            ".",
+            ("auto_exec.sh", b"echo partitioned\n"),
+            ("data/blob.bin", &[0x5a; 300_000]),
         ],
-    );
-    tar
+    )
 }
 
 #[test]

@@ -201,12 +201,39 @@ pub fn follow(
     emit: &mut dyn FnMut(Stream, &[u8]) -> io::Result<()>,
     on_behind: &mut dyn FnMut(),
 ) -> Result<WaitOutcome, StatusError> {
+    follow_until(
+        area,
+        streams,
+        timeout,
+        interval,
+        emit,
+        on_behind,
+        &mut || Ok(()),
+    )
+}
+
+/// [`follow`], asking `go_on` at every poll whether to go on: its error stops the
+/// following at once, also while the guest prints nothing (a server's client that went
+/// away).
+///
+/// # Errors
+/// As [`follow`]; [`AreaError::Sink`] (in [`StatusError::Area`]) with `go_on`'s error.
+pub fn follow_until(
+    area: &(impl SharedArea + ?Sized),
+    streams: Streams,
+    timeout: Option<Duration>,
+    interval: Duration,
+    emit: &mut dyn FnMut(Stream, &[u8]) -> io::Result<()>,
+    on_behind: &mut dyn FnMut(),
+    go_on: &mut dyn FnMut() -> io::Result<()>,
+) -> Result<WaitOutcome, StatusError> {
     let mut follower = Follower::new(streams);
     let mut run: Option<nlxtp_core::RunId> = None;
     let mut sink = Sink { emit, failed: None };
     let outcome = wait(area, timeout, interval, &mut |record: Option<
         &StatusRecord,
     >| {
+        go_on().map_err(AreaError::sink)?;
         if let Some(rec) = record {
             if run.is_some_and(|r| r != rec.run_id) {
                 // A new upload replaced the run being followed: stop at its end.

@@ -331,13 +331,18 @@ pub fn fresh_manifest(settings: RunSettings) -> Result<(RunId, Vec<u8>), UploadE
     Ok((run_id, bytes))
 }
 
-/// A tar archive whose `auto_exec.sh` runs `command` (each word quoted for the shell).
-pub fn exec_archive(command: &[String]) -> Vec<u8> {
+/// The `auto_exec.sh` that runs `command` (each word quoted for the shell).
+pub fn exec_script(command: &[String]) -> String {
     let quoted: Vec<String> = command.iter().map(|word| shell_quote(word)).collect();
-    let script = format!(
+    format!(
         "#!/bin/sh\n# Written by nlxtp exec.\n{}\n",
         quoted.join(" ")
-    );
+    )
+}
+
+/// A tar archive whose `auto_exec.sh` runs `command` (each word quoted for the shell).
+pub fn exec_archive(command: &[String]) -> Vec<u8> {
+    let script = exec_script(command);
     let mut builder = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
     header.set_size(script.len() as u64);

@@ -430,74 +430,9 @@ pub fn render(report: &StatusReport) -> String {
         (AreaKind::VfatImage, false) => "vFAT image, VM not running",
     };
     let _ = writeln!(out, "target     {} ({what})", report.target.display());
-    let monitor = match report.monitor {
-        Monitor::NoStatus if report.upload_present => {
-            "no status yet: the guest has not started the upload".to_string()
-        }
-        Monitor::NoStatus => "no upload".to_string(),
-        Monitor::Done => "done".to_string(),
-        Monitor::Alive {
-            first_look: true,
-            timeout_ms,
-            ..
-        } => {
-            format!(
-                "alive as far as one look can tell (lost if unchanged for {:.1} s)",
-                timeout_ms as f64 / 1000.0
-            )
-        }
-        Monitor::Alive {
-            silent_ms,
-            timeout_ms,
-            ..
-        } => {
-            format!(
-                "alive (last change {:.1} s ago; lost after {:.1} s)",
-                silent_ms as f64 / 1000.0,
-                timeout_ms as f64 / 1000.0
-            )
-        }
-        Monitor::CutOff => {
-            "cut off: the VM is off (no QEMU holds the image) but the run had not ended; it will not finish".to_string()
-        }
-        Monitor::Lost { silent_ms } => {
-            format!(
-                "LOST: no change for {:.1} s (the VM stopped or hung, or the monitor died)",
-                silent_ms as f64 / 1000.0
-            )
-        }
-    };
+    let monitor = monitor_line(report);
     if let Some(rec) = &report.record {
-        let _ = writeln!(out, "run        {}", rec.run_id);
-        let _ = writeln!(out, "state      {}", rec.description);
-        let _ = writeln!(out, "monitor    {monitor}");
-        let _ = writeln!(
-            out,
-            "custom     {}",
-            if rec.custom.is_empty() {
-                "-"
-            } else {
-                &rec.custom
-            }
-        );
-        let cut = |t: bool| if t { " (truncated at the cap)" } else { "" };
-        let _ = writeln!(
-            out,
-            "stdout     {} bytes{}",
-            rec.stdout_bytes,
-            cut(rec.stdout_truncated)
-        );
-        let _ = writeln!(
-            out,
-            "stderr     {} bytes{}",
-            rec.stderr_bytes,
-            cut(rec.stderr_truncated)
-        );
-        let _ = writeln!(
-            out,
-            "heartbeat  {} (every {} ms), record {}",
-            rec.heartbeat, rec.heartbeat_interval_ms, rec.sequence
-        );
+        render_record(&mut out, rec, &monitor);
     } else {
         let _ = writeln!(out, "monitor    {monitor}");
     }
@@ -513,4 +448,70 @@ pub fn render(report: &StatusReport) -> String {
         }
     }
     out
+}
+
+/// What the monitor is doing, in words.
+fn monitor_line(report: &StatusReport) -> String {
+    let secs = |ms: u64| ms as f64 / 1000.0;
+    match report.monitor {
+        Monitor::NoStatus if report.upload_present => {
+            "no status yet: the guest has not started the upload".to_string()
+        }
+        Monitor::NoStatus => "no upload".to_string(),
+        Monitor::Done => "done".to_string(),
+        Monitor::Alive {
+            first_look: true,
+            timeout_ms,
+            ..
+        } => format!(
+            "alive as far as one look can tell (lost if unchanged for {:.1} s)",
+            secs(timeout_ms)
+        ),
+        Monitor::Alive {
+            silent_ms,
+            timeout_ms,
+            ..
+        } => format!(
+            "alive (last change {:.1} s ago; lost after {:.1} s)",
+            secs(silent_ms),
+            secs(timeout_ms)
+        ),
+        Monitor::CutOff => "cut off: the VM is off (no QEMU holds the image) but the run had not ended; it will not finish".to_string(),
+        Monitor::Lost { silent_ms } => format!(
+            "LOST: no change for {:.1} s (the VM stopped or hung, or the monitor died)",
+            secs(silent_ms)
+        ),
+    }
+}
+
+/// The record's lines of the report.
+fn render_record(out: &mut String, rec: &RecordView, monitor: &str) {
+    use std::fmt::Write;
+    let custom = if rec.custom.is_empty() {
+        "-"
+    } else {
+        &rec.custom
+    };
+    let cut = |t: bool| if t { " (truncated at the cap)" } else { "" };
+    let _ = writeln!(out, "run        {}", rec.run_id);
+    let _ = writeln!(out, "state      {}", rec.description);
+    let _ = writeln!(out, "monitor    {monitor}");
+    let _ = writeln!(out, "custom     {custom}");
+    let _ = writeln!(
+        out,
+        "stdout     {} bytes{}",
+        rec.stdout_bytes,
+        cut(rec.stdout_truncated)
+    );
+    let _ = writeln!(
+        out,
+        "stderr     {} bytes{}",
+        rec.stderr_bytes,
+        cut(rec.stderr_truncated)
+    );
+    let _ = writeln!(
+        out,
+        "heartbeat  {} (every {} ms), record {}",
+        rec.heartbeat, rec.heartbeat_interval_ms, rec.sequence
+    );
 }

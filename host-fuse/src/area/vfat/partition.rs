@@ -116,6 +116,9 @@ pub fn find_volume(disk: &dyn BlockSource) -> Result<VolumePlace, AreaError> {
         }
         Err(e) => e,
     };
+    if disk.len() < SECTOR {
+        return Err(not_fat);
+    }
     let mut sector = [0u8; BOOT_SECTOR_LEN];
     disk.read_at(0, &mut sector)?;
     let Some(partitions) = partitions(disk, &sector)? else {

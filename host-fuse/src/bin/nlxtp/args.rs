@@ -50,6 +50,47 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The command line `args` (without the program's name), parsed.
+    ///
+    /// `nlxtp status` is polled in tight loops, and building the whole command line's
+    /// definition costs about a third of such a call (every subcommand's arguments, the
+    /// pages of code that make them). Its two plain forms, `status TARGET` and
+    /// `status --json TARGET` (either order), are therefore read without it; they mean
+    /// exactly what clap would make of them. Everything else, and every form with
+    /// another option, `--` or a TARGET that starts with `-`, goes through clap.
+    pub fn from_args(args: Vec<std::ffi::OsString>) -> Cli {
+        if let Some(cli) = Self::plain_status(&args) {
+            return cli;
+        }
+        Cli::parse_from(std::iter::once("nlxtp".into()).chain(args))
+    }
+
+    fn plain_status(args: &[std::ffi::OsString]) -> Option<Cli> {
+        let is_option = |a: &std::ffi::OsString| a.as_encoded_bytes().starts_with(b"-");
+        let (json, target) = match args {
+            [cmd, target] if cmd == "status" && !is_option(target) => (false, target),
+            [cmd, flag, target] | [cmd, target, flag]
+                if cmd == "status" && flag == "--json" && !is_option(target) =>
+            {
+                (true, target)
+            }
+            _ => return None,
+        };
+        Some(Cli {
+            verbose: 0,
+            rootfs: None,
+            command: Command::Status {
+                target: Target {
+                    path: target.into(),
+                    rootfs: None,
+                },
+                json,
+            },
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a raw disk image with a FAT filesystem for a VM's shared area.
@@ -175,6 +216,23 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         stage_dir: Option<PathBuf>,
     },
+    /// Run a job in a fresh VM: boot, run, stream its output, exit with its code.
+    ///
+    /// Makes a shared disk, uploads the job (COMMAND, --script or --archive, with
+    /// --upload files beside it), boots QEMU with no network device (KVM when it works,
+    /// TCG otherwise), prints the job's standard output and error as the guest flushes
+    /// them, and exits with the job's exit code (as `nlxtp wait`; 130 or 143 when
+    /// interrupted). Nothing is left behind: QEMU and the temporary directory go, also
+    /// on SIGINT, SIGTERM or --timeout. The guest is the minimal image (busybox, the
+    /// kernel's virtio and vfat modules, nlxtp-guest), or --rootfs DIR with nlxtp's
+    /// files laid over it, or --initrd, or a distribution --image whose own init starts
+    /// nlxtp-guest. With --config, runs each target of an nlxtp.toml in turn.
+    Run(Box<RunArgs>),
+    /// The guest image for `nlxtp run` and for your own QEMU command lines.
+    Guest {
+        #[command(subcommand)]
+        command: GuestCommand,
+    },
     /// Commit everything pending and unmount a view made by `nlxtp mount`.
     ///
     /// Refuses (busy) while files are open, naming them. A view whose mount process died
@@ -188,12 +246,117 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum GuestCommand {
+    /// Build the minimal guest image: an initramfs with busybox, the kernel's modules the
+    /// shared disk needs, nlxtp-guest and an /init that runs it and powers off.
+    ///
+    /// The same inputs give the same bytes. Boot it with:
+    /// qemu-system-x86_64 -kernel VMLINUZ -initrd IMAGE -append console=ttyS0
+    /// -drive file=shared.img,format=raw,if=virtio
+    Build {
+        #[command(flatten)]
+        guest: GuestArgs,
+        /// Where to write the initramfs.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+/// What the guest is made of.
+#[derive(Debug, Clone, Args)]
+pub struct GuestArgs {
+    /// The guest kernel: a kernel package (.deb), an unpacked one, a kernel build tree,
+    /// or a vmlinuz (modules from ../lib/modules/VERSION). Default: Debian's current
+    /// kernel for --arch, fetched once into ~/.cache/nlxtp.
+    #[arg(long, value_name = "KERNEL")]
+    pub kernel: Option<PathBuf>,
+    /// The guest's architecture.
+    #[arg(long, default_value = "x86_64", value_name = "ARCH")]
+    pub arch: nlxtp_host::vm::Arch,
+    /// The static nlxtp-guest binary for --arch (also $NLXTP_GUEST). Default: beside
+    /// this nlxtp, then on PATH (as nlxtp-guest-ARCH or nlxtp-guest).
+    #[arg(long, value_name = "PATH")]
+    pub guest: Option<PathBuf>,
+    /// A dynamically linked host program to add with its libraries (e.g. /bin/bash);
+    /// repeat for more. Host architecture only.
+    #[arg(long = "host-program", value_name = "PATH")]
+    pub host_programs: Vec<PathBuf>,
+}
+
+/// `nlxtp run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub guest: GuestArgs,
+    /// Boot this initramfs instead of building the minimal one (it must start
+    /// nlxtp-guest on the disk labelled NLXTP).
+    #[arg(long, conflicts_with = "image")]
+    pub initrd: Option<PathBuf>,
+    /// A distribution's raw disk image, attached as the first disk (its writes are
+    /// dropped at the end); its own init must start nlxtp-guest. Booted with --kernel
+    /// (and --initrd) and root=/dev/vda, else through the firmware.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub mem: u32,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Give up after this many seconds from the start (exit 124; the VM is killed).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Put the shared area's files (script, outputs, status, results) in DIR at the end
+    /// (created; must be empty).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// A file or directory to put beside the job ($archive_dir/NAME); repeat for more.
+    #[arg(long, value_name = "PATH", conflicts_with = "archive")]
+    pub upload: Vec<PathBuf>,
+    /// Run this archive (.tar, .tar.gz, .tar.zst with auto_exec.sh) instead of COMMAND.
+    #[arg(long, conflicts_with_all = ["script", "command"])]
+    pub archive: Option<PathBuf>,
+    /// Run this script as auto_exec.sh instead of COMMAND.
+    #[arg(long, conflicts_with = "command")]
+    pub script: Option<PathBuf>,
+    /// The accelerator: kvm or tcg. Default: KVM if it runs a guest here, else TCG.
+    #[arg(long, value_name = "ACCEL")]
+    pub accel: Option<nlxtp_host::vm::Accel>,
+    /// More kernel command line.
+    #[arg(long, value_name = "ARGS")]
+    pub append: Option<String>,
+    /// Size of the shared disk (default: 64M, more for large uploads).
+    #[arg(long, value_parser = parse_size)]
+    pub disk_size: Option<u64>,
+    /// Write the guest's console log here (it is also shown when the VM fails).
+    #[arg(long, value_name = "FILE")]
+    pub console_log: Option<PathBuf>,
+    /// Print where the time went (boot, job, power-off) at the end.
+    #[arg(long)]
+    pub timings: bool,
+    /// Run the targets of this TOML file in turn (see `nlxtp run --help`), with a line
+    /// per target and a summary; COMMAND is then the default command.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// With --config: run only these targets (repeat for more).
+    #[arg(long = "target", value_name = "NAME", requires = "config")]
+    pub targets: Vec<String>,
+    /// The command and its arguments, run by /bin/sh in the guest.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
 impl Command {
     /// Whether the command works on a TARGET (and so takes `--rootfs`).
     pub fn has_target(&self) -> bool {
         !matches!(
             self,
-            Command::CreateDisk { .. } | Command::Mount { .. } | Command::Umount { .. }
+            Command::CreateDisk { .. }
+                | Command::Mount { .. }
+                | Command::Umount { .. }
+                | Command::Run(_)
+                | Command::Guest { .. }
         )
     }
 }
@@ -372,7 +535,7 @@ impl WaitArgs {
 }
 
 /// "64M" -> 67108864.
-fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (digits, unit) = text.split_at(
         text.find(|c: char| !c.is_ascii_digit())

@@ -9,19 +9,18 @@
 mod args;
 mod out;
 mod progress;
+mod run;
 mod transfer;
 mod watch;
 
 use std::io;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use args::{Cli, Command};
 use out::note;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_args(std::env::args_os().skip(1).collect());
     // Logging only when asked for: `nlxtp status` is called in tight loops, and setting
     // up a subscriber costs more than the status read itself.
     if cli.verbose > 0 {
@@ -80,6 +79,10 @@ fn with_code(code: u8) -> impl FnOnce(Failure) -> Failure {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    // `nlxtp run --rootfs DIR`: the guest's root filesystem, not a container's.
+    if let Command::Run(args) = cli.command {
+        return run::run(&args, cli.rootfs.as_deref());
+    }
     if cli.rootfs.is_some() && !cli.command.has_target() {
         return Err(Failure {
             error: "--rootfs names the container of a TARGET, and this command takes none; \
@@ -156,6 +159,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(_) => unreachable!("handled above"),
+        Command::Guest {
+            command: args::GuestCommand::Build { guest, output },
+        } => run::guest_build(&guest, &output),
         Command::Umount { mountpoint, lazy } => {
             note!("nlxtp: {}", nlxtp_host::fuse::umount(&mountpoint, lazy)?);
             Ok(ExitCode::SUCCESS)

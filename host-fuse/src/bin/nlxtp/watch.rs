@@ -112,14 +112,7 @@ fn finish_wait(
     outcome: &WaitOutcome,
 ) -> Result<ExitCode, Failure> {
     let (code, record) = match outcome {
-        WaitOutcome::Done(rec) => (
-            match rec.state {
-                RunState::Exited(c) => u8::try_from(c.clamp(0, 255)).unwrap_or(255),
-                RunState::Signaled(sig) => 128u8.saturating_add(sig.clamp(0, 127) as u8),
-                _ => 126,
-            },
-            Some(rec),
-        ),
+        WaitOutcome::Done(rec) => (state_code(rec.state), Some(rec)),
         WaitOutcome::MonitorLost(rec) => {
             note!("nlxtp: the monitor stopped writing (the VM stopped or hung, or the monitor died); the run will not finish");
             (126, Some(rec))
@@ -156,6 +149,15 @@ fn finish_wait(
         out::json(&serde_json::json!({ "exit": code, "record": view }))?;
     }
     Ok(ExitCode::from(code))
+}
+
+/// The exit code for a run that ended in `state` (documented in `EXIT_CODES`).
+pub fn state_code(state: RunState) -> u8 {
+    match state {
+        RunState::Exited(c) => u8::try_from(c.clamp(0, 255)).unwrap_or(255),
+        RunState::Signaled(sig) => 128u8.saturating_add(sig.clamp(0, 127) as u8),
+        _ => 126,
+    }
 }
 
 /// Whether the run has ended (so a follow that goes on ends with its result at once).
