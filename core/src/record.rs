@@ -81,15 +81,26 @@ pub enum AbortReason {
     /// The monitor could not go on (it was killed, or lost its output files) and a later
     /// daemon start found the run unfinished.
     MonitorDied,
+    /// The guest's system stopped the run: a shutdown or reboot, or a stop of the service
+    /// (`systemctl stop`, `service ... stop`); in a container also a new upload that
+    /// replaced the running one. The monitor got this signal, wrote this record, and only
+    /// then stopped the script. On the wire: detail 256 + the signal.
+    StoppedBySystem(i32),
     /// A reason a newer guest wrote.
     Unknown(i32),
 }
+
+/// Details from here up to `STOPPED_BY_SYSTEM + 255` are [`AbortReason::StoppedBySystem`]
+/// with the signal in the low byte.
+const STOPPED_BY_SYSTEM: i32 = 0x100;
 
 impl AbortReason {
     fn code(self) -> i32 {
         match self {
             AbortReason::GuestRestarted => 1,
             AbortReason::MonitorDied => 2,
+            // A signal number is below 256 on every system; anything else keeps the range.
+            AbortReason::StoppedBySystem(signal) => STOPPED_BY_SYSTEM + (signal & 0xff),
             AbortReason::Unknown(code) => code,
         }
     }
@@ -98,6 +109,7 @@ impl AbortReason {
         match code {
             1 => AbortReason::GuestRestarted,
             2 => AbortReason::MonitorDied,
+            STOPPED_BY_SYSTEM..0x200 => AbortReason::StoppedBySystem(code - STOPPED_BY_SYSTEM),
             other => AbortReason::Unknown(other),
         }
     }
@@ -167,6 +179,9 @@ impl fmt::Display for RunState {
                 f.write_str("aborted: the guest restarted while the script ran")
             }
             RunState::Aborted(AbortReason::MonitorDied) => f.write_str("aborted: the monitor died"),
+            RunState::Aborted(AbortReason::StoppedBySystem(sig)) => {
+                write!(f, "aborted: stopped by the system (signal {sig})")
+            }
             RunState::Aborted(AbortReason::Unknown(code)) => write!(f, "aborted (reason {code})"),
             RunState::StartFailed(errno) => write!(f, "could not start the script (errno {errno})"),
             RunState::Unknown {

@@ -10,7 +10,9 @@ use nlxtp_core::custom::{
 use nlxtp_core::record::{MANIFEST_LEN, STATUS_SLOT_LEN};
 use nlxtp_core::slots::STATUS_FILE_LEN;
 use nlxtp_core::wire::FRAME_OVERHEAD;
-use nlxtp_core::{BootId, Manifest, OutputInfo, RunId, RunState, StatusRecord, StatusWriter};
+use nlxtp_core::{
+    AbortReason, BootId, Manifest, OutputInfo, RunId, RunState, StatusRecord, StatusWriter,
+};
 
 /// Hex dump of the used bytes, with runs of zero lines folded, as `xxd` would show.
 fn dump(bytes: &[u8]) -> String {
@@ -181,4 +183,32 @@ fn custom_writer_places_texts_alternately() {
     }
     assert_eq!(CustomWriter::resume(&file).next_sequence(), 5);
     assert_eq!((CUSTOM_SLOT_LEN, CUSTOM_FILE_LEN), (69_632, 139_264));
+}
+
+/// "Stopped by the system" is kind 5 (aborted) with detail 256 + the signal: a reader that
+/// predates it still decodes the record and sees a run that has ended.
+#[test]
+fn stopped_by_the_system_is_aborted_with_detail_256_plus_signal() {
+    let stopped = StatusRecord {
+        state: RunState::Aborted(AbortReason::StoppedBySystem(15)),
+        ..example_record()
+    };
+    let as_written = StatusRecord {
+        state: RunState::Unknown {
+            kind: 5,
+            terminal: true,
+            detail: 256 + 15,
+        },
+        ..example_record()
+    };
+    let (mut a, mut b) = ([0xa5u8; STATUS_SLOT_LEN], [0xa5u8; STATUS_SLOT_LEN]);
+    stopped.encode(&mut a).unwrap();
+    as_written.encode(&mut b).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(StatusRecord::decode(&a).unwrap().state, stopped.state);
+    assert_eq!(
+        stopped.state.to_string(),
+        "aborted: stopped by the system (signal 15)"
+    );
+    assert!(stopped.state.is_terminal());
 }

@@ -75,7 +75,7 @@ impl Capture {
                 Err(Errno::INTR) => {}
                 other => {
                     // A full disk (or any write error): keep the run going, record the cut.
-                    crate::log!("output capture stopped: {:?}", other.err());
+                    crate::log!(warning: "output capture stopped: {:?}", other.err());
                     self.failed = true;
                     self.info.truncated = true;
                     return;

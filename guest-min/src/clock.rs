@@ -26,3 +26,22 @@ pub fn timespec_ms(ms: u64) -> Timespec {
 pub fn sleep_ms(ms: u64) {
     let _ = rustix::event::poll(&mut [], Some(&timespec_ms(ms)));
 }
+
+/// The time since boot (`CLOCK_BOOTTIME`, the clock of `/proc/uptime`), shown in log lines
+/// as seconds with two decimals: how far into the boot something happened.
+#[derive(Debug, Clone, Copy)]
+pub struct Uptime(u64);
+
+impl Uptime {
+    /// Now.
+    pub fn now() -> Uptime {
+        let t = clock_gettime(ClockId::Boottime);
+        Uptime(t.tv_sec as u64 * 1_000 + t.tv_nsec as u64 / 1_000_000)
+    }
+}
+
+impl core::fmt::Display for Uptime {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}.{:02} s", self.0 / 1_000, self.0 % 1_000 / 10)
+    }
+}

@@ -40,7 +40,7 @@ impl CustomWatch {
         });
         if events.is_none() {
             crate::log!(
-                "cannot watch the custom status file; looking at it every {POLL_MS} ms instead"
+                warning: "cannot watch the custom status file; looking at it every {POLL_MS} ms instead"
             );
         }
         CustomWatch {

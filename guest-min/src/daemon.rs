@@ -14,12 +14,12 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::inotify;
 use rustix::io::Errno;
-use rustix::process::{kill_process, waitpid, Pid, Signal, WaitOptions};
+use rustix::process::{kill_process, pidfd_open, waitpid, Pid, PidfdFlags, Signal, WaitOptions};
 
 use crate::area::{Area, ManifestRead, ScriptKind};
-use crate::clock::{now_ms, sleep_ms, timespec_ms, unix_secs};
+use crate::clock::{now_ms, sleep_ms, timespec_ms, unix_secs, Uptime};
 use crate::monitor::{self, MonitorConfig};
-use crate::sys::CStrList;
+use crate::sys::{take_signal, CStrList};
 use nlxtp_core::DecodeError;
 
 /// How the daemon was asked to run.
@@ -53,7 +53,8 @@ const SETTLE_MS: u64 = 1_000;
 /// How long a partial manifest or a torn status file may stay so before it is treated
 /// as broken rather than in progress.
 const FLUX_LIMIT_MS: u64 = 3_000;
-/// How long a superseded monitor gets to record its end before SIGKILL.
+/// How long a monitor that is asked to stop gets to record its end and stop its script
+/// (it gives the script 5 s after SIGTERM) before SIGKILL.
 const STOP_GRACE_MS: u64 = 10_000;
 
 struct Daemon<'a> {
@@ -65,6 +66,9 @@ struct Daemon<'a> {
     settle: Option<((u64, i64, u64), u64)>,
     in_flux_since: Option<u64>,
     liveness: Liveness,
+    /// SIGTERM, SIGINT and SIGHUP, as events: a stop of the service reaches the daemon
+    /// first, and goes on to the monitor.
+    signals: Option<OwnedFd>,
 }
 
 /// Runs the daemon; returns the process exit code.
@@ -72,12 +76,25 @@ pub fn run(config: DaemonConfig<'_>, env: CStrList) -> i32 {
     let area = match Area::open(config.area_path) {
         Ok(area) => area,
         Err(e) => {
-            crate::log!("cannot open the shared area {:?}: {e:?}", config.area_path);
+            crate::log!(error: "cannot open the shared area {:?}: {e:?}", config.area_path);
             return 1;
         }
     };
+    let signals = match crate::sys::signalfd_for_termination() {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            crate::log!(
+                warning: "cannot watch for SIGTERM ({e:?}); a stop will end the daemon at once"
+            );
+            None
+        }
+    };
     let boot_id = config.boot_id.unwrap_or_else(kernel_boot_id);
-    crate::log!("daemon watching {:?} (boot {boot_id})", config.area_path);
+    crate::log!(
+        "daemon watching {:?} (boot {boot_id}, uptime {})",
+        config.area_path,
+        Uptime::now()
+    );
     let mut daemon = Daemon {
         config,
         area,
@@ -87,6 +104,7 @@ pub fn run(config: DaemonConfig<'_>, env: CStrList) -> i32 {
         settle: None,
         in_flux_since: None,
         liveness: Liveness::new(LivenessPolicy::default()),
+        signals,
     };
     let watcher = if config.watch {
         watch(config.area_path)
@@ -106,10 +124,13 @@ pub fn run(config: DaemonConfig<'_>, env: CStrList) -> i32 {
         };
         if !config.watch && settled {
             // A VM handles its one upload per boot, then waits for that run to end.
-            daemon.reap(WaitOptions::empty());
+            daemon.wait_for_run();
             return 0;
         }
-        wait_for_change(watcher.as_ref(), 1_000);
+        if let Some(signal) = wait_for_change(watcher.as_ref(), daemon.signals.as_ref(), 1_000) {
+            daemon.stop_run(signal);
+            return 0;
+        }
     }
 }
 
@@ -152,7 +173,7 @@ impl Daemon<'_> {
                 // A status file we cannot read may belong to this upload: running it again
                 // could run it twice. Record why it does not run, and leave it.
                 crate::log!(
-                    "status file unreadable ({e}); not starting run {} again",
+                    error: "status file unreadable ({e}); not starting run {} again",
                     manifest.run_id
                 );
                 self.in_flux_since = None;
@@ -169,7 +190,7 @@ impl Daemon<'_> {
         }
         if record.boot_id != self.boot_id {
             crate::log!(
-                "run {} was cut off by a restart; recording it as aborted",
+                warning: "run {} was cut off by a restart; recording it as aborted",
                 record.run_id
             );
             self.close_run(record, AbortReason::GuestRestarted);
@@ -180,7 +201,7 @@ impl Daemon<'_> {
         match self.liveness.observe(now_ms(), Some(&record)) {
             Verdict::MonitorLost { .. } => {
                 crate::log!(
-                    "run {}: its monitor died; recording it as aborted",
+                    warning: "run {}: its monitor died; recording it as aborted",
                     record.run_id
                 );
                 self.close_run(record, AbortReason::MonitorDied);
@@ -200,7 +221,7 @@ impl Daemon<'_> {
             .open_status()
             .and_then(|mut status| status.write(&mut record));
         if let Err(e) = written {
-            crate::log!("cannot record the aborted run: {e:?}");
+            crate::log!(error: "cannot record the aborted run: {e:?}");
         }
     }
 
@@ -208,9 +229,9 @@ impl Daemon<'_> {
         let mut record = self.fresh_record(manifest);
         record.state = RunState::StartFailed(errno.raw_os_error());
         record.finished_unix = Some(unix_secs());
-        crate::log!("run {} cannot start: {}", manifest.run_id, record.state);
+        crate::log!(warning: "run {} cannot start: {}", manifest.run_id, record.state);
         if let Err(e) = self.area.create_status(&mut record) {
-            crate::log!("cannot write the status file: {e:?}");
+            crate::log!(error: "cannot write the status file: {e:?}");
         }
     }
 
@@ -230,7 +251,9 @@ impl Daemon<'_> {
         }
         self.settle = None;
         if let ManifestRead::Corrupt(e) = manifest {
-            crate::log!("manifest unreadable ({e}); treating auto_exec.sh as a new upload");
+            crate::log!(
+                warning: "manifest unreadable ({e}); treating auto_exec.sh as a new upload"
+            );
         }
         let mut run_id = RunId::default();
         if rustix::rand::getrandom(&mut run_id.0, rustix::rand::GetRandomFlags::empty()).is_err() {
@@ -251,7 +274,7 @@ impl Daemon<'_> {
         match self.area.write_manifest(&manifest) {
             Ok(()) => Some(manifest),
             Err(e) => {
-                crate::log!("cannot write a manifest: {e:?}");
+                crate::log!(error: "cannot write a manifest: {e:?}");
                 None
             }
         }
@@ -279,7 +302,7 @@ impl Daemon<'_> {
     fn start(&mut self, manifest: Manifest) {
         if let Some((pid, run)) = self.child.take() {
             crate::log!("a new upload replaces run {run}; stopping it");
-            stop(pid);
+            stop(pid, Signal::TERM);
         }
         let mut record = self.fresh_record(&manifest);
         // The pending record on disk is the "seen" mark: from here on this upload is
@@ -288,7 +311,7 @@ impl Daemon<'_> {
             Ok(status) => status,
             Err(e) => {
                 crate::log!(
-                    "cannot create the status file ({e:?}); run {} not started",
+                    error: "cannot create the status file ({e:?}); run {} not started",
                     manifest.run_id
                 );
                 return;
@@ -301,6 +324,8 @@ impl Daemon<'_> {
         };
         match crate::sys::fork() {
             Ok(None) => {
+                // The monitor watches for signals itself.
+                drop(self.signals.take());
                 let code = monitor::run(
                     &self.area,
                     self.config.area_path,
@@ -313,7 +338,7 @@ impl Daemon<'_> {
             }
             Ok(Some(pid)) => self.child = Some((pid, manifest.run_id)),
             Err(e) => {
-                crate::log!("cannot fork the monitor: {e:?}");
+                crate::log!(error: "cannot fork the monitor: {e:?}");
                 let mut status = status;
                 record.state = RunState::StartFailed(e.raw_os_error());
                 let _ = status.write(&mut record);
@@ -328,11 +353,51 @@ impl Daemon<'_> {
             }
         }
     }
+
+    /// After a VM's one start: waits until the run has ended. A stop signal meanwhile
+    /// goes on to the monitor, which records the stop before it stops the script.
+    fn wait_for_run(&mut self) {
+        let Some((pid, _)) = self.child else { return };
+        let pidfd = pidfd_open(pid, PidfdFlags::empty()).ok();
+        loop {
+            self.reap(WaitOptions::NOHANG);
+            if self.child.is_none() {
+                return;
+            }
+            let mut fds: heapless::Vec<PollFd<'_>, 2> = heapless::Vec::new();
+            for fd in [pidfd.as_ref(), self.signals.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                let _ = fds.push(PollFd::new(fd, PollFlags::IN));
+            }
+            // Without a pidfd (kernels before 5.3), ask waitpid every 100 ms.
+            let ms = if pidfd.is_some() { 60_000 } else { 100 };
+            let _ = poll(&mut fds, Some(&timespec_ms(ms)));
+            drop(fds);
+            let signal = self.signals.as_ref().and_then(|fd| take_signal(fd.as_fd()));
+            if let Some(signal) = signal {
+                self.stop_run(signal);
+                return;
+            }
+        }
+    }
+
+    /// The daemon got `signal` (a stop of the service, a shutdown): the monitor gets it
+    /// too, and the daemon waits (bounded) until it has recorded the stop and ended.
+    fn stop_run(&mut self, signal: i32) {
+        let Some((pid, run)) = self.child.take() else {
+            crate::log!("stopping (signal {signal}); no run in progress");
+            return;
+        };
+        crate::log!("stopping (signal {signal}); the monitor of run {run} records the stop");
+        stop(pid, Signal::from_named_raw(signal).unwrap_or(Signal::TERM));
+    }
 }
 
-/// Asks a monitor to stop (it records the end of its run), then makes sure.
-fn stop(pid: Pid) {
-    let _ = kill_process(pid, Signal::TERM);
+/// Asks a monitor to stop with `signal` (it records the end of its run), then makes sure.
+fn stop(pid: Pid, signal: Signal) {
+    let _ = kill_process(pid, signal);
     let until = now_ms() + STOP_GRACE_MS;
     while now_ms() < until {
         if !matches!(waitpid(Some(pid), WaitOptions::NOHANG), Ok(None)) {
@@ -353,24 +418,34 @@ fn watch(path: &CStr) -> Option<OwnedFd> {
     match inotify::add_watch(&fd, path, mask) {
         Ok(_) => Some(fd),
         Err(e) => {
-            crate::log!("inotify unavailable ({e:?}); polling every second");
+            crate::log!(warning: "inotify unavailable ({e:?}); polling every second");
             None
         }
     }
 }
 
-/// Waits for a change in the area's root, or `ms` at most.
-fn wait_for_change(watcher: Option<&OwnedFd>, ms: u64) {
-    let Some(fd) = watcher else {
-        return sleep_ms(ms);
-    };
-    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+/// Waits for a change in the area's root, or a stop signal, or `ms` at most; returns
+/// the signal.
+fn wait_for_change(watcher: Option<&OwnedFd>, signals: Option<&OwnedFd>, ms: u64) -> Option<i32> {
+    let mut fds: heapless::Vec<PollFd<'_>, 2> = heapless::Vec::new();
+    for fd in [watcher, signals].into_iter().flatten() {
+        let _ = fds.push(PollFd::new(fd, PollFlags::IN));
+    }
+    if fds.is_empty() {
+        sleep_ms(ms);
+        return None;
+    }
     let _ = poll(&mut fds, Some(&timespec_ms(ms)));
+    if let Some(signal) = signals.and_then(|fd| take_signal(fd.as_fd())) {
+        return Some(signal);
+    }
+    let fd = watcher?;
     // Drain the events: what changed is read from the area itself.
     let mut buf = [0u8; 4096];
     while matches!(rustix::io::read(fd, &mut buf), Ok(n) if n > 0) {}
     // Let a writer finish the burst of changes it is in the middle of.
     sleep_ms(20);
+    None
 }
 
 /// The kernel's id for this boot (`/proc/sys/kernel/random/boot_id`), or a random one.

@@ -51,13 +51,13 @@ pub fn set<'a>(name: &str, args: impl Iterator<Item = &'a CStr> + Clone, env: CS
     let (fits, replaced) = to_utf8_lossy(&raw, &mut text);
     if too_long || !fits {
         crate::log!(
-            "{name}: the status text is longer than {CUSTOM_TEXT_MAX} bytes (64 KiB); the custom status was not changed. Shorten it, or write the details to a file in the shared directory"
+            error: "{name}: the status text is longer than {CUSTOM_TEXT_MAX} bytes (64 KiB); the custom status was not changed. Shorten it, or write the details to a file in the shared directory"
         );
         return EXIT_USAGE;
     }
     if replaced {
         crate::log!(
-            "{name}: the status text was not valid UTF-8; invalid bytes were replaced with U+FFFD"
+            warning: "{name}: the status text was not valid UTF-8; invalid bytes were replaced with U+FFFD"
         );
     }
     let path = env.var(env::CUSTOM_FILE).filter(|p| !p.is_empty());
@@ -67,7 +67,7 @@ pub fn set<'a>(name: &str, args: impl Iterator<Item = &'a CStr> + Clone, env: CS
         .and_then(RunId::from_hex);
     let (Some(path), Some(run)) = (path, run) else {
         crate::log!(
-            "{name}: not running under the nlxtp monitor ({} or {} is not set); the status was not changed",
+            error: "{name}: not running under the nlxtp monitor ({} or {} is not set); the status was not changed",
             env::CUSTOM_FILE,
             env::RUN_ID
         );
@@ -76,7 +76,7 @@ pub fn set<'a>(name: &str, args: impl Iterator<Item = &'a CStr> + Clone, env: CS
     match write_text(path, run, &text) {
         Ok(()) => 0,
         Err(failure) => {
-            crate::log!("{name}: {failure}; the status was not changed");
+            crate::log!(error: "{name}: {failure}; the status was not changed");
             EXIT_NOT_UNDER_MONITOR
         }
     }

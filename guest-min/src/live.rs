@@ -109,7 +109,7 @@ impl LiveRing {
         }
         if let Err(e) = pwrite_all(self.fd.as_fd(), &block, at) {
             // The ring is a convenience: the capture files stay complete without it.
-            crate::log!("live output ring stopped: {e:?}");
+            crate::log!(warning: "live output ring stopped: {e:?}");
             self.failed = true;
         }
         self.dirty = true;

@@ -51,6 +51,11 @@ Usage:
       bytes). Also installed as archive_setstatus and nlxtp-status.
   nlxtp-guest status show [DIR]
       Print the status record of the shared area DIR (default /mnt/nlXTP).
+  nlxtp-guest stop [--timeout SECS] [PID]
+      Stop the daemon PID (systemd's ExecStop passes $MAINPID) and wait until it has
+      exited, at most SECS (default 25). It hands the SIGTERM to the monitor, which
+      records the stop before it stops the script. No PID, or no such process: nothing
+      to stop.
 ";
 
 const EXIT_USAGE: c_int = 2;
@@ -63,7 +68,7 @@ extern "C" {}
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
-    crate::log!("internal error (panic); aborting");
+    crate::log!(error: "internal error (panic); aborting");
     // SAFETY: abort has no preconditions.
     unsafe { libc::abort() }
 }
@@ -78,6 +83,7 @@ extern "C" fn main(_argc: c_int, argv: *const *const c_char, envp: *const *const
     // SAFETY: the C runtime passes NULL-terminated argument and environment arrays that
     // live as long as the process.
     let (args, env) = unsafe { (CStrList::new(argv), CStrList::new(envp)) };
+    sys::log_to_journal_if_there(env);
     let program = args
         .iter()
         .next()
@@ -109,6 +115,7 @@ fn dispatch(args: CStrList, env: CStrList) -> c_int {
     match words.as_slice() {
         ["daemon", ..] => daemon_command(&list[1..], env),
         ["status", "show", ..] => show(list.get(2).copied().unwrap_or(c"/mnt/nlXTP")),
+        ["stop", ..] => stop_daemon(&list[1..]),
         ["help" | "--help" | "-h", ..] | [] => {
             out!("{USAGE}");
             if words.is_empty() {
@@ -130,7 +137,7 @@ fn dispatch(args: CStrList, env: CStrList) -> c_int {
 }
 
 fn usage_error(what: &str) -> c_int {
-    crate::log!("{what}; see 'nlxtp-guest --help'");
+    crate::log!(error: "{what}; see 'nlxtp-guest --help'");
     EXIT_USAGE
 }
 
@@ -236,7 +243,8 @@ fn daemon_command(args: &[&'static CStr], env: CStrList) -> c_int {
 fn mount_disk(options: &DaemonOptions) -> Option<&'static CStr> {
     let label = options.label.unwrap_or(layout::DEFAULT_VOLUME_LABEL);
     let mount_point = options.mount_point;
-    let deadline = clock::now_ms() + options.wait_device_s * 1_000;
+    let start = clock::now_ms();
+    let deadline = start + options.wait_device_s * 1_000;
     let found = loop {
         let found = match options.device {
             Some(dev) => Some(disk::DevicePath::try_from(dev).unwrap_or_default()),
@@ -248,15 +256,75 @@ fn mount_disk(options: &DaemonOptions) -> Option<&'static CStr> {
         clock::sleep_ms(200);
     };
     let Some(dev) = found else {
-        crate::log!("no FAT disk labelled {label} found; attach one (nlxtp create-disk) or pass --device or --dir");
+        crate::log!(
+            error: "no FAT disk labelled {label} found; attach one (nlxtp create-disk) or pass --device or --dir"
+        );
         return None;
     };
+    let found_at = clock::now_ms();
     if let Err(e) = disk::mount_vfat(&dev, mount_point) {
-        crate::log!("cannot mount {} at {:?}: {e:?}", dev.as_str(), mount_point);
+        crate::log!(error: "cannot mount {} at {:?}: {e:?}", dev.as_str(), mount_point);
         return None;
     }
-    crate::log!("shared disk {} mounted at {:?}", dev.as_str(), mount_point);
+    // Where a slow boot's time goes: waiting for the disk, or mounting it (which may load
+    // the vfat and nls modules first).
+    crate::log!(
+        "shared disk {} mounted at {:?} (found in {} ms, mounted in {} ms)",
+        dev.as_str(),
+        mount_point,
+        found_at - start,
+        clock::now_ms() - found_at
+    );
     Some(mount_point)
+}
+
+/// `nlxtp-guest stop [--timeout SECS] [PID]`.
+fn stop_daemon(args: &[&'static CStr]) -> c_int {
+    use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
+    let mut timeout_s = 25;
+    let mut pid = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.to_str().unwrap_or("") {
+            "--timeout" => match number(it.next().copied()) {
+                Some(secs) => timeout_s = secs,
+                None => return usage_error("stop --timeout needs a number of seconds"),
+            },
+            word => match word.parse().ok().and_then(Pid::from_raw) {
+                Some(p) if pid.is_none() => pid = Some(p),
+                _ => return usage_error("stop takes one process id"),
+            },
+        }
+    }
+    let Some(pid) = pid else {
+        return 0;
+    };
+    // Through a pidfd: the signal reaches this process, never one that took its id.
+    let sent = pidfd_open(pid, PidfdFlags::empty())
+        .and_then(|fd| pidfd_send_signal(&fd, Signal::TERM).map(|()| fd));
+    let pidfd = match sent {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return 0,
+        Err(e) => {
+            crate::log!(error: "cannot stop process {}: {e:?}", pid.as_raw_nonzero());
+            return 1;
+        }
+    };
+    let mut fds = [rustix::event::PollFd::new(
+        &pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = clock::timespec_ms(timeout_s.saturating_mul(1_000));
+    match rustix::event::poll(&mut fds, Some(&timeout)) {
+        Ok(n) if n > 0 => 0,
+        _ => {
+            crate::log!(
+                warning: "process {} has not stopped after {timeout_s} s",
+                pid.as_raw_nonzero()
+            );
+            1
+        }
+    }
 }
 
 fn number(value: Option<&CStr>) -> Option<u64> {
@@ -267,7 +335,7 @@ fn show(dir: &CStr) -> c_int {
     let area = match area::Area::open(dir) {
         Ok(area) => area,
         Err(e) => {
-            crate::log!("cannot open {dir:?}: {e:?}");
+            crate::log!(error: "cannot open {dir:?}: {e:?}");
             return 1;
         }
     };
@@ -293,7 +361,7 @@ fn show(dir: &CStr) -> c_int {
             0
         }
         Err(e) => {
-            crate::log!("no status: {e}");
+            crate::log!(error: "no status: {e}");
             1
         }
     }

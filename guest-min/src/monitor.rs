@@ -5,12 +5,18 @@
 //! `docs/wire-format.md`): a record at least every heartbeat interval until the run
 //! ends; each record written whole and flushed; output captured up to a cap, with the
 //! cut recorded; a final record with the exit code or signal.
+//!
+//! A stop (SIGTERM, SIGINT or SIGHUP: `systemctl stop`, a shutdown, the daemon passing
+//! one on) while the script runs: the final record, "stopped by the system" with the
+//! signal, is written first; only then does the script's process group get SIGTERM (and
+//! SIGKILL after `KILL_GRACE_MS`). Processes the script leaves running when it exits by
+//! itself are not the monitor's to stop: they outlive the run.
 
 use core::ffi::CStr;
 
 use nlxtp_core::layout;
 use nlxtp_core::live::Stream;
-use nlxtp_core::{RunState, StatusRecord};
+use nlxtp_core::{AbortReason, RunState, StatusRecord};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
@@ -20,12 +26,12 @@ use rustix::process::{
 
 use crate::area::{Area, StatusFile};
 use crate::capture::Capture;
-use crate::clock::{now_ms, timespec_ms, unix_secs};
+use crate::clock::{now_ms, timespec_ms, unix_secs, Uptime};
 use crate::custom::{self, CustomWatch};
 use crate::live::LiveRing;
 use crate::shebang::Command;
 use crate::spawn::{start_script, StartError, Started};
-use crate::sys::{self, CStrList};
+use crate::sys::{self, take_signal, CStrList};
 
 /// How the monitor behaves; defaults come from the daemon, the manifest may override.
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +68,7 @@ pub fn run(
     let signals = match sys::signalfd_for_termination() {
         Ok(fd) => Some(fd),
         Err(e) => {
-            crate::log!("cannot watch for SIGTERM ({e:?}); a stop will not be recorded");
+            crate::log!(warning: "cannot watch for SIGTERM ({e:?}); a stop will not be recorded");
             None
         }
     };
@@ -86,7 +92,9 @@ pub fn run(
         }
     };
     if let Err(e) = area.create_custom(record.run_id) {
-        crate::log!("cannot create the custom status file ({e:?}); archive_setstatus will fail");
+        crate::log!(
+            warning: "cannot create the custom status file ({e:?}); archive_setstatus will fail"
+        );
     }
     // Watched before the script starts: its first helper's write is not missed.
     let custom = CustomWatch::new(record.run_id, area_path);
@@ -122,6 +130,8 @@ struct Timers {
     timed_out: bool,
     /// How the script ended and when that was seen; from then on only output drains.
     exited: Option<(RunState, u64)>,
+    /// The run was stopped by the system and recorded so (with the signal).
+    stopped: Option<RunState>,
     /// A record is owed, held back until `MIN_WRITE_GAP_MS` after the last one.
     want_write: bool,
     last_write: u64,
@@ -141,6 +151,7 @@ impl Timers {
             kill_sent: false,
             timed_out: false,
             exited: None,
+            stopped: None,
             want_write: false,
             last_write: start,
             last_live_flush: start,
@@ -183,9 +194,11 @@ impl Timers {
     }
 
     /// How the run ended, once the script has exited and its output is closed
-    /// (`output_open` false) or has had its drain grace.
+    /// (`output_open` false) or has had its drain grace. A recorded stop stays the end,
+    /// whatever the script's exit.
     fn ended(&self, now: u64, output_open: bool) -> Option<RunState> {
         let (state, at) = self.exited?;
+        let state = self.stopped.unwrap_or(state);
         (!output_open || now >= at + DRAIN_GRACE_MS).then_some(state)
     }
 
@@ -226,10 +239,16 @@ impl Timers {
     }
 
     /// When the loop must wake up even if nothing happens: the earliest deadline still
-    /// pending. Without a pidfd, every 100 ms to ask waitpid.
+    /// pending. Without a pidfd, every 100 ms to ask waitpid. After a recorded stop no
+    /// record is due any more: only the kill, the drain and the output.
     fn next_wake(&self, now: u64, live_unflushed: bool, have_pidfd: bool) -> u64 {
-        let mut wake = self.next_beat;
-        if self.want_write {
+        let recording = self.stopped.is_none();
+        let mut wake = if recording {
+            self.next_beat
+        } else {
+            now + 1_000
+        };
+        if self.want_write && recording {
             wake = wake.min(self.last_write + MIN_WRITE_GAP_MS);
         }
         if let Some(d) = self.deadline.filter(|_| self.term_sent.is_none()) {
@@ -241,7 +260,7 @@ impl Timers {
         if live_unflushed {
             wake = wake.min(self.last_live_flush + LIVE_FLUSH_MS);
         }
-        if let Some(at) = self.last_custom_poll {
+        if let Some(at) = self.last_custom_poll.filter(|_| recording) {
             wake = wake.min(at + custom::POLL_MS);
         }
         if let Some((_, at)) = self.exited {
@@ -266,6 +285,8 @@ struct Run {
     custom: CustomWatch,
     live: Option<LiveRing>,
     timers: Timers,
+    /// A stop signal came after the script had ended.
+    told_to_stop: bool,
 }
 
 impl Run {
@@ -284,15 +305,16 @@ impl Run {
         let live = match area.create_live() {
             Ok(fd) => Some(LiveRing::new(fd)),
             Err(e) => {
-                crate::log!("no live output ring ({e:?}); output is still captured");
+                crate::log!(warning: "no live output ring ({e:?}); output is still captured");
                 None
             }
         };
         let pid = started.pid;
         crate::log!(
-            "run {} started (pid {})",
+            "run {} started (pid {}, uptime {})",
             record.run_id,
-            pid.as_raw_nonzero()
+            pid.as_raw_nonzero(),
+            Uptime::now()
         );
         let out = Capture::new(Stream::Stdout, started.stdout, out_file, config.output_cap);
         let err = Capture::new(Stream::Stderr, started.stderr, err_file, config.output_cap);
@@ -312,6 +334,7 @@ impl Run {
             custom,
             live,
             timers: Timers::new(start, config),
+            told_to_stop: false,
         };
         run.write_record();
         run
@@ -331,14 +354,44 @@ impl Run {
             }
             self.keep_promises(now, area);
             self.wait(now);
-            self.take_input(&mut buf);
+            match self.take_input(&mut buf) {
+                Some(signal) if self.timers.exited.is_none() => self.stop(area, signal),
+                // The script has ended by itself: the run's end stands, and the monitor
+                // does not linger for output.
+                Some(_) => self.told_to_stop = true,
+                None => {}
+            }
         }
+    }
+
+    /// The system stops the run (`signal` came while the script runs): records that as
+    /// the run's end, then stops the script's process group, SIGTERM first.
+    fn stop(&mut self, area: &Area, signal: i32) {
+        if self.timers.stopped.is_some() {
+            return;
+        }
+        if let Some(live) = &mut self.live {
+            live.flush();
+        }
+        let _ = area.sync();
+        self.custom.refresh(area, &mut self.record.custom);
+        let state = RunState::Aborted(AbortReason::StoppedBySystem(signal));
+        self.record.state = state;
+        self.record.finished_unix = Some(unix_secs());
+        self.write_record();
+        self.timers.stopped = Some(state);
+        crate::log!(
+            warning: "run {} {state}: recorded; stopping the script",
+            self.record.run_id
+        );
+        let _ = kill_process_group(self.pid, Signal::TERM);
+        self.timers.stop_requested(now_ms());
     }
 
     /// Enforces the timeout (SIGTERM, then SIGKILL) and notices the script's exit.
     fn watch_script(&mut self, now: u64) {
         if self.timers.take_timeout(now) {
-            crate::log!("run {} timed out; stopping it", self.record.run_id);
+            crate::log!(warning: "run {} timed out; stopping it", self.record.run_id);
             let _ = kill_process_group(self.pid, Signal::TERM);
         }
         if self.timers.take_kill(now) {
@@ -350,8 +403,14 @@ impl Run {
     }
 
     /// The heartbeat, the custom status, the live-output flush and the owed record,
-    /// each when due.
+    /// each when due. After a recorded stop, only the output: the record is final.
     fn keep_promises(&mut self, now: u64, area: &Area) {
+        if self.timers.stopped.is_some() {
+            if let Some(live) = self.live.as_mut().filter(|l| l.has_unflushed()) {
+                live.flush();
+            }
+            return;
+        }
         let beat = self.timers.take_heartbeat(now);
         if beat {
             self.record.heartbeat += 1;
@@ -392,36 +451,33 @@ impl Run {
         match poll_in(&watched, wake.saturating_sub(now)) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => {
-                crate::log!("poll failed: {e:?}");
+                crate::log!(error: "poll failed: {e:?}");
                 crate::clock::sleep_ms(100);
             }
         }
     }
 
-    /// Reads the script's output, custom status events and a stop signal.
-    fn take_input(&mut self, buf: &mut [u8]) {
+    /// Reads the script's output and custom status events; returns a stop signal.
+    fn take_input(&mut self, buf: &mut [u8]) -> Option<i32> {
         self.out.pump(buf, &mut self.live);
         self.err.pump(buf, &mut self.live);
         self.custom.pump();
-        if let Some(sigfd) = &self.signals {
-            let mut info = [0u8; 128];
-            if matches!(rustix::io::read(sigfd, &mut info), Ok(n) if n > 0)
-                && self.timers.exited.is_none()
-            {
-                crate::log!("monitor asked to stop; stopping run {}", self.record.run_id);
-                let _ = kill_process_group(self.pid, Signal::TERM);
-                self.timers.stop_requested(now_ms());
-            }
-        }
+        take_signal(self.signals.as_ref()?.as_fd())
     }
 
-    /// Records how the run ended, then keeps capturing what is still written.
+    /// Records how the run ended, then keeps capturing what is still written. After a
+    /// recorded stop: the final byte counts only, and no lingering (the system is
+    /// stopping).
     fn finish(&mut self, area: &Area, state: RunState) {
         if let Some(live) = &mut self.live {
             live.flush();
         }
         // Results the script wrote into the shared area reach the disk before "done" does.
         let _ = area.sync();
+        if self.timers.stopped.is_some() {
+            self.write_record();
+            return;
+        }
         self.custom.refresh(area, &mut self.record.custom);
         self.record.state = state;
         self.record.finished_unix = Some(unix_secs());
@@ -434,7 +490,7 @@ impl Run {
     /// they close it (or the monitor is told to stop), then record the final byte
     /// counts with the same terminal state.
     fn linger(&mut self) {
-        if !self.output_open() {
+        if !self.output_open() || self.told_to_stop {
             return;
         }
         let counted = (self.record.stdout, self.record.stderr);
@@ -472,7 +528,7 @@ impl Run {
         self.record.stderr = self.err.info();
         self.record.updated_unix = unix_secs();
         if let Err(e) = self.status.write(&mut self.record) {
-            crate::log!("cannot write the status file: {e:?}");
+            crate::log!(error: "cannot write the status file: {e:?}");
         }
     }
 }
@@ -513,7 +569,7 @@ fn finish_early(
     why: core::fmt::Arguments<'_>,
     stderr: Option<&OwnedFd>,
 ) -> i32 {
-    crate::log!("run {}: {why}", record.run_id);
+    crate::log!(warning: "run {}: {why}", record.run_id);
     if let Some(file) = stderr {
         use core::fmt::Write as _;
         let mut line = sys::Line::new();

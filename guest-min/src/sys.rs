@@ -4,6 +4,7 @@
 
 use core::ffi::{c_char, c_int, CStr};
 use core::fmt;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fd::{BorrowedFd, OwnedFd};
 use rustix::io::Errno;
@@ -138,15 +139,69 @@ impl fmt::Write for Line {
     }
 }
 
-/// Logs one line to standard error: `nlxtp-guest: ...`.
+/// How important a log line is; under the journal, its syslog priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Something failed (`LOG_ERR`).
+    Error = 3,
+    /// Something a person may want to look at (`LOG_WARNING`).
+    Warning = 4,
+    /// What happened (`LOG_INFO`).
+    Info = 6,
+}
+
+/// Whether standard error is the systemd journal (set once, by [`log_to_journal_if_there`]).
+static JOURNAL: AtomicBool = AtomicBool::new(false);
+
+/// Switches log lines to the journal's form when standard error is the journal: systemd
+/// names the stream's device and inode in `JOURNAL_STREAM` (a script's standard error is
+/// a pipe, so a program it starts keeps the plain form).
+pub fn log_to_journal_if_there(env: CStrList) {
+    let Some(stream) = env.var("JOURNAL_STREAM").and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return;
+    };
+    let Ok(stat) = rustix::fs::fstat(stderr()) else {
+        return;
+    };
+    if dev.parse::<u64>() == Ok(stat.st_dev) && ino.parse::<u64>() == Ok(stat.st_ino) {
+        JOURNAL.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Writes one log line to standard error: `nlxtp-guest: TEXT`, or under the journal,
+/// which names the program itself, `<PRIORITY>TEXT`.
+pub fn log_line(level: Level, args: fmt::Arguments<'_>) {
+    use fmt::Write as _;
+    let mut line = Line::new();
+    let _ = if JOURNAL.load(Ordering::Relaxed) {
+        writeln!(line, "<{}>{args}", level as u8)
+    } else {
+        writeln!(line, "nlxtp-guest: {args}")
+    };
+    // A cut line still ends its line.
+    if !line.0.ends_with('\n') {
+        line.0.pop();
+        let _ = line.0.push('\n');
+    }
+    let _ = write_all(stderr(), line.0.as_bytes());
+}
+
+/// Logs one line to standard error (see [`log_line`]): `log!("...")` for what happened,
+/// `log!(warning: "...")` and `log!(error: "...")` for the rest.
 #[macro_export]
 macro_rules! log {
-    ($($arg:tt)*) => {{
-        use core::fmt::Write as _;
-        let mut line = $crate::sys::Line::new();
-        let _ = write!(line, "nlxtp-guest: {}\n", format_args!($($arg)*));
-        let _ = $crate::sys::write_all($crate::sys::stderr(), line.0.as_bytes());
-    }};
+    (error: $($arg:tt)*) => {
+        $crate::sys::log_line($crate::sys::Level::Error, format_args!($($arg)*))
+    };
+    (warning: $($arg:tt)*) => {
+        $crate::sys::log_line($crate::sys::Level::Warning, format_args!($($arg)*))
+    };
+    ($($arg:tt)*) => {
+        $crate::sys::log_line($crate::sys::Level::Info, format_args!($($arg)*))
+    };
 }
 
 /// Standard output through a small buffer that is written out whenever it fills: unlike
@@ -242,7 +297,8 @@ fn handled_set() -> libc::sigset_t {
 }
 
 /// Blocks SIGTERM, SIGINT and SIGHUP and returns a non-blocking signalfd that reports
-/// them, so the monitor can forward them to the script and still write its last record.
+/// them: the daemon hands them to its monitor, the monitor records the stop before it
+/// stops the script.
 pub fn signalfd_for_termination() -> Result<OwnedFd, Errno> {
     let set = handled_set();
     // SAFETY: `set` is initialised; blocking signals has no memory effects.
@@ -256,6 +312,17 @@ pub fn signalfd_for_termination() -> Result<OwnedFd, Errno> {
     }
     // SAFETY: `fd` was just returned by signalfd and is owned by nobody else.
     Ok(unsafe { <OwnedFd as rustix::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// The number of the next signal waiting in `signalfd` (from [`signalfd_for_termination`]),
+/// if one is.
+pub fn take_signal(signalfd: BorrowedFd<'_>) -> Option<i32> {
+    // struct signalfd_siginfo: 128 bytes, ssi_signo (u32) first.
+    let mut info = [0u8; 128];
+    match rustix::io::read(signalfd, &mut info) {
+        Ok(128) => Some(u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32),
+        _ => None,
+    }
 }
 
 /// In a forked child before `exec`: unblock every signal and give SIGPIPE its default

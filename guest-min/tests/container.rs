@@ -643,13 +643,11 @@ fn help_is_printed_whole() {
         "nlxtp-guest status set TEXT... | -",
         "archive_setstatus and nlxtp-status",
         "nlxtp-guest status show [DIR]",
+        "nlxtp-guest stop [--timeout SECS] [PID]",
     ] {
         assert!(text.contains(part), "{part:?} missing from:\n{text}");
     }
-    assert!(
-        text.ends_with("(default /mnt/nlXTP).\n"),
-        "cut off:\n{text}"
-    );
+    assert!(text.ends_with("to stop.\n"), "cut off:\n{text}");
 }
 
 /// Runs `script` once to its end; the final record, standard output and standard error.
@@ -782,4 +780,167 @@ fn a_relative_area_path_reaches_the_script_absolute() {
         format!("{}\n", area.dir().display())
     );
     assert_eq!(rec.custom.as_str(), "set from /");
+}
+
+/// A script that waits to be stopped; at its SIGTERM it saves the record the guest holds
+/// at that moment (`at-term.txt`).
+fn waits_to_be_stopped() -> String {
+    format!(
+        "trap '{} status show \"$archive_dir\" > \"$archive_dir/at-term.txt\" 2>&1; exit 143' TERM\narchive_setstatus waiting\nsleep 30\n",
+        harness::GUEST
+    )
+}
+
+/// A stop of the service during a run (SIGTERM to the daemon: what `systemctl stop`, a
+/// shutdown and `start-stop-daemon --stop` send), in a VM's `--once` mode and a
+/// container's watch mode: the monitor records "stopped by the system" before the
+/// script gets its SIGTERM, and the daemon exits 0 once the monitor has ended.
+#[test]
+fn a_stop_is_recorded_before_the_script_is_signalled() {
+    for mode in [&["--once"][..], &[]] {
+        let mut area = Area::new();
+        area.upload_script(&waits_to_be_stopped());
+        let daemon = area.daemon(mode);
+        area.wait_status(5, |r| r.custom.as_str() == "waiting");
+        kill(daemon.pid(), 15);
+        let out = daemon.wait(15);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mode:?}: {log}");
+        let rec = area.wait_done(1);
+        assert_eq!(
+            rec.state,
+            RunState::Aborted(AbortReason::StoppedBySystem(15)),
+            "{mode:?}"
+        );
+        let at_term = area.read("at-term.txt");
+        assert!(
+            at_term.contains("state aborted: stopped by the system (signal 15)"),
+            "{mode:?}: the record when the script got SIGTERM:\n{at_term}"
+        );
+        assert!(
+            log.contains("stopped by the system (signal 15): recorded"),
+            "{log}"
+        );
+    }
+}
+
+/// `nlxtp-guest stop PID` (systemd's ExecStop) returns once the daemon has exited, the
+/// stop recorded; with no PID, or a process that is gone, there is nothing to stop.
+#[test]
+fn stop_waits_for_the_daemon() {
+    let mut area = Area::new();
+    area.upload_script(&waits_to_be_stopped());
+    let daemon = area.daemon(&["--once"]);
+    area.wait_status(5, |r| r.custom.as_str() == "waiting");
+    let started = Instant::now();
+    let stop = std::process::Command::new(harness::GUEST)
+        .args(["stop", "--timeout", "20"])
+        .arg(daemon.pid().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        stop.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let out = daemon.wait(1);
+    assert!(out.status.success());
+    assert_eq!(
+        area.wait_done(1).state,
+        RunState::Aborted(AbortReason::StoppedBySystem(15))
+    );
+    let exited = std::process::Command::new("true").spawn().unwrap();
+    let gone = exited.id();
+    drop(exited.wait_with_output());
+    for args in [&["stop"][..], &["stop", &gone.to_string()]] {
+        let out = std::process::Command::new(harness::GUEST)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+    }
+}
+
+/// A process the script starts and leaves running (a service) is not the monitor's to
+/// stop: it still runs after the run has been recorded and the daemon has exited.
+#[test]
+fn a_process_the_script_leaves_running_outlives_the_run() {
+    let mut area = Area::new();
+    area.upload_script(
+        "sleep 60 </dev/null >/dev/null 2>&1 &\necho $! > \"$archive_dir/bg.pid\"\n",
+    );
+    // Not through harness::Daemon: its drop kills every process working in the area.
+    let status = std::process::Command::new(harness::GUEST)
+        .args(["daemon", "--once", "--dir"])
+        .arg(area.dir())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(area.wait_done(1).state, RunState::Exited(0));
+    let pid = area.read("bg.pid");
+    let stat = fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    let state = stat.rsplit_once(") ").map(|(_, rest)| &rest[..1]);
+    assert!(
+        matches!(state, Some("S" | "R")),
+        "the script's background process is gone: {stat:?}"
+    );
+    // Area's drop kills it (its working directory is in the area).
+}
+
+/// Under systemd (standard error is the journal, named in JOURNAL_STREAM) a line is
+/// `<PRIORITY>TEXT`: the journal adds the program's name itself. Anywhere else, and when
+/// JOURNAL_STREAM names another stream, `nlxtp-guest: TEXT`.
+#[test]
+fn log_lines_under_the_journal_carry_priorities_and_no_name() {
+    use std::os::unix::fs::MetadataExt;
+    let run = |journal: Option<bool>, dir: &std::path::Path| -> String {
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let pipe = fs::File::from(std::os::fd::OwnedFd::from(writer));
+        let meta = pipe.metadata().unwrap();
+        let mut command = std::process::Command::new(harness::GUEST);
+        command
+            .arg("daemon")
+            .arg("--dir")
+            .arg(dir)
+            .arg("--once")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stderr(pipe);
+        match journal {
+            Some(true) => command.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino())),
+            Some(false) => command.env(
+                "JOURNAL_STREAM",
+                format!("{}:{}", meta.dev(), meta.ino() + 1),
+            ),
+            None => &mut command,
+        };
+        let mut child = command.spawn().unwrap();
+        drop(command);
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut log).unwrap();
+        child.wait().unwrap();
+        log
+    };
+    let mut area = Area::new();
+    area.upload_script("echo hi\n");
+    let log = run(Some(true), &area.dir());
+    area.wait_done(5);
+    assert!(log.lines().all(|l| l.starts_with("<6>")), "{log}");
+    assert!(
+        log.contains("<6>daemon watching") && !log.contains("nlxtp-guest:"),
+        "{log}"
+    );
+    let missing = area.dir().join("missing");
+    assert!(run(Some(true), &missing).starts_with("<3>cannot open the shared area"));
+    for journal in [Some(false), None] {
+        let log = run(journal, &missing);
+        assert!(
+            log.starts_with("nlxtp-guest: cannot open the shared area"),
+            "{log}"
+        );
+    }
 }

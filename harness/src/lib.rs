@@ -5,6 +5,8 @@
 //! - [`kernel`]: fetches a Debian kernel and its modules (cached under `~/.cache/nlxtp`).
 //! - [`initramfs`]: packs busybox, the guest binary, the modules and an `/init` into a
 //!   newc cpio archive.
+//! - [`distro`]: Debian 12 guests (systemd or SysV init) built with debootstrap, cached,
+//!   with nlxtp-guest installed as `guest-min/dist/README.md` says.
 //! - [`qemu`]: boots a VM under KVM when it works, TCG otherwise, with the serial console
 //!   in a log file, deadline-bound waits, and a guard that never lets QEMU outlive it.
 //!
@@ -15,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod container;
+pub mod distro;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;

@@ -159,7 +159,8 @@ impl Drop for Vm {
     }
 }
 
-fn tail(log: &str) -> String {
+/// The last 60 lines of a log, for error messages.
+pub(crate) fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
 }

@@ -14,7 +14,10 @@ pub fn run_state() -> impl Strategy<Value = RunState> {
         any::<i32>().prop_map(RunState::TimedOut),
         Just(RunState::Aborted(AbortReason::GuestRestarted)),
         Just(RunState::Aborted(AbortReason::MonitorDied)),
-        (3..i32::MAX).prop_map(|c| RunState::Aborted(AbortReason::Unknown(c))),
+        (0..256).prop_map(|sig| RunState::Aborted(AbortReason::StoppedBySystem(sig))),
+        (3..i32::MAX)
+            .prop_filter("256-511 are StoppedBySystem", |c| !(256..512).contains(c))
+            .prop_map(|c| RunState::Aborted(AbortReason::Unknown(c))),
         any::<i32>().prop_map(RunState::StartFailed),
         (7..u16::MAX, any::<bool>(), any::<i32>()).prop_map(|(kind, terminal, detail)| {
             RunState::Unknown {
