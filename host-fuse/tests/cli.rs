@@ -446,3 +446,19 @@ fn plain_status_forms_mean_what_clap_makes_of_them() {
         }
     }
 }
+
+/// A run the guest's system stopped (systemctl stop, a shutdown) names the signal.
+#[test]
+fn a_run_stopped_by_the_guest_system_names_its_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let area = dir.path().join("area");
+    let stopped = RunState::Aborted(nlxtp_core::AbortReason::StoppedBySystem(15));
+    write_status(&area, stopped, 2_000);
+    let out = nlxtp(&["status", "--json", area.to_str().unwrap()], dir.path());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["record"]["state"], "aborted", "{json}");
+    assert_eq!(json["record"]["signal"], 15, "{json}");
+    assert_eq!(json["record"]["done"], true, "{json}");
+    let wait = nlxtp(&["wait", "--quiet", area.to_str().unwrap()], dir.path());
+    assert_eq!(wait.status.code(), Some(126));
+}

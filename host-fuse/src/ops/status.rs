@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use nlxtp_core::custom::{custom_text, CUSTOM_FILE_LEN};
 use nlxtp_core::record::CUSTOM_STATUS_MAX;
 use nlxtp_core::{
-    layout, BootId, Liveness, LivenessPolicy, RunId, RunState, Seen, StatusReader, StatusRecord,
-    Verdict,
+    layout, AbortReason, BootId, Liveness, LivenessPolicy, RunId, RunState, Seen, StatusReader,
+    StatusRecord, Verdict,
 };
 use serde::Serialize;
 
@@ -48,7 +48,8 @@ pub struct RecordView {
     pub done: bool,
     /// The script's exit code, if it exited.
     pub exit_code: Option<i32>,
-    /// The signal that ended the script, if one did.
+    /// The signal that ended the script, if one did (for an aborted run: the signal with
+    /// which the guest's system stopped it, if it did).
     pub signal: Option<i32>,
     /// The state in words.
     pub description: String,
@@ -86,6 +87,8 @@ impl RecordView {
             RunState::Exited(_) => ("exited", None),
             RunState::Signaled(sig) => ("signaled", Some(sig)),
             RunState::TimedOut(sig) => ("timed-out", Some(sig)),
+            // A stop by the guest's system names the signal that stopped it.
+            RunState::Aborted(AbortReason::StoppedBySystem(sig)) => ("aborted", Some(sig)),
             RunState::Aborted(_) => ("aborted", None),
             RunState::StartFailed(_) => ("start-failed", None),
             RunState::Unknown { .. } => ("unknown", None),
