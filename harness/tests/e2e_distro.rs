@@ -367,3 +367,68 @@ fn download(guest: &DistroGuest) -> BTreeMap<String, Vec<u8>> {
     }
     files
 }
+
+/// `nlxtp run --image` with a distribution's own disk, kernel and initrd (issue `nlxtp
+/// run`): the guest's own init (systemd) starts nlxtp-guest, the job runs there, its
+/// output comes back and `nlxtp run` exits with the job's code.
+#[test]
+fn nlxtp_run_boots_a_debian_image() {
+    let image = nlxtp_harness::distro::image(Init::Systemd).unwrap();
+    let nlxtp = nlxtp_binary();
+    let guest = nlxtp_harness::guest::guest_binary().unwrap();
+    let out = std::process::Command::new(&nlxtp)
+        .args(["run", "--mem", "512", "--timeout", "240", "--kernel"])
+        .arg(&image.vmlinuz)
+        .arg("--initrd")
+        .arg(&image.initrd)
+        .arg("--image")
+        .arg(&image.disk)
+        .arg("--guest")
+        .arg(&guest)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/debian_version; cat /proc/1/comm; exit 5",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("12."), "{stdout}");
+    assert!(stdout.contains("systemd"), "{stdout}");
+}
+
+/// The `nlxtp` binary of this workspace: `cargo test --workspace` builds it for the
+/// host crate's tests; otherwise it is built here, in a target directory of its own
+/// (the running `cargo test` may hold the workspace's).
+fn nlxtp_binary() -> std::path::PathBuf {
+    let root = nlxtp_harness::repo_root();
+    let built = root.join("target/debug/nlxtp");
+    if built.is_file() {
+        return built;
+    }
+    let own = root.join("target/harness-nlxtp");
+    let status = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "nlxtp-host",
+            "--bin",
+            "nlxtp",
+            "--target-dir",
+        ])
+        .arg(&own)
+        .current_dir(&root)
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .unwrap();
+    assert!(status.success(), "cargo build of nlxtp failed");
+    own.join("debug/nlxtp")
+}

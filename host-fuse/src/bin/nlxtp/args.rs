@@ -290,8 +290,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub guest: GuestArgs,
     /// Boot this initramfs instead of building the minimal one (it must start
-    /// nlxtp-guest on the disk labelled NLXTP).
-    #[arg(long, conflicts_with = "image")]
+    /// nlxtp-guest on the disk labelled NLXTP), or, with --image, the distribution's own
+    /// initrd (its kernel needs it to mount the image).
+    #[arg(long)]
     pub initrd: Option<PathBuf>,
     /// A distribution's raw disk image, attached as the first disk (its writes are
     /// dropped at the end); its own init must start nlxtp-guest. Booted with --kernel
