@@ -130,3 +130,31 @@ pub fn archive(members: &[(&str, &[u8], u32)]) -> Result<Vec<u8>> {
     }
     Ok(builder.into_inner()?.finish()?)
 }
+
+/// The area's files (path -> content) as a download packs them.
+///
+/// # Errors
+/// When the area cannot be read or packed.
+pub fn download_files(
+    area: &dyn nlxtp_host::area::SharedArea,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    use std::io::Read;
+    let mut tar = Vec::new();
+    nlxtp_host::ops::archive::write_download(
+        area,
+        &mut tar,
+        nlxtp_host::ops::Compression::None,
+        &Default::default(),
+        &mut |_| {},
+    )?;
+    let mut files = std::collections::BTreeMap::new();
+    for entry in tar::Archive::new(&tar[..]).entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type().is_file() {
+            let mut content = Vec::new();
+            entry.read_to_end(&mut content)?;
+            files.insert(entry.path()?.to_string_lossy().into_owned(), content);
+        }
+    }
+    Ok(files)
+}

@@ -20,14 +20,13 @@
 //! has a deadline; a failed test prints the console and the agent's port.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use nlxtp_core::{AbortReason, RunState, StatusReader, StatusRecord};
 use nlxtp_harness::distro::{DistroGuest, DistroVm, Init};
 use nlxtp_harness::vm::archive;
 use nlxtp_host::area::{read_status, Patience};
-use nlxtp_host::ops::{self, Compression, UploadOptions};
+use nlxtp_host::ops::{self, UploadOptions};
 
 /// Boot to the agent's "ready" under TCG on a busy machine (about 16-20 s when idle).
 const BOOT: Duration = Duration::from_secs(180);
@@ -344,28 +343,7 @@ fn assert_clean_unmount(guest: &DistroGuest, vm: &DistroVm) {
 
 /// Downloads the area and returns its files (path -> content).
 fn download(guest: &DistroGuest) -> BTreeMap<String, Vec<u8>> {
-    let mut tar = Vec::new();
-    ops::archive::write_download(
-        &guest.area(),
-        &mut tar,
-        Compression::None,
-        &Default::default(),
-        &mut |_| {},
-    )
-    .unwrap();
-    let mut files = BTreeMap::new();
-    for entry in tar::Archive::new(&tar[..]).entries().unwrap() {
-        let mut entry = entry.unwrap();
-        if entry.header().entry_type().is_file() {
-            let mut content = Vec::new();
-            entry.read_to_end(&mut content).unwrap();
-            files.insert(
-                entry.path().unwrap().to_string_lossy().into_owned(),
-                content,
-            );
-        }
-    }
-    files
+    nlxtp_harness::vm::download_files(&guest.area()).unwrap()
 }
 
 /// `nlxtp run --image` with a distribution's own disk, kernel and initrd (issue `nlxtp

@@ -6,14 +6,13 @@
 //! prints the serial log when a test fails.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use nlxtp_core::{AbortReason, RunState, StatusReader, StatusRecord};
 use nlxtp_harness::vm::{archive, GuestSetup, BOOT_DEADLINE};
 use nlxtp_host::area::vfat::{DiskOptions, Scheme};
 use nlxtp_host::area::{read_status, AreaError, Patience, SharedArea};
-use nlxtp_host::ops::{self, Compression, UploadError, UploadOptions, WaitOutcome};
+use nlxtp_host::ops::{self, UploadError, UploadOptions, WaitOutcome};
 
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -30,28 +29,7 @@ fn status(setup: &GuestSetup, reader: &mut StatusReader) -> Option<StatusRecord>
 
 /// Downloads the area and returns its files (path -> content).
 fn download(setup: &GuestSetup) -> BTreeMap<String, Vec<u8>> {
-    let mut tar = Vec::new();
-    ops::archive::write_download(
-        &setup.area(),
-        &mut tar,
-        Compression::None,
-        &Default::default(),
-        &mut |_| {},
-    )
-    .unwrap();
-    let mut files = BTreeMap::new();
-    for entry in tar::Archive::new(&tar[..]).entries().unwrap() {
-        let mut entry = entry.unwrap();
-        if entry.header().entry_type().is_file() {
-            let mut content = Vec::new();
-            entry.read_to_end(&mut content).unwrap();
-            files.insert(
-                entry.path().unwrap().to_string_lossy().into_owned(),
-                content,
-            );
-        }
-    }
-    files
+    nlxtp_harness::vm::download_files(&setup.area()).unwrap()
 }
 
 /// The paper's first experiment, deferred: upload to a stopped VM, boot, watch the run
