@@ -369,3 +369,43 @@ fn hostile_partition_tables_get_clear_errors_in_bounded_time() {
         );
     }
 }
+
+/// The FUSE view on a partitioned disk: a file written through the mount is committed
+/// into the partition, and the table stays valid.
+#[test]
+fn the_fuse_view_writes_into_the_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("view.img");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = nlxtp(
+        &[
+            "create-disk",
+            img.to_str().unwrap(),
+            "--size",
+            "40M",
+            "--partition",
+            "gpt",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let vm = format!("web={}", img.display());
+    let mounted = nlxtp(
+        &["mount", mnt.to_str().unwrap(), "--vm", &vm, "--daemon"],
+        dir.path(),
+    );
+    assert!(mounted.status.success(), "{}", stderr(&mounted));
+    let written = std::fs::write(mnt.join("web/auto_exec.sh"), "echo via the view\n");
+    let view = std::fs::read_to_string(mnt.join("web/.nlxtp/view.json"));
+    let unmounted = nlxtp(&["umount", mnt.to_str().unwrap()], dir.path());
+    written.unwrap();
+    assert!(view.unwrap().contains("\"read-write\""));
+    assert!(unmounted.status.success(), "{}", stderr(&unmounted));
+    assert_eq!(
+        run("mtype", &["-i", &mtools_image(&img), "::auto_exec.sh"]),
+        "echo via the view\n"
+    );
+    let verify = run("sgdisk", &["-v", img.to_str().unwrap()]);
+    assert!(verify.contains("No problems found"), "{verify}");
+}
