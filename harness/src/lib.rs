@@ -18,6 +18,7 @@ pub mod container;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
+pub mod libvirt;
 pub mod qemu;
 pub mod vm;
 

@@ -1,0 +1,131 @@
+//! libvirt domains as targets, against a real libvirtd started by the harness
+//! (`nlxtp_harness::libvirt`) and real QEMU under TCG: the whole cycle through the local
+//! connection and through TCP on loopback, the refusal to upload while the domain runs
+//! (the volume unchanged), and the clear error for a domain without a shared disk.
+
+use std::time::Duration;
+
+use nlxtp_harness::libvirt::{define_domain, virsh, wait_shut_off, Libvirtd};
+use nlxtp_harness::vm::archive;
+use nlxtp_host::area::libvirt::{connect, LibvirtDomain};
+use nlxtp_host::area::vfat::{create_disk, DiskOptions};
+use nlxtp_host::area::{AreaError, AreaPath, SharedArea, STATUS_FILE};
+use nlxtp_host::ops::{self, UploadError, UploadOptions};
+
+const POOL: &str = "nlxtp-test";
+
+fn open(uri: &str, name: &str) -> LibvirtDomain {
+    LibvirtDomain::open(connect(Some(uri)).unwrap(), uri, name).unwrap()
+}
+
+fn sha(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn cycle_local_and_remote_and_refusals() {
+    let daemon = Libvirtd::start().unwrap();
+    let pool_dir = daemon.pool(POOL).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (kernel, initramfs) = nlxtp_harness::initramfs::guest_initramfs(work.path()).unwrap();
+    let disk = pool_dir.join("web1-shared.img");
+    let _ = std::fs::remove_file(&disk);
+    create_disk(
+        &disk,
+        &DiskOptions {
+            size: 16 << 20,
+            ..DiskOptions::default()
+        },
+    )
+    .unwrap();
+    virsh(Libvirtd::SYSTEM, &["pool-refresh", POOL]).unwrap();
+    define_domain(
+        Libvirtd::SYSTEM,
+        "nlxtp-web1",
+        &kernel.boot_image(),
+        &initramfs,
+        "loglevel=4 nlxtp.heartbeat_ms=500",
+        POOL,
+        "web1-shared.img",
+    )
+    .unwrap();
+
+    // Upload through the local connection while the domain is off.
+    let local = open(Libvirtd::SYSTEM, "nlxtp-web1");
+    assert!(!local.is_busy().unwrap());
+    let job = archive(&[(
+        "auto_exec.sh",
+        b"#!/bin/sh\necho hello from libvirt > out.txt\n",
+        0o755,
+    )])
+    .unwrap();
+    ops::upload(&local, &job[..], &UploadOptions::default()).unwrap();
+    // The old volume is gone and the domain uses a new one.
+    assert!(!disk.exists(), "the old volume was not deleted");
+
+    // Boot it; while it runs, an upload is refused (also remotely) and the volume stays.
+    virsh(Libvirtd::SYSTEM, &["start", "nlxtp-web1"]).unwrap();
+    let remote = open(&daemon.tcp_uri(), "nlxtp-web1");
+    assert!(remote.is_busy().unwrap());
+    let before: Vec<_> = std::fs::read_dir(&pool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let contents: Vec<_> = before.iter().map(|p| sha(p)).collect();
+    match ops::upload(&remote, &job[..], &UploadOptions::default()) {
+        Err(UploadError::Area(AreaError::Busy { .. })) => {}
+        other => panic!("an upload to a running domain was not refused: {other:?}"),
+    }
+    match remote.replace(Vec::new()) {
+        Err(AreaError::Busy { .. }) => {}
+        other => panic!("a replace on a running domain was not refused: {other:?}"),
+    }
+    let after: Vec<_> = std::fs::read_dir(&pool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(contents, after.iter().map(|p| sha(p)).collect::<Vec<_>>());
+
+    // The run ends and the guest powers off; the remote reads see the result.
+    wait_shut_off(Libvirtd::SYSTEM, "nlxtp-web1", Duration::from_secs(180)).unwrap();
+    assert!(!remote.is_busy().unwrap());
+    let report = ops::status::status(&remote).unwrap();
+    let record = report.record.expect("a status record");
+    assert_eq!(record.state, "exited", "{record:?}");
+    assert_eq!(record.exit_code, Some(0));
+    let out = remote
+        .read_file(&AreaPath::new("out.txt").unwrap(), 1024)
+        .unwrap();
+    assert_eq!(out, b"hello from libvirt\n");
+    assert!(!remote
+        .read_file(&AreaPath::new(STATUS_FILE).unwrap(), 1 << 20)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn a_domain_without_a_shared_disk_is_a_clear_error() {
+    let _daemon = Libvirtd::start().unwrap();
+    let xml = "<domain type='qemu'><name>nlxtp-bare</name><memory unit='MiB'>64</memory>\
+               <os><type arch='x86_64'>hvm</type></os></domain>";
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), xml).unwrap();
+    let _ = virsh(Libvirtd::SYSTEM, &["undefine", "nlxtp-bare"]);
+    virsh(Libvirtd::SYSTEM, &["define", file.path().to_str().unwrap()]).unwrap();
+    let err = LibvirtDomain::open(
+        connect(Some(Libvirtd::SYSTEM)).unwrap(),
+        "qemu:///system",
+        "nlxtp-bare",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("has no shared disk") && err.contains("attach"),
+        "{err}"
+    );
+    let err = connect(Some("qemu+tcp://127.0.0.1:1/system"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("could not connect to libvirt"), "{err}");
+}
