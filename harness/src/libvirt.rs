@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -62,7 +63,23 @@ impl Libvirtd {
         format!("qemu+tcp://127.0.0.1:{PORT}/system")
     }
 
-    /// Starts the daemons, or reuses the ones a previous test of this binary started.
+    /// The daemons of this test binary: started by the first caller, shared by the tests
+    /// that run at the same time, stopped when the last of them drops its handle.
+    ///
+    /// # Errors
+    /// As [`Libvirtd::start`].
+    pub fn shared() -> Result<Arc<Libvirtd>> {
+        static SHARED: Mutex<Weak<Libvirtd>> = Mutex::new(Weak::new());
+        let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(daemon) = shared.upgrade() {
+            return Ok(daemon);
+        }
+        let daemon = Arc::new(Self::start()?);
+        *shared = Arc::downgrade(&daemon);
+        Ok(daemon)
+    }
+
+    /// Starts the daemons, or uses ones already running (then leaves them running).
     ///
     /// # Errors
     /// When libvirt is not installed or does not come up within its deadline.

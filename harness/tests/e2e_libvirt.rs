@@ -24,7 +24,7 @@ fn sha(path: &std::path::Path) -> Vec<u8> {
 
 #[test]
 fn cycle_local_and_remote_and_refusals() {
-    let daemon = Libvirtd::start().unwrap();
+    let daemon = Libvirtd::shared().unwrap();
     let pool_dir = daemon.pool(POOL).unwrap();
     let work = tempfile::tempdir().unwrap();
     let (kernel, initramfs) = nlxtp_harness::initramfs::guest_initramfs(work.path()).unwrap();
@@ -106,7 +106,7 @@ fn cycle_local_and_remote_and_refusals() {
 
 #[test]
 fn a_domain_without_a_shared_disk_is_a_clear_error() {
-    let _daemon = Libvirtd::start().unwrap();
+    let _daemon = Libvirtd::shared().unwrap();
     let xml = "<domain type='qemu'><name>nlxtp-bare</name><memory unit='MiB'>64</memory>\
                <os><type arch='x86_64'>hvm</type></os></domain>";
     let file = tempfile::NamedTempFile::new().unwrap();
