@@ -10,7 +10,7 @@
 //! `qemu+tcp://127.0.0.1:PORT/system`. Dropping the last handle stops it.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,11 +22,21 @@ pub const BASE: &str = "/var/lib/libvirt/nlxtp-test";
 /// The TCP port of the test daemon.
 pub const PORT: u16 = 16519;
 
+/// The TCP port of the second host's daemon (on 127.0.0.2).
+pub const PORT2: u16 = 16520;
+
 /// A running libvirtd (and virtlogd) of the tests.
 #[derive(Debug)]
 pub struct Libvirtd {
-    conf: PathBuf,
+    /// The URI the tests manage it through.
+    uri: String,
+    /// The TCP URI.
+    tcp: String,
+    /// Started here with `-d`: stopped through its pid files.
     started_here: bool,
+    /// A daemon in its own mount namespace (a second host): its process, and virtlogd's
+    /// pid file.
+    isolated: Option<(Child, PathBuf)>,
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String> {
@@ -58,9 +68,15 @@ impl Libvirtd {
     /// The local URI.
     pub const SYSTEM: &'static str = "qemu:///system";
 
+    /// The URI to manage this daemon through: `qemu:///system` for the first host,
+    /// TCP for a second one (whose local socket is in its own mount namespace).
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
     /// The remote URI (TCP on loopback).
-    pub fn tcp_uri(&self) -> String {
-        format!("qemu+tcp://127.0.0.1:{PORT}/system")
+    pub fn tcp_uri(&self) -> &str {
+        &self.tcp
     }
 
     /// The daemons of this test binary: started by the first caller, shared by the tests
@@ -114,7 +130,76 @@ impl Libvirtd {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        Ok(Libvirtd { conf, started_here })
+        Ok(Libvirtd {
+            uri: Self::SYSTEM.into(),
+            tcp: format!("qemu+tcp://127.0.0.1:{PORT}/system"),
+            started_here,
+            isolated: None,
+        })
+    }
+
+    /// A second host: a libvirtd (and its virtlogd) in a mount namespace of its own, with
+    /// its own `/etc/libvirt`, `/run/libvirt`, `/var/lib/libvirt/qemu`,
+    /// `/var/cache/libvirt` and `/var/log/libvirt`, listening on 127.0.0.2:[`PORT2`].
+    /// The rest of the filesystem (boot files and pools under [`BASE`]) is shared.
+    ///
+    /// # Errors
+    /// When it does not come up within its deadline.
+    pub fn second_host() -> Result<Libvirtd> {
+        prepare_host()?;
+        let root = PathBuf::from(BASE).join("host2");
+        for dir in ["etc", "qemu", "cache", "log"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        let conf = root.join("libvirtd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen_tls = 0\nlisten_tcp = 1\nauth_tcp = \"none\"\n\
+                 listen_addr = \"127.0.0.2\"\ntcp_port = \"{PORT2}\"\n"
+            ),
+        )?;
+        let virtlogd_pid = root.join("virtlogd.pid");
+        let r = root.display();
+        let script = format!(
+            "set -e
+mkdir -p /run/libvirt
+mount -t tmpfs tmpfs /run/libvirt
+mount --bind {r}/etc /etc/libvirt
+mount --bind {r}/qemu /var/lib/libvirt/qemu
+mount --bind {r}/cache /var/cache/libvirt
+mount --bind {r}/log /var/log/libvirt
+virtlogd -d -p {}
+exec libvirtd --listen -f {} -p /run/libvirt/libvirtd.pid",
+            virtlogd_pid.display(),
+            conf.display()
+        );
+        let log = std::fs::File::create(root.join("libvirtd.log"))?;
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("could not start the second libvirtd")?;
+        let tcp = format!("qemu+tcp://127.0.0.2:{PORT2}/system");
+        let daemon = Libvirtd {
+            uri: tcp.clone(),
+            tcp,
+            started_here: false,
+            isolated: Some((child, virtlogd_pid)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while virsh(daemon.uri(), &["version"]).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the second libvirtd did not answer within 60 s: see {}/libvirtd.log",
+                    root.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(daemon)
     }
 
     /// Defines the `dir` pool `name` under [`BASE`] (started), unless it exists.
@@ -124,9 +209,9 @@ impl Libvirtd {
     pub fn pool(&self, name: &str) -> Result<PathBuf> {
         let dir = PathBuf::from(BASE).join("pools").join(name);
         std::fs::create_dir_all(&dir)?;
-        if virsh(Self::SYSTEM, &["pool-info", name]).is_err() {
+        if virsh(&self.uri, &["pool-info", name]).is_err() {
             virsh(
-                Self::SYSTEM,
+                &self.uri,
                 &[
                     "pool-define-as",
                     name,
@@ -136,10 +221,10 @@ impl Libvirtd {
                 ],
             )?;
         }
-        if !virsh(Self::SYSTEM, &["pool-info", name])?.contains("running") {
-            virsh(Self::SYSTEM, &["pool-start", name])?;
+        if !virsh(&self.uri, &["pool-info", name])?.contains("running") {
+            virsh(&self.uri, &["pool-start", name])?;
         }
-        virsh(Self::SYSTEM, &["pool-refresh", name])?;
+        virsh(&self.uri, &["pool-refresh", name])?;
         Ok(dir)
     }
 }
@@ -153,7 +238,18 @@ impl Drop for Libvirtd {
                 }
             }
         }
-        let _ = &self.conf;
+        if let Some((child, virtlogd_pid)) = &mut self.isolated {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            if let Ok(pid) = std::fs::read_to_string(&*virtlogd_pid) {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+            }
+        }
     }
 }
 

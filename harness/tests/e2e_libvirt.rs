@@ -65,7 +65,7 @@ fn cycle_local_and_remote_and_refusals() {
 
     // Boot it; while it runs, an upload is refused (also remotely) and the volume stays.
     virsh(Libvirtd::SYSTEM, &["start", "nlxtp-web1"]).unwrap();
-    let remote = open(&daemon.tcp_uri(), "nlxtp-web1");
+    let remote = open(daemon.tcp_uri(), "nlxtp-web1");
     assert!(remote.is_busy().unwrap());
     let before: Vec<_> = std::fs::read_dir(&pool_dir)
         .unwrap()
@@ -128,4 +128,77 @@ fn a_domain_without_a_shared_disk_is_a_clear_error() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("could not connect to libvirt"), "{err}");
+}
+
+/// A second host (its own libvirtd in its own mount namespace, on 127.0.0.2), driven
+/// only over TCP: upload, boot, `wait` (through the reads over streams), status and
+/// the output, then both daemons answer for their own domain only.
+#[test]
+fn cycle_on_a_second_host_over_tcp() {
+    let host1 = Libvirtd::shared().unwrap();
+    let host2 = Libvirtd::second_host().unwrap();
+    let uri = host2.tcp_uri().to_owned();
+    let pool = "nlxtp-host2";
+    let pool_dir = host2.pool(pool).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (kernel, initramfs) = nlxtp_harness::initramfs::guest_initramfs(work.path()).unwrap();
+    let disk = pool_dir.join("db1-shared.img");
+    let _ = std::fs::remove_file(&disk);
+    create_disk(
+        &disk,
+        &DiskOptions {
+            size: 16 << 20,
+            ..DiskOptions::default()
+        },
+    )
+    .unwrap();
+    virsh(&uri, &["pool-refresh", pool]).unwrap();
+    define_domain(
+        &uri,
+        "nlxtp-db1",
+        &kernel.boot_image(),
+        &initramfs,
+        "loglevel=4 nlxtp.heartbeat_ms=500",
+        pool,
+        "db1-shared.img",
+    )
+    .unwrap();
+    // The first host does not know this domain: each daemon is a host of its own.
+    let err = LibvirtDomain::open(
+        connect(Some(host1.tcp_uri())).unwrap(),
+        host1.tcp_uri(),
+        "nlxtp-db1",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("there is no domain nlxtp-db1"), "{err}");
+
+    let area = open(&uri, "nlxtp-db1");
+    let job = archive(&[(
+        "auto_exec.sh",
+        b"#!/bin/sh\necho second host > out.txt\nexit 3\n",
+        0o755,
+    )])
+    .unwrap();
+    ops::upload(&area, &job[..], &UploadOptions::default()).unwrap();
+    virsh(&uri, &["start", "nlxtp-db1"]).unwrap();
+    let outcome = ops::status::wait(
+        &area,
+        Some(Duration::from_secs(180)),
+        Duration::from_millis(250),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    match outcome {
+        ops::WaitOutcome::Done(record) => {
+            assert_eq!(record.state, nlxtp_core::RunState::Exited(3), "{record:?}")
+        }
+        other => panic!("the wait ended with {other:?}"),
+    }
+    wait_shut_off(&uri, "nlxtp-db1", Duration::from_secs(120)).unwrap();
+    let out = area
+        .read_file(&AreaPath::new("out.txt").unwrap(), 1024)
+        .unwrap();
+    assert_eq!(out, b"second host\n");
+    let _ = virsh(&uri, &["undefine", "nlxtp-db1"]);
 }
