@@ -3,11 +3,12 @@
 //! connection and through TCP on loopback, the refusal to upload while the domain runs
 //! (the volume unchanged), and the clear error for a domain without a shared disk.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use nlxtp_harness::libvirt::{define_domain, virsh, wait_shut_off, Libvirtd};
 use nlxtp_harness::vm::archive;
-use nlxtp_host::area::libvirt::{connect, LibvirtDomain};
+use nlxtp_host::area::libvirt::{attach, connect, detach, LibvirtDomain};
 use nlxtp_host::area::vfat::{create_disk, DiskOptions};
 use nlxtp_host::area::{AreaError, AreaPath, SharedArea, STATUS_FILE};
 use nlxtp_host::ops::{self, UploadError, UploadOptions};
@@ -106,7 +107,7 @@ fn cycle_local_and_remote_and_refusals() {
 
 #[test]
 fn a_domain_without_a_shared_disk_is_a_clear_error() {
-    let _daemon = Libvirtd::shared().unwrap();
+    let daemon = Libvirtd::shared().unwrap();
     let xml = "<domain type='qemu'><name>nlxtp-bare</name><memory unit='MiB'>64</memory>\
                <os><type arch='x86_64'>hvm</type></os></domain>";
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -124,6 +125,34 @@ fn a_domain_without_a_shared_disk_is_a_clear_error() {
         err.contains("has no shared disk") && err.contains("attach"),
         "{err}"
     );
+
+    // attach makes one (a volume of the pool, in the persistent definition), detach
+    // takes it away again with its volume.
+    let pool_dir = daemon.pool(POOL).unwrap();
+    let conn = connect(Some(daemon.tcp_uri())).unwrap();
+    let _ = std::fs::remove_file(pool_dir.join("nlxtp-bare-nlxtp.img"));
+    virsh(Libvirtd::SYSTEM, &["pool-refresh", POOL]).unwrap();
+    let options = DiskOptions {
+        size: 8 << 20,
+        ..DiskOptions::default()
+    };
+    let made = attach(&conn, "nlxtp-bare", POOL, &options).unwrap();
+    assert_eq!(made.target, "vdb");
+    let xml = virsh(Libvirtd::SYSTEM, &["dumpxml", "--inactive", "nlxtp-bare"]).unwrap();
+    assert!(xml.contains("<serial>NLXTP</serial>"), "{xml}");
+    let area = open(daemon.tcp_uri(), "nlxtp-bare");
+    let report = ops::status::status(&area).unwrap();
+    assert!(!report.upload_present && report.record.is_none());
+    let again = attach(&conn, "nlxtp-bare", POOL, &options)
+        .unwrap_err()
+        .to_string();
+    assert!(again.contains("attach a shared disk"), "{again}");
+    assert!(detach(&conn, "nlxtp-bare").unwrap());
+    assert!(!pool_dir.join(&made.volume).exists());
+    let err = LibvirtDomain::open(Arc::new((*conn).clone()), daemon.tcp_uri(), "nlxtp-bare")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("has no shared disk"), "{err}");
     let err = connect(Some("qemu+tcp://127.0.0.1:1/system"))
         .unwrap_err()
         .to_string();

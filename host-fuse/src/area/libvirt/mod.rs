@@ -19,8 +19,10 @@
 //! refuses while the domain is active, checked before it starts and again before the
 //! switch and the deletion.
 
+mod attach;
 mod source;
 
+pub use self::attach::{attach, detach, Attached};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,6 +143,8 @@ pub struct SharedDisk {
     pub source: DiskSource,
     /// The byte range of its `<source .../>` element in the XML it was found in.
     source_range: std::ops::Range<usize>,
+    /// The byte range of the whole `<disk>` element.
+    element_range: std::ops::Range<usize>,
 }
 
 /// A disk's source as the domain's XML gives it.
@@ -228,6 +232,7 @@ pub fn find_shared_disk(domain: &str, xml: &str) -> Result<SharedDisk, LibvirtEr
         target,
         source: parsed,
         source_range: source.range(),
+        element_range: disk.range(),
     })
 }
 

@@ -56,7 +56,77 @@ fn main() -> ExitCode {
     }
     let _ = URI.set(uri.or_else(|| std::env::var("LIBVIRT_DEFAULT_URI").ok()));
     let _ = OPENER.set(open_domain);
-    main_with(args)
+    match args.first().and_then(|a| a.to_str()) {
+        Some("attach" | "detach") => disks(args),
+        _ => main_with(args),
+    }
+}
+
+/// `attach` and `detach`, the commands only nlxtp-libvirt has.
+#[derive(Debug, clap::Parser)]
+#[command(name = "nlxtp-libvirt", about = "A libvirt domain's shared disk")]
+enum Disks {
+    /// Creates a shared disk (vFAT, label NLXTP) as a volume of a storage pool and adds it
+    /// to the domain's persistent definition, with <serial>NLXTP</serial> (from the next
+    /// boot on, for a running domain).
+    Attach {
+        /// The domain.
+        domain: String,
+        /// The disk's size (K, M, G suffixes).
+        #[arg(long, default_value = "64M", value_parser = args::parse_size)]
+        size: u64,
+        /// The storage pool that gets the volume.
+        #[arg(long, default_value = "default")]
+        pool: String,
+    },
+    /// Removes the shared disk from the domain's persistent definition, and deletes its
+    /// volume unless a running domain uses it.
+    Detach {
+        /// The domain.
+        domain: String,
+    },
+}
+
+fn disks(args: Vec<OsString>) -> ExitCode {
+    use clap::Parser;
+    let command = Disks::parse_from(std::iter::once(OsString::from("nlxtp-libvirt")).chain(args));
+    let result = (|| -> Result<String, AreaError> {
+        let uri = URI.get().cloned().flatten();
+        let conn = libvirt::connect(uri.as_deref())?;
+        match command {
+            Disks::Attach { domain, size, pool } => {
+                let options = nlxtp_host::area::vfat::DiskOptions {
+                    size,
+                    ..Default::default()
+                };
+                let made = libvirt::attach(&conn, &domain, &pool, &options)?;
+                Ok(format!(
+                    "attached volume {} of pool {} to {domain} as {} (serial NLXTP)",
+                    made.volume, made.pool, made.target
+                ))
+            }
+            Disks::Detach { domain } => Ok(if libvirt::detach(&conn, &domain)? {
+                format!("detached the shared disk of {domain} and deleted its volume")
+            } else {
+                format!("detached the shared disk of {domain}; its volume stays while a running domain uses it")
+            }),
+        }
+    })();
+    match result {
+        Ok(line) => {
+            eprintln!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("nlxtp-libvirt: {error}");
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                eprintln!("  because: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// TARGET as a libvirt domain's name.
