@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nlxtp_harness::libvirt::{define_domain, virsh, wait_shut_off, Libvirtd};
+use nlxtp_harness::libvirt::{define_domain, nlxtp_libvirt_binary, virsh, wait_shut_off, Libvirtd};
 use nlxtp_harness::vm::archive;
 use nlxtp_host::area::libvirt::{attach, connect, detach, LibvirtDomain};
 use nlxtp_host::area::vfat::{create_disk, DiskOptions};
@@ -229,5 +229,67 @@ fn cycle_on_a_second_host_over_tcp() {
         .read_file(&AreaPath::new("out.txt").unwrap(), 1024)
         .unwrap();
     assert_eq!(out, b"second host\n");
+
+    // The fleet view over both hosts, in parallel: every domain with a shared disk, with
+    // libvirt's state and the run's, as JSON lines; and the CLI on one domain.
+    let cli = nlxtp_libvirt_binary().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&cli)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let lines = run(&[
+        "-c",
+        host1.tcp_uri(),
+        "-c",
+        &uri,
+        "status",
+        "--all",
+        "--json",
+    ]);
+    let rows: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let db1 = rows
+        .iter()
+        .find(|r| r["domain"] == "nlxtp-db1")
+        .unwrap_or_else(|| panic!("{lines}"));
+    assert_eq!(db1["connection"], uri.as_str());
+    assert_eq!(db1["domain_state"], "shut off");
+    assert_eq!(db1["status"]["record"]["exit_code"], 3);
+    let table = run(&["-c", host1.tcp_uri(), "-c", &uri, "status", "--all"]);
+    assert!(
+        table.contains("nlxtp-db1") && table.contains("shut off"),
+        "{table}"
+    );
+    let text = run(&["--connect", &uri, "status", "nlxtp-db1"]);
+    assert!(text.contains("exited with code 3"), "{text}");
+
+    // upload --start boots the domain after the upload; wait follows the run to its end.
+    let job = archive(&[("auto_exec.sh", b"#!/bin/sh\necho again > out.txt\n", 0o755)]).unwrap();
+    let job_file = work.path().join("job.tar.gz");
+    std::fs::write(&job_file, job).unwrap();
+    run(&[
+        "-c",
+        &uri,
+        "upload",
+        "--start",
+        "nlxtp-db1",
+        job_file.to_str().unwrap(),
+    ]);
+    run(&["-c", &uri, "wait", "nlxtp-db1", "--timeout", "180"]);
+    wait_shut_off(&uri, "nlxtp-db1", Duration::from_secs(120)).unwrap();
+    let out = area
+        .read_file(&AreaPath::new("out.txt").unwrap(), 1024)
+        .unwrap();
+    assert_eq!(out, b"again\n");
     let _ = virsh(&uri, &["undefine", "nlxtp-db1"]);
 }

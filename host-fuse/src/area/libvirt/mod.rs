@@ -134,6 +134,29 @@ pub fn connect(uri: Option<&str>) -> Result<Arc<Connect>, LibvirtError> {
         })
 }
 
+/// Every domain on `conn` (whose URI is `uri`) that has a shared disk; domains without
+/// one are left out.
+///
+/// # Errors
+/// When the domains cannot be listed, or one with a marked disk cannot be opened (two
+/// shared disks, a source outside a pool).
+pub fn shared_domains(conn: &Arc<Connect>, uri: &str) -> Result<Vec<LibvirtDomain>, AreaError> {
+    let all = conn
+        .list_all_domains(0)
+        .map_err(|e| AreaError::io("list the domains of", Path::new(uri), io::Error::other(e)))?;
+    let mut out = Vec::new();
+    for domain in all {
+        let Ok(name) = domain.name() else { continue };
+        match LibvirtDomain::open(conn.clone(), uri, &name) {
+            Ok(area) => out.push(area),
+            Err(LibvirtError::NoSharedDisk { .. } | LibvirtError::NoDomain { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 /// Where a domain's shared disk is in its definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedDisk {
@@ -268,6 +291,43 @@ impl LibvirtDomain {
         };
         area.volume()?;
         Ok(area)
+    }
+
+    /// The domain's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The domain's state as libvirt reports it: `running`, `shut off`, `crashed`,
+    /// `paused`, ...
+    ///
+    /// # Errors
+    /// [`AreaError::Io`] when libvirt cannot tell.
+    pub fn domain_state(&self) -> Result<&'static str, AreaError> {
+        use virt::domain::DomainState as S;
+        use virt::enumutil::Enum;
+        let (state, _) = self
+            .domain
+            .state()
+            .map_err(self.call("ask libvirt the state of"))?;
+        Ok(match state {
+            Enum::Known(S::Running) => "running",
+            Enum::Known(S::Blocked) => "blocked",
+            Enum::Known(S::Paused) => "paused",
+            Enum::Known(S::Shutdown) => "shutting down",
+            Enum::Known(S::Shutoff) => "shut off",
+            Enum::Known(S::Crashed) => "crashed",
+            Enum::Known(S::PMSuspended) => "suspended",
+            _ => "unknown",
+        })
+    }
+
+    /// Starts (boots) the domain.
+    ///
+    /// # Errors
+    /// [`AreaError::Io`] when libvirt refuses.
+    pub fn start(&self) -> Result<(), AreaError> {
+        self.domain.create().map_err(self.call("start the domain"))
     }
 
     /// The persistent definition's XML.
