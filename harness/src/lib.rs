@@ -21,6 +21,7 @@ pub mod distro;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
+pub mod libvirt;
 pub mod qemu;
 pub mod vm;
 

@@ -18,6 +18,10 @@ pub enum AreaKind {
     /// A directory inside a container's root filesystem.
     #[serde(rename = "directory")]
     Directory,
+    /// A FAT volume in a libvirt storage volume (a domain's shared disk), read through
+    /// libvirt streams, local or remote.
+    #[serde(rename = "libvirt-volume")]
+    LibvirtVolume,
 }
 
 impl AreaKind {
@@ -26,6 +30,7 @@ impl AreaKind {
         match self {
             AreaKind::VfatImage => "vfat-image",
             AreaKind::Directory => "directory",
+            AreaKind::LibvirtVolume => "libvirt-volume",
         }
     }
 }

@@ -28,6 +28,8 @@ use std::path::Path;
 pub mod dir;
 mod error;
 mod kind;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 mod path;
 mod snapshot;
 mod status;

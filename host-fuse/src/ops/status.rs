@@ -431,6 +431,8 @@ pub fn render(report: &StatusReport) -> String {
         (AreaKind::Directory, _) => "container directory",
         (AreaKind::VfatImage, true) => "vFAT image, held by a running VM",
         (AreaKind::VfatImage, false) => "vFAT image, VM not running",
+        (AreaKind::LibvirtVolume, true) => "libvirt volume, domain running",
+        (AreaKind::LibvirtVolume, false) => "libvirt volume, domain not running",
     };
     let _ = writeln!(out, "target     {} ({what})", report.target.display());
     let monitor = monitor_line(report);

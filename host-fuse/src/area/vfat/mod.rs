@@ -53,9 +53,15 @@ pub use create::{
 };
 pub use lock::{qemu_holds_image, ImageWriteGuard};
 pub use partition::{find_volume, Partition, Scheme, VolumePlace};
+// For backends that keep a FAT volume elsewhere (libvirt: a remote storage volume).
+#[cfg_attr(
+    not(feature = "libvirt"),
+    allow(unused_imports, reason = "used by area::libvirt only")
+)]
+pub(crate) use self::{replace::build_image, status::locate_in};
 
 use self::status::StatusCache;
-use self::volume::Volume;
+pub(crate) use self::volume::Volume;
 use crate::area::{
     AreaError, AreaHold, AreaKind, AreaPath, AreaSnapshot, Capabilities, ChangeKey, Durability,
     SharedArea, StatusRead, UploadFile, Visitor, WalkLimits,

@@ -86,9 +86,6 @@ fn replace_guarded(
             .map_err(|e| AreaError::io("open", image, e))?,
         image,
     )?;
-    let place = partition::find_volume(&old_disk)?;
-    let old = Window::new(&old_disk, place.offset, place.len)?;
-    let geometry = Geometry::read(&old)?;
     let meta = old_disk
         .file()
         .metadata()
@@ -120,10 +117,7 @@ fn replace_guarded(
         meta.len(),
         &temp_path,
     );
-    copy_outside(&old_disk, &new_disk, &place)?;
-    let new = Window::new(&new_disk, place.offset, place.len)?;
-    format_like(&new, &geometry)?;
-    build::write_plan(&new, &Geometry::read(&new)?, plan, durability)?;
+    build_into(&old_disk, &new_disk, plan, durability)?;
     file.set_permissions(meta.permissions())
         .map_err(|e| AreaError::io("set the permissions of", &temp_path, e))?;
     let mine = file
@@ -152,10 +146,47 @@ fn replace_guarded(
     Ok(temp_guard)
 }
 
+/// Writes into `new_disk` (as long as `old_disk`, empty) the disk `old_disk` with its FAT
+/// volume formatted anew, keeping its layout, label and volume id, and holding `files`.
+/// Of the old disk only the partition table and the boot sector are read (by the host's
+/// own checked parsers), and what lies outside the volume is copied. Also the libvirt
+/// backend's, whose old disk is a remote volume.
+///
+/// # Errors
+/// As [`SharedArea::replace`](crate::area::SharedArea::replace), except `Busy`.
+#[cfg_attr(not(feature = "libvirt"), allow(dead_code, reason = "area::libvirt's"))]
+pub(crate) fn build_image(
+    old_disk: &dyn BlockSource,
+    new_disk: &ImageFile,
+    files: Vec<UploadFile>,
+    durability: Durability,
+) -> Result<(), AreaError> {
+    build_into(old_disk, new_disk, Plan::new(files)?, durability)
+}
+
+fn build_into(
+    old_disk: &dyn BlockSource,
+    new_disk: &ImageFile,
+    plan: Plan,
+    durability: Durability,
+) -> Result<(), AreaError> {
+    let place = partition::find_volume(old_disk)?;
+    let old = Window::new(old_disk, place.offset, place.len)?;
+    let geometry = Geometry::read(&old)?;
+    copy_outside(old_disk, new_disk, &place)?;
+    let new = Window::new(new_disk, place.offset, place.len)?;
+    format_like(&new, &geometry)?;
+    build::write_plan(&new, &Geometry::read(&new)?, plan, durability)
+}
+
 /// Copies what lies outside the volume (a partition table, other partitions, a GPT's
 /// backup) from `old` to `new` byte for byte; runs of zeros are left as holes, as the
 /// new file is sparse.
-fn copy_outside(old: &ImageFile, new: &ImageFile, place: &VolumePlace) -> Result<(), AreaError> {
+fn copy_outside(
+    old: &dyn BlockSource,
+    new: &ImageFile,
+    place: &VolumePlace,
+) -> Result<(), AreaError> {
     const CHUNK: u64 = 1 << 20;
     let end = place.offset + place.len;
     for (from, to) in [(0, place.offset), (end, old.len())] {

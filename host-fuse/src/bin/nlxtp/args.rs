@@ -362,6 +362,14 @@ impl Command {
     }
 }
 
+/// How a [`Target`] becomes an area, for a front end built on these modules that opens
+/// other kinds (`nlxtp-libvirt`: TARGET is a libvirt domain). Unset in `nlxtp`.
+#[allow(dead_code, reason = "set only by nlxtp-libvirt")]
+pub static OPENER: std::sync::OnceLock<Opener> = std::sync::OnceLock::new();
+
+/// What [`OPENER`] holds.
+pub type Opener = fn(&Target) -> Result<Box<dyn SharedArea>, AreaError>;
+
 /// The shared area a command works on.
 #[derive(Debug, Args)]
 pub struct Target {
@@ -378,6 +386,9 @@ impl Target {
     /// The area: TARGET itself, or with `--rootfs`, the container directory TARGET
     /// inside that root filesystem.
     pub fn open(&self) -> Result<Box<dyn SharedArea>, AreaError> {
+        if let Some(open) = OPENER.get() {
+            return open(self);
+        }
         match &self.rootfs {
             None => ops::open_target(&self.path),
             Some(rootfs) => ops::open_target_in(rootfs, &self.path),

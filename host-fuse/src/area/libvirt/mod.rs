@@ -1,0 +1,643 @@
+//! A libvirt domain's shared disk: a FAT volume in a storage volume, on a local or remote
+//! libvirt daemon, read through storage-volume streams at offsets (never the whole volume
+//! for a status) and replaced whole.
+//!
+//! **Which disk.** The shared disk is the disk of the domain's persistent definition
+//! whose `<serial>` is `NLXTP` (the guest sees it as `/dev/disk/by-id/virtio-NLXTP`),
+//! and whose source is a storage volume: `<disk type='volume'>` with
+//! `<source pool='P' volume='V'/>`, or `<disk type='file'>` whose file is a volume of a
+//! pool. No such disk, or two, is an error saying what to do.
+//!
+//! **Reads** go through the host's own vFAT reader over a [`VolumeSource`], exactly as
+//! for a local image.
+//!
+//! **Uploads** are old-or-new: the new image is built in a local temporary file by the
+//! vFAT writer (from the old volume's partition table and boot sector), uploaded as a
+//! new volume of the same pool, the domain's persistent definition is switched to it in
+//! one redefinition, and only then is the old volume deleted. libvirt itself does not
+//! refuse `vol-upload` or `vol-delete` on a running domain's volume, so this backend
+//! refuses while the domain is active, checked before it starts and again before the
+//! switch and the deletion.
+
+mod attach;
+mod source;
+
+pub use self::attach::{attach, detach, Attached};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::storage_vol::StorageVol;
+use virt::stream::Stream;
+
+pub use self::source::VolumeSource;
+use crate::area::vfat::{self, partition, ImageFile};
+use crate::area::{
+    AreaError, AreaKind, AreaPath, Capabilities, Durability, SharedArea, StatusRead, UploadFile,
+    Visitor, WalkLimits,
+};
+
+/// The `<serial>` that marks a domain's shared disk.
+pub const SERIAL: &str = "NLXTP";
+
+/// Why a domain's shared disk cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LibvirtError {
+    /// Connecting failed (daemon down, wrong URI, authentication refused).
+    #[error("could not connect to libvirt at {uri}: check that libvirtd runs there and the URI (--connect, LIBVIRT_DEFAULT_URI), and your credentials")]
+    Connect {
+        /// The URI.
+        uri: String,
+        /// libvirt's error.
+        #[source]
+        source: virt::error::Error,
+    },
+    /// No such domain.
+    #[error("there is no domain {domain} at {uri}: check the name (virsh -c {uri} list --all)")]
+    NoDomain {
+        /// The domain.
+        domain: String,
+        /// The URI.
+        uri: String,
+        /// libvirt's error.
+        #[source]
+        source: virt::error::Error,
+    },
+    /// The domain has no disk marked as shared.
+    #[error("domain {domain} has no shared disk (a volume disk with <serial>NLXTP</serial>): attach one (nlxtp-libvirt attach {domain}, or add such a disk with virsh edit)")]
+    NoSharedDisk {
+        /// The domain.
+        domain: String,
+    },
+    /// The domain has two or more disks marked as shared.
+    #[error("domain {domain} has {count} disks with <serial>NLXTP</serial> ({targets}): keep the serial on one of them (virsh edit {domain})")]
+    TwoSharedDisks {
+        /// The domain.
+        domain: String,
+        /// How many.
+        count: usize,
+        /// Their target devices.
+        targets: String,
+    },
+    /// The shared disk's source is not a storage volume libvirt knows.
+    #[error("the shared disk {target} of domain {domain} is not a volume of a storage pool ({what}): put it in a pool (virsh pool-refresh, or a dir pool over its directory)")]
+    NotAVolume {
+        /// The domain.
+        domain: String,
+        /// Its target device.
+        target: String,
+        /// What its source is.
+        what: String,
+        /// libvirt's error, when a lookup failed.
+        #[source]
+        source: Option<virt::error::Error>,
+    },
+    /// Another libvirt call failed.
+    #[error("libvirt could not {action}: fix the cause below and retry")]
+    Call {
+        /// What was tried.
+        action: &'static str,
+        /// libvirt's error.
+        #[source]
+        source: virt::error::Error,
+    },
+}
+
+impl From<LibvirtError> for AreaError {
+    fn from(e: LibvirtError) -> Self {
+        let name = PathBuf::from(match &e {
+            LibvirtError::Connect { uri, .. } | LibvirtError::NoDomain { uri, .. } => uri.clone(),
+            LibvirtError::NoSharedDisk { domain }
+            | LibvirtError::TwoSharedDisks { domain, .. }
+            | LibvirtError::NotAVolume { domain, .. } => format!("domain {domain}"),
+            LibvirtError::Call { .. } => "libvirt".into(),
+        });
+        AreaError::io("open", &name, io::Error::other(e))
+    }
+}
+
+/// Opens the connection at `uri` (`None`: libvirt's default, `LIBVIRT_DEFAULT_URI`).
+///
+/// # Errors
+/// [`LibvirtError::Connect`].
+pub fn connect(uri: Option<&str>) -> Result<Arc<Connect>, LibvirtError> {
+    // libvirt's default handler prints every error to stderr; ours come back as values.
+    virt::error::clear_error_callback();
+    Connect::open(uri)
+        .map(Arc::new)
+        .map_err(|source| LibvirtError::Connect {
+            uri: uri.unwrap_or("(libvirt's default)").into(),
+            source,
+        })
+}
+
+/// Every domain on `conn` (whose URI is `uri`) that has a shared disk; domains without
+/// one are left out.
+///
+/// # Errors
+/// When the domains cannot be listed, or one with a marked disk cannot be opened (two
+/// shared disks, a source outside a pool).
+pub fn shared_domains(conn: &Arc<Connect>, uri: &str) -> Result<Vec<LibvirtDomain>, AreaError> {
+    let all = conn
+        .list_all_domains(0)
+        .map_err(|e| AreaError::io("list the domains of", Path::new(uri), io::Error::other(e)))?;
+    let mut out = Vec::new();
+    for domain in all {
+        let Ok(name) = domain.name() else { continue };
+        match LibvirtDomain::open(conn.clone(), uri, &name) {
+            Ok(area) => out.push(area),
+            Err(LibvirtError::NoSharedDisk { .. } | LibvirtError::NoDomain { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Where a domain's shared disk is in its definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedDisk {
+    /// Its target device (`vdb`).
+    pub target: String,
+    /// Its source.
+    pub source: DiskSource,
+    /// The byte range of its `<source .../>` element in the XML it was found in.
+    source_range: std::ops::Range<usize>,
+    /// The byte range of the whole `<disk>` element.
+    element_range: std::ops::Range<usize>,
+}
+
+/// A disk's source as the domain's XML gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSource {
+    /// `<disk type='volume'><source pool= volume=/>`.
+    Volume {
+        /// The pool.
+        pool: String,
+        /// The volume's name.
+        volume: String,
+    },
+    /// `<disk type='file'><source file=/>`.
+    File(String),
+}
+
+/// Finds the shared disk in a domain's XML (see the module docs).
+///
+/// # Errors
+/// [`LibvirtError::NoSharedDisk`], [`LibvirtError::TwoSharedDisks`],
+/// [`LibvirtError::NotAVolume`] for a marked disk of another type.
+pub fn find_shared_disk(domain: &str, xml: &str) -> Result<SharedDisk, LibvirtError> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| LibvirtError::NotAVolume {
+        domain: domain.into(),
+        target: "?".into(),
+        what: format!("its XML does not parse: {e}"),
+        source: None,
+    })?;
+    let marked: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("disk") && n.parent().is_some_and(|p| p.has_tag_name("devices")))
+        .filter(|disk| {
+            disk.children()
+                .any(|c| c.has_tag_name("serial") && c.text().map(str::trim) == Some(SERIAL))
+        })
+        .collect();
+    let target_of = |disk: &roxmltree::Node<'_, '_>| {
+        disk.children()
+            .find(|c| c.has_tag_name("target"))
+            .and_then(|t| t.attribute("dev"))
+            .unwrap_or("?")
+            .to_string()
+    };
+    let disk = match marked.as_slice() {
+        [] => {
+            return Err(LibvirtError::NoSharedDisk {
+                domain: domain.into(),
+            })
+        }
+        [one] => one,
+        many => {
+            return Err(LibvirtError::TwoSharedDisks {
+                domain: domain.into(),
+                count: many.len(),
+                targets: many.iter().map(target_of).collect::<Vec<_>>().join(", "),
+            })
+        }
+    };
+    let target = target_of(disk);
+    let not_a_volume = |what: String| LibvirtError::NotAVolume {
+        domain: domain.into(),
+        target: target.clone(),
+        what,
+        source: None,
+    };
+    let source = disk
+        .children()
+        .find(|c| c.has_tag_name("source"))
+        .ok_or_else(|| not_a_volume("it has no source".into()))?;
+    let kind = disk.attribute("type").unwrap_or("");
+    let parsed = match (
+        kind,
+        source.attribute("pool"),
+        source.attribute("volume"),
+        source.attribute("file"),
+    ) {
+        ("volume", Some(pool), Some(volume), _) => DiskSource::Volume {
+            pool: pool.into(),
+            volume: volume.into(),
+        },
+        ("file", _, _, Some(file)) => DiskSource::File(file.into()),
+        _ => return Err(not_a_volume(format!("a disk of type '{kind}'"))),
+    };
+    Ok(SharedDisk {
+        target,
+        source: parsed,
+        source_range: source.range(),
+        element_range: disk.range(),
+    })
+}
+
+/// A libvirt domain's shared area (see the module docs).
+#[derive(Debug)]
+pub struct LibvirtDomain {
+    conn: Arc<Connect>,
+    domain: Domain,
+    name: String,
+    /// `URI#domain`, for messages.
+    location: PathBuf,
+}
+
+impl LibvirtDomain {
+    /// The domain `name` on `conn` (whose URI is `uri`, for messages). Checks that it
+    /// exists and has exactly one shared disk.
+    ///
+    /// # Errors
+    /// [`LibvirtError::NoDomain`], those of [`find_shared_disk`].
+    pub fn open(conn: Arc<Connect>, uri: &str, name: &str) -> Result<Self, LibvirtError> {
+        let domain = conn
+            .lookup_domain_by_name(name)
+            .map_err(|source| LibvirtError::NoDomain {
+                domain: name.into(),
+                uri: uri.into(),
+                source,
+            })?;
+        let area = LibvirtDomain {
+            conn,
+            domain,
+            name: name.into(),
+            location: PathBuf::from(format!("{uri}#{name}")),
+        };
+        area.volume()?;
+        Ok(area)
+    }
+
+    /// The domain's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The domain's state as libvirt reports it: `running`, `shut off`, `crashed`,
+    /// `paused`, ...
+    ///
+    /// # Errors
+    /// [`AreaError::Io`] when libvirt cannot tell.
+    pub fn domain_state(&self) -> Result<&'static str, AreaError> {
+        use virt::domain::DomainState as S;
+        use virt::enumutil::Enum;
+        let (state, _) = self
+            .domain
+            .state()
+            .map_err(self.call("ask libvirt the state of"))?;
+        Ok(match state {
+            Enum::Known(S::Running) => "running",
+            Enum::Known(S::Blocked) => "blocked",
+            Enum::Known(S::Paused) => "paused",
+            Enum::Known(S::Shutdown) => "shutting down",
+            Enum::Known(S::Shutoff) => "shut off",
+            Enum::Known(S::Crashed) => "crashed",
+            Enum::Known(S::PMSuspended) => "suspended",
+            _ => "unknown",
+        })
+    }
+
+    /// Starts (boots) the domain.
+    ///
+    /// # Errors
+    /// [`AreaError::Io`] when libvirt refuses.
+    pub fn start(&self) -> Result<(), AreaError> {
+        self.domain.create().map_err(self.call("start the domain"))
+    }
+
+    /// The persistent definition's XML.
+    fn definition(&self) -> Result<String, LibvirtError> {
+        self.domain
+            .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+            .map_err(|source| LibvirtError::Call {
+                action: "read the domain's definition",
+                source,
+            })
+    }
+
+    /// The shared disk, its volume and its length, from the definition as it is now.
+    fn volume(&self) -> Result<(String, SharedDisk, StorageVol, u64), LibvirtError> {
+        let xml = self.definition()?;
+        let disk = find_shared_disk(&self.name, &xml)?;
+        let lookup = match &disk.source {
+            DiskSource::Volume { pool, volume } => self
+                .conn
+                .lookup_storage_pool_by_name(pool)
+                .and_then(|p| p.lookup_storage_vol_by_name(volume)),
+            DiskSource::File(path) => self.conn.lookup_storage_vol_by_path(path),
+        };
+        let volume = lookup.map_err(|source| LibvirtError::NotAVolume {
+            domain: self.name.clone(),
+            target: disk.target.clone(),
+            what: format!("{:?}", disk.source),
+            source: Some(source),
+        })?;
+        let len = volume
+            .info()
+            .map_err(|source| LibvirtError::Call {
+                action: "read the shared volume's size",
+                source,
+            })?
+            .capacity;
+        Ok((xml, disk, volume, len))
+    }
+
+    /// The shared disk's volume as a block source for one operation.
+    fn source(&self) -> Result<VolumeSource, AreaError> {
+        let (_, _, volume, len) = self.volume()?;
+        Ok(VolumeSource::new(
+            self.conn.clone(),
+            volume,
+            len,
+            &self.location,
+        ))
+    }
+
+    fn active(&self) -> Result<bool, AreaError> {
+        self.domain.is_active().map_err(|e| {
+            AreaError::io(
+                "ask libvirt the state of",
+                &self.location,
+                io::Error::other(e),
+            )
+        })
+    }
+
+    fn refuse_if_active(&self) -> Result<(), AreaError> {
+        if self.active()? {
+            return Err(AreaError::Busy {
+                image: self.location.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn call(&self, action: &'static str) -> impl Fn(virt::error::Error) -> AreaError + '_ {
+        move |e| AreaError::io(action, &self.location, io::Error::other(e))
+    }
+
+    /// Whether a running domain on this connection uses the volume at `path` (or named
+    /// `name` in `pool`).
+    fn used_by_a_running_domain(&self, old: &DiskSource, path: &str) -> Result<bool, AreaError> {
+        let domains = self
+            .conn
+            .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            .map_err(self.call("list the running domains of"))?;
+        for domain in domains {
+            let xml = domain
+                .xml_desc(0)
+                .map_err(self.call("read a running domain's XML on"))?;
+            let Ok(doc) = roxmltree::Document::parse(&xml) else {
+                return Ok(true);
+            };
+            let uses = doc.descendants().filter(|n| n.has_tag_name("source")).any(|s| {
+                s.attribute("file") == Some(path)
+                    || matches!(old, DiskSource::Volume { pool, volume }
+                        if s.attribute("pool") == Some(pool) && s.attribute("volume") == Some(volume))
+            });
+            if uses {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+impl SharedArea for LibvirtDomain {
+    fn location(&self) -> &Path {
+        &self.location
+    }
+
+    fn kind(&self) -> AreaKind {
+        AreaKind::LibvirtVolume
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            folds_case: true,
+            keeps_modes: false,
+            atomic_replace: true,
+            live: false,
+            holdable: false,
+        }
+    }
+
+    /// The domain's state from libvirt: an active domain (running, paused, crashed but
+    /// not yet cleaned up) holds its disk.
+    fn is_busy(&self) -> Result<bool, AreaError> {
+        self.active()
+    }
+
+    fn read_status_file(&self, _how: StatusRead, out: &mut Vec<u8>) -> Result<(), AreaError> {
+        out.clear();
+        let source = self.source()?;
+        let volume = vfat::Volume::new_unchecked(partition::volume_in(&source)?)?;
+        let mut dirs = Default::default();
+        if let Some(found) = vfat::locate_in(&volume, &mut dirs)? {
+            volume.read_located(&found, out)?;
+        }
+        Ok(())
+    }
+
+    fn read_file(&self, path: &AreaPath, max_len: u64) -> Result<Vec<u8>, AreaError> {
+        let source = self.source()?;
+        vfat::Volume::new(partition::volume_in(&source)?)?.read_file(path, max_len)
+    }
+
+    fn walk(&self, limits: &WalkLimits, visit: &mut Visitor<'_>) -> Result<(), AreaError> {
+        let source = self.source()?;
+        vfat::Volume::new(partition::volume_in(&source)?)?.walk(limits, visit)
+    }
+
+    fn replace_with(
+        &self,
+        files: Vec<UploadFile>,
+        durability: Durability,
+    ) -> Result<(), AreaError> {
+        self.refuse_if_active()?;
+        let (xml, disk, old, len) = self.volume()?;
+        let old_source =
+            VolumeSource::new(self.conn.clone(), old.clone_ref()?, len, &self.location);
+        // The new image, built locally.
+        let temp = tempfile::Builder::new()
+            .prefix(".nlxtp-libvirt-")
+            .suffix(".img")
+            .tempfile()
+            .map_err(|e| AreaError::io("create a temporary image for", &self.location, e))?;
+        let file = temp
+            .as_file()
+            .try_clone()
+            .map_err(|e| AreaError::io("open", temp.path(), e))?;
+        file.set_len(len)
+            .map_err(|e| AreaError::io("size", temp.path(), e))?;
+        let new_disk = ImageFile::with_len(file, len, temp.path());
+        vfat::build_image(&old_source, &new_disk, files, durability)?;
+        // Uploaded as a new volume of the same pool.
+        let pool = old
+            .lookup_storage_pool()
+            .map_err(self.call("find the pool of the shared volume of"))?;
+        let old_name = old.name().map_err(self.call("name the shared volume of"))?;
+        let new_name = new_volume_name(&self.name);
+        let new = StorageVol::create_xml(
+            &pool,
+            &format!(
+                "<volume><name>{new_name}</name><capacity unit='bytes'>{len}</capacity>\
+                 <target><format type='raw'/></target></volume>"
+            ),
+            0,
+        )
+        .map_err(self.call("create a new volume for"))?;
+        let uploaded = upload(&self.conn, &new, temp.path(), len);
+        if let Err(e) = uploaded {
+            let _ = new.delete(0);
+            return Err(e);
+        }
+        // Switched over in one redefinition of the persistent definition.
+        let source_xml = match &disk.source {
+            DiskSource::Volume { pool, .. } => {
+                format!("<source pool='{}' volume='{new_name}'/>", xml_escape(pool))
+            }
+            DiskSource::File(_) => format!(
+                "<source file='{}'/>",
+                xml_escape(
+                    &new.path()
+                        .map_err(self.call("find the path of the new volume of"))?
+                )
+            ),
+        };
+        let mut defined = xml.clone();
+        defined.replace_range(disk.source_range.clone(), &source_xml);
+        if let Err(e) = self.refuse_if_active() {
+            let _ = new.delete(0);
+            return Err(e);
+        }
+        if let Err(e) = self.conn.define_domain_xml(&defined) {
+            let _ = new.delete(0);
+            return Err(self.call("switch the shared disk of")(e));
+        }
+        tracing::info!(
+            "domain {} now uses volume {new_name} (was {old_name})",
+            self.name
+        );
+        // The old volume goes only when no running domain uses it.
+        let old_path = old.path().unwrap_or_default();
+        if !self.active()? && !self.used_by_a_running_domain(&disk.source, &old_path)? {
+            old.delete(0)
+                .map_err(self.call("delete the old shared volume of"))?;
+        } else {
+            tracing::warn!("kept the old volume {old_name}: a running domain uses it");
+        }
+        Ok(())
+    }
+}
+
+/// A fresh volume name for `domain`'s shared disk.
+fn new_volume_name(domain: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let safe: String = domain
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "{safe}-nlxtp-{}{:09}.img",
+        now.as_secs(),
+        now.subsec_nanos()
+    )
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('\'', "&apos;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Sends the `len` bytes of the file at `path` into `volume`.
+fn upload(conn: &Connect, volume: &StorageVol, path: &Path, len: u64) -> Result<(), AreaError> {
+    let call = |e: virt::error::Error| AreaError::io("upload", path, io::Error::other(e));
+    let mut file = std::fs::File::open(path).map_err(|e| AreaError::io("open", path, e))?;
+    let stream = Stream::new(conn, 0).map_err(call)?;
+    volume.upload(&stream, 0, len, 0).map_err(call)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut sent = 0u64;
+    while sent < len {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| AreaError::io("read", path, e))?;
+        if n == 0 {
+            let _ = stream.abort();
+            return Err(AreaError::io(
+                "read",
+                path,
+                io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
+        let mut at = 0;
+        while at < n {
+            let m = stream.send(&buf[at..n]).map_err(call)?;
+            if m <= 0 {
+                let _ = stream.abort();
+                return Err(AreaError::io(
+                    "upload",
+                    path,
+                    io::ErrorKind::WriteZero.into(),
+                ));
+            }
+            at += m as usize;
+        }
+        sent += n as u64;
+    }
+    stream.finish().map_err(call)
+}
+
+/// A second handle on a volume (the same volume, looked up again by its key).
+trait CloneRef: Sized {
+    fn clone_ref(&self) -> Result<Self, AreaError>;
+}
+
+impl CloneRef for StorageVol {
+    fn clone_ref(&self) -> Result<Self, AreaError> {
+        let conn = self
+            .connect()
+            .map_err(|e| AreaError::io("reach", Path::new("libvirt"), io::Error::other(e)))?;
+        let key = self
+            .key()
+            .map_err(|e| AreaError::io("reach", Path::new("libvirt"), io::Error::other(e)))?;
+        conn.lookup_storage_vol_by_key(&key)
+            .map_err(|e| AreaError::io("reach", Path::new("libvirt"), io::Error::other(e)))
+    }
+}
