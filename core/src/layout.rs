@@ -53,6 +53,34 @@ pub const DEFAULT_VOLUME_LABEL: &str = "NLXTP";
 /// Where a guest mounts the shared area (the original implementation's path).
 pub const GUEST_MOUNT_POINT: &str = "/mnt/nlXTP";
 
+/// FAT volume label of a *hot* shared disk: one the host attaches to a running VM with a
+/// single job on it. The guest's hot-plug watcher takes only disks with this label, so
+/// the boot-time disk ([`DEFAULT_VOLUME_LABEL`]) never counts as a hot one.
+pub const HOT_VOLUME_LABEL: &str = "NLXTP-HOT";
+
+/// Where the guest mounts a hot disk: a directory of its own below this one per disk
+/// (named after the device and the kernel's disk sequence number).
+pub const GUEST_HOT_MOUNT_DIR: &str = "/run/nlxtp/hot";
+
+/// The release mark: when a hot disk's run has ended, the guest unmounts the volume and
+/// then writes [`RELEASE_MARK`] at this byte offset of the volume's boot sector. The
+/// bytes lie in the boot code area, behind the boot code a formatter writes (fatfs's
+/// ends at byte 219) and before where a partition table would be (446): no FAT driver
+/// reads them. The host reads them from the raw image; a mark says "the guest no longer
+/// has this volume mounted, detach it now". It is a hint from an untrusted guest: the
+/// host still reads everything on the disk as hostile.
+pub const RELEASE_MARK_OFFSET: usize = 400;
+
+/// The bytes of the release mark (see [`RELEASE_MARK_OFFSET`]). A freshly formatted
+/// volume has zeros there, so every upload clears it.
+pub const RELEASE_MARK: [u8; 16] = *b"NLXTP-RELEASED\0\0";
+
+/// True when the boot sector `sector` carries the release mark.
+pub fn has_release_mark(sector: &[u8]) -> bool {
+    sector.get(RELEASE_MARK_OFFSET..RELEASE_MARK_OFFSET + RELEASE_MARK.len())
+        == Some(&RELEASE_MARK[..])
+}
+
 /// Environment variables a start script gets.
 pub mod env {
     /// The shared area's path in the guest (original implementation).

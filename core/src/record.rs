@@ -86,6 +86,10 @@ pub enum AbortReason {
     /// replaced the running one. The monitor got this signal, wrote this record, and only
     /// then stopped the script. On the wire: detail 256 + the signal.
     StoppedBySystem(i32),
+    /// The host took a hot-plugged disk away while the run was in progress (the guest
+    /// did not release it in time, or the host was told to force it); written by the
+    /// host into the detached image. What the script did after that is not on the disk.
+    Detached,
     /// A reason a newer guest wrote.
     Unknown(i32),
 }
@@ -99,6 +103,7 @@ impl AbortReason {
         match self {
             AbortReason::GuestRestarted => 1,
             AbortReason::MonitorDied => 2,
+            AbortReason::Detached => 3,
             // A signal number is below 256 on every system; anything else keeps the range.
             AbortReason::StoppedBySystem(signal) => STOPPED_BY_SYSTEM + (signal & 0xff),
             AbortReason::Unknown(code) => code,
@@ -109,6 +114,7 @@ impl AbortReason {
         match code {
             1 => AbortReason::GuestRestarted,
             2 => AbortReason::MonitorDied,
+            3 => AbortReason::Detached,
             STOPPED_BY_SYSTEM..0x200 => AbortReason::StoppedBySystem(code - STOPPED_BY_SYSTEM),
             other => AbortReason::Unknown(other),
         }
@@ -179,6 +185,9 @@ impl fmt::Display for RunState {
                 f.write_str("aborted: the guest restarted while the script ran")
             }
             RunState::Aborted(AbortReason::MonitorDied) => f.write_str("aborted: the monitor died"),
+            RunState::Aborted(AbortReason::Detached) => {
+                f.write_str("aborted: the host detached the disk while the script ran")
+            }
             RunState::Aborted(AbortReason::StoppedBySystem(sig)) => {
                 write!(f, "aborted: stopped by the system (signal {sig})")
             }

@@ -14,6 +14,7 @@ pub fn run_state() -> impl Strategy<Value = RunState> {
         any::<i32>().prop_map(RunState::TimedOut),
         Just(RunState::Aborted(AbortReason::GuestRestarted)),
         Just(RunState::Aborted(AbortReason::MonitorDied)),
+        Just(RunState::Aborted(AbortReason::Detached)),
         (0..256).prop_map(|sig| RunState::Aborted(AbortReason::StoppedBySystem(sig))),
         (3..i32::MAX)
             .prop_filter("256-511 are StoppedBySystem", |c| !(256..512).contains(c))
