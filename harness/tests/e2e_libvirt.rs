@@ -291,5 +291,59 @@ fn cycle_on_a_second_host_over_tcp() {
         .read_file(&AreaPath::new("out.txt").unwrap(), 1024)
         .unwrap();
     assert_eq!(out, b"again\n");
+
+    // A domain destroyed in the middle of a run: the volume is no longer in use, so the
+    // run is seen as cut off (wait exits 126 at once, status says so), never as running.
+    let job = archive(&[(
+        "auto_exec.sh",
+        b"#!/bin/sh\necho started\nsleep 600\n",
+        0o755,
+    )])
+    .unwrap();
+    std::fs::write(&job_file, job).unwrap();
+    run(&[
+        "-c",
+        &uri,
+        "upload",
+        "--start",
+        "nlxtp-db1",
+        job_file.to_str().unwrap(),
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let run_state = || {
+        let report: serde_json::Value =
+            serde_json::from_str(&run(&["-c", &uri, "status", "--json", "nlxtp-db1"])).unwrap();
+        report["record"]["state"].as_str().map(str::to_owned)
+    };
+    while run_state().as_deref() != Some("running") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    virsh(&uri, &["destroy", "nlxtp-db1"]).unwrap();
+    let waited = std::process::Command::new(&cli)
+        .args(["-c", &uri, "wait", "nlxtp-db1", "--timeout", "60"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        waited.status.code(),
+        Some(126),
+        "{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    let text = run(&["-c", &uri, "status", "nlxtp-db1"]);
+    assert!(text.contains("cut off"), "{text}");
+
+    // --help speaks of domains, and lists this binary's own commands.
+    let help = run(&["--help"]);
+    assert!(
+        help.contains("TARGET is a domain's name")
+            && help.contains("attach")
+            && help.contains("--connect")
+            && !help.contains("mount "),
+        "{help}"
+    );
     let _ = virsh(&uri, &["undefine", "nlxtp-db1"]);
 }

@@ -68,6 +68,7 @@ fn main() -> ExitCode {
     let command = args.first().and_then(|a| a.to_str()).map(str::to_owned);
     let has = |flag: &str| args.iter().any(|a| a == flag);
     match command.as_deref() {
+        None | Some("-h" | "--help" | "help") if args.len() <= 1 => help(command.is_some()),
         Some("attach" | "detach") => disks(args),
         Some("status") if has("--all") => fleet(has("--json")),
         Some("upload") if has("--start") => {
@@ -96,6 +97,63 @@ fn main() -> ExitCode {
             }
         }
         _ => main_with(args),
+    }
+}
+
+/// What `nlxtp-libvirt --help` says before the commands.
+const ABOUT: &str = "\
+Control a libvirt domain through its shared disk, with no network and no agent in the guest.
+
+TARGET is a domain's name. Its shared disk is the disk with <serial>NLXTP</serial> (made by
+`attach`), a volume of a storage pool: nlxtp-libvirt reads and writes it through libvirt's
+volume streams, so the domain may live on another host (qemu+ssh://, qemu+tls://). The
+connection is `--connect URI` (as `virsh -c`; repeat it for `status --all`), else
+LIBVIRT_DEFAULT_URI, else libvirt's default.
+
+A typical cycle, the domain shut off:
+  nlxtp-libvirt -c qemu:///system attach vm1          once: make and attach the disk
+  nlxtp-libvirt -c qemu:///system upload --start vm1 job.tar.gz
+  nlxtp-libvirt -c qemu:///system wait vm1            while it runs, from the raw volume
+  nlxtp-libvirt -c qemu:///system download vm1 results.tar.gz
+  nlxtp-libvirt -c qemu:///system -c qemu+ssh://h2/system status --all
+
+An upload to a running domain is refused, as with `nlxtp` and a running QEMU: the guest
+reads its disk at boot. Containers are `nlxtp`'s.";
+
+/// `nlxtp-libvirt --help`: nlxtp's commands with this binary's name, TARGET and own
+/// commands (`attach`, `detach`, `status --all`, `upload --start`).
+fn help(asked: bool) -> ExitCode {
+    use clap::CommandFactory;
+    let mut command = args::Cli::command()
+        .name("nlxtp-libvirt")
+        .bin_name("nlxtp-libvirt")
+        .about("Control a libvirt domain through its shared disk, with no network")
+        .long_about(ABOUT)
+        .override_usage("nlxtp-libvirt [--connect URI]... <COMMAND> [OPTIONS] DOMAIN ...")
+        .mut_subcommand("status", |status| {
+            status.after_help(
+                "nlxtp-libvirt status --all [--json]: every domain with a shared disk on \
+                 every --connect, read in parallel; a table, or one JSON object a line.",
+            )
+        })
+        .mut_subcommand("upload", |upload| {
+            upload.after_help("nlxtp-libvirt upload --start DOMAIN ARCHIVE: start the domain once the upload is in.")
+        });
+    // What takes no domain, or works on files only, is `nlxtp`'s to show.
+    for files_only in ["create-disk", "mount", "umount", "run", "guest"] {
+        command = command.mut_subcommand(files_only, |c| c.hide(true));
+    }
+    command = command.mut_arg("rootfs", |a| a.hide(true));
+    for own in Disks::command().get_subcommands() {
+        command = command.subcommand(own.clone());
+    }
+    let help = command.render_long_help();
+    if asked {
+        println!("{help}");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{help}");
+        ExitCode::from(2)
     }
 }
 
