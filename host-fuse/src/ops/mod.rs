@@ -20,6 +20,40 @@ use crate::area::dir::ContainerDir;
 use crate::area::vfat::VfatImage;
 use crate::area::{AreaError, Durability, SharedArea, UploadData, UploadFile, START_SCRIPT};
 
+/// `f` applied to every item, by up to `threads` threads at once (at least one), the
+/// results in the items' order: for many independent reads that each wait on a round
+/// trip (the domains of a libvirt host).
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.clamp(1, items.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(at) else {
+                            break done;
+                        };
+                        done.push((at, f(item)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    results.sort_by_key(|(at, _)| *at);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
 /// Opens the shared area at `target`: a directory is a container's area, a regular file
 /// a VM's vFAT disk image.
 ///
@@ -368,6 +402,18 @@ fn shell_quote(word: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parallel_map_keeps_the_order() {
+        let items: Vec<u32> = (0..100).collect();
+        for threads in [0, 1, 3, 200] {
+            assert_eq!(
+                super::parallel_map(&items, threads, |i| i * 2),
+                items.iter().map(|i| i * 2).collect::<Vec<_>>()
+            );
+        }
+        assert!(super::parallel_map(&[] as &[u8], 4, |_| ()).is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -134,27 +134,38 @@ pub fn connect(uri: Option<&str>) -> Result<Arc<Connect>, LibvirtError> {
         })
 }
 
-/// Every domain on `conn` (whose URI is `uri`) that has a shared disk; domains without
-/// one are left out.
+/// Every domain on `conn` (whose URI is `uri`) that has a shared disk, by name; domains
+/// without one are left out. A domain whose disk cannot be used (two marked disks, a
+/// source outside a pool) is kept, with its error, so that one bad definition does not
+/// hide a host's other domains. The domains are opened by `threads` threads at once on
+/// the one connection (libvirt multiplexes calls on it), as each open costs a few round
+/// trips.
 ///
 /// # Errors
-/// When the domains cannot be listed, or one with a marked disk cannot be opened (two
-/// shared disks, a source outside a pool).
-pub fn shared_domains(conn: &Arc<Connect>, uri: &str) -> Result<Vec<LibvirtDomain>, AreaError> {
+/// When the domains cannot be listed.
+pub fn shared_domains(
+    conn: &Arc<Connect>,
+    uri: &str,
+    threads: usize,
+) -> Result<Vec<(String, Result<LibvirtDomain, LibvirtError>)>, AreaError> {
     let all = conn
         .list_all_domains(0)
         .map_err(|e| AreaError::io("list the domains of", Path::new(uri), io::Error::other(e)))?;
-    let mut out = Vec::new();
-    for domain in all {
-        let Ok(name) = domain.name() else { continue };
-        match LibvirtDomain::open(conn.clone(), uri, &name) {
-            Ok(area) => out.push(area),
-            Err(LibvirtError::NoSharedDisk { .. } | LibvirtError::NoDomain { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    let mut names: Vec<String> = all.iter().filter_map(|d| d.name().ok()).collect();
+    names.sort();
+    let opened = crate::ops::parallel_map(&names, threads, |name| {
+        LibvirtDomain::open(conn.clone(), uri, name)
+    });
+    Ok(names
+        .into_iter()
+        .zip(opened)
+        .filter(|(_, opened)| {
+            !matches!(
+                opened,
+                Err(LibvirtError::NoSharedDisk { .. } | LibvirtError::NoDomain { .. })
+            )
+        })
+        .collect())
 }
 
 /// Where a domain's shared disk is in its definition.

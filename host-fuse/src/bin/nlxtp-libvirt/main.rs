@@ -280,28 +280,43 @@ fn fleet(json: bool) -> ExitCode {
     }
 }
 
+/// How many domains of one host `status --all` reads at once: each read is a series of
+/// round trips, which the connection carries side by side.
+const FLEET_THREADS: usize = 8;
+
 /// The fleet rows of one connection.
 fn fleet_of(uri: Option<&str>) -> Result<Vec<serde_json::Value>, AreaError> {
     let conn = libvirt::connect(uri)?;
     let shown = uri
         .map(str::to_owned)
         .unwrap_or_else(|| conn.uri().unwrap_or_else(|_| "libvirt".into()));
-    let mut rows = Vec::new();
-    for area in libvirt::shared_domains(&conn, &shown)? {
-        let state = area.domain_state().unwrap_or("unknown");
-        let row = match nlxtp_host::ops::status(&area) {
-            Ok(status) => serde_json::json!({
-                "connection": shown, "domain": area.name(), "domain_state": state,
-                "status": status,
-            }),
-            Err(e) => serde_json::json!({
-                "connection": shown, "domain": area.name(), "domain_state": state,
-                "status": null, "error": e.to_string(),
-            }),
-        };
-        rows.push(row);
-    }
-    Ok(rows)
+    let domains = libvirt::shared_domains(&conn, &shown, FLEET_THREADS)?;
+    Ok(nlxtp_host::ops::parallel_map(
+        &domains,
+        FLEET_THREADS,
+        |(name, opened)| {
+            let area = match opened {
+                Ok(area) => area,
+                Err(e) => {
+                    return serde_json::json!({
+                        "connection": shown, "domain": name, "domain_state": null,
+                        "status": null, "error": e.to_string(),
+                    })
+                }
+            };
+            let state = area.domain_state().unwrap_or("unknown");
+            match nlxtp_host::ops::status(area) {
+                Ok(status) => serde_json::json!({
+                    "connection": shown, "domain": name, "domain_state": state,
+                    "status": status,
+                }),
+                Err(e) => serde_json::json!({
+                    "connection": shown, "domain": name, "domain_state": state,
+                    "status": null, "error": e.to_string(),
+                }),
+            }
+        },
+    ))
 }
 
 /// `attach` and `detach`, the commands only nlxtp-libvirt has.
