@@ -413,10 +413,14 @@ fn is_attached(qmp: &mut Qmp, id: &str) -> Result<bool, QmpError> {
     }
 }
 
-/// Writes [`AbortReason::Detached`] as the run's final record when the record says the
-/// run had not ended; whether it did. No record at all (the guest never took the disk)
-/// stays as it is: the job never started.
-fn record_detached(area: &dyn SharedArea) -> Result<bool, HotError> {
+/// Writes [`AbortReason::Detached`] as the run's final record into `area` when its
+/// record says the run had not ended, and says whether it did; only that slot of the
+/// status file changes. An area with no valid record (the guest never started the job)
+/// is left as it is. [`HotDisk::detach`] calls it once the VM no longer has the disk.
+///
+/// # Errors
+/// [`HotError::StillAttached`] while a VM holds the image; [`HotError::Area`].
+pub fn record_detached(area: &dyn SharedArea) -> Result<bool, HotError> {
     let mut hold = area.hold()?;
     let mut file = Vec::with_capacity(STATUS_FILE_LEN + 1);
     area.read_status_file(StatusRead::Relocate, &mut file)?;
