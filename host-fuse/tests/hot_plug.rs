@@ -63,7 +63,11 @@ fn qmp_commands_events_and_errors_against_a_real_qemu() {
 
     let err = qmp.execute("no-such-command", None).unwrap_err();
     assert_eq!(err.class(), Some("CommandNotFound"), "{err:?}");
-    assert!(err.to_string().starts_with("QEMU refused no-such-command: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("QEMU refused no-such-command: "),
+        "{err}"
+    );
 
     // Events that come while a reply is awaited are kept for wait_event.
     qmp.execute("stop", None).unwrap();
@@ -144,7 +148,10 @@ fn attached_disk_is_locked_refuses_uploads_and_an_unacknowledged_unplug_is_repor
     );
     assert!(report.created);
     assert!(report.node.starts_with("nlxtp-hot-") && report.node.len() <= 31);
-    assert!(qemu_holds_image(&image).unwrap(), "device_add takes QEMU's locks");
+    assert!(
+        qemu_holds_image(&image).unwrap(),
+        "device_add takes QEMU's locks"
+    );
     let area = VfatImage::new(&image);
     let status = ops::status(&area).unwrap();
     assert!(status.vm_running && status.upload_present, "{status:?}");
@@ -153,10 +160,17 @@ fn attached_disk_is_locked_refuses_uploads_and_an_unacknowledged_unplug_is_repor
     let before = std::fs::read(&image).unwrap();
     let err = hot::attach(&mut qmp, &image, &job()[..], &AttachOptions::default()).unwrap_err();
     assert!(matches!(err, HotError::StillAttached { .. }), "{err:?}");
-    assert!(err.to_string().contains("detach it first (nlxtp detach --qmp SOCKET"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("detach it first (nlxtp detach --qmp SOCKET"),
+        "{err}"
+    );
     let err = ops::upload(&area, &job()[..], &ops::UploadOptions::default()).unwrap_err();
     assert!(
-        matches!(err, UploadError::Area(nlxtp_host::area::AreaError::Busy { .. })),
+        matches!(
+            err,
+            UploadError::Area(nlxtp_host::area::AreaError::Busy { .. })
+        ),
         "{err:?}"
     );
     assert!(std::fs::read(&image).unwrap() == before);
@@ -173,8 +187,14 @@ fn attached_disk_is_locked_refuses_uploads_and_an_unacknowledged_unplug_is_repor
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(detached.was_attached && !detached.detached, "{detached:?}");
     assert!(!detached.released_by_guest && !detached.record_written);
-    assert!(qemu_holds_image(&image).unwrap(), "the VM still holds the disk");
-    assert!(std::fs::read(&image).unwrap() == before, "nothing was written");
+    assert!(
+        qemu_holds_image(&image).unwrap(),
+        "the VM still holds the disk"
+    );
+    assert!(
+        std::fs::read(&image).unwrap() == before,
+        "nothing was written"
+    );
 
     // A second disk beside it: another node, also attached.
     let second = dir.path().join("job2.img");
@@ -201,7 +221,10 @@ fn detaching_a_disk_the_vm_never_had_writes_nothing() {
             },
         )
         .unwrap();
-    assert!(!report.was_attached && report.detached && !report.record_written, "{report:?}");
+    assert!(
+        !report.was_attached && report.detached && !report.record_written,
+        "{report:?}"
+    );
     assert!(std::fs::read(&image).unwrap() == before);
 }
 
@@ -237,7 +260,10 @@ fn a_run_taken_away_gets_the_detached_record_and_keeps_its_files() {
         .unwrap();
     let decoded = nlxtp_core::slots::read_status(&file).unwrap();
     assert_eq!(decoded.state, RunState::Aborted(AbortReason::Detached));
-    assert_eq!(decoded.sequence, 4, "the next slot, the old record kept in the other");
+    assert_eq!(
+        decoded.sequence, 4,
+        "the next slot, the old record kept in the other"
+    );
     assert_eq!(decoded.custom.as_str(), "working");
     let kept = area
         .read_file(&AreaPath::new("result.txt").unwrap(), 1 << 20)
@@ -260,6 +286,9 @@ fn a_disk_without_the_hot_label_is_refused_before_anything_is_written() {
     let err = HotDisk::open_or_create(&image, 8 << 20).unwrap_err();
     assert!(matches!(err, HotError::NotHot { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("its label is NLXTP, a hot disk's is NLXTP-HOT"), "{text}");
+    assert!(
+        text.contains("its label is NLXTP, a hot disk's is NLXTP-HOT"),
+        "{text}"
+    );
     assert!(std::fs::read(&image).unwrap() == before);
 }

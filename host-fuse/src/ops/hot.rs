@@ -28,7 +28,7 @@ use nlxtp_core::slots::{read_status, STATUS_FILE_LEN};
 use nlxtp_core::{RunState, StatusWriter};
 use serde_json::json;
 
-use super::{open_target, prepare_upload, PreparedUpload, UploadError, UploadOptions, UploadReport};
+use super::{open_target, prepare_upload, UploadError, UploadOptions, UploadReport};
 use crate::area::vfat::{create_disk, BootSector, CreateError, DiskOptions};
 use crate::area::{AreaError, SharedArea, StatusRead};
 use crate::vm::{Qmp, QmpError};
@@ -189,30 +189,17 @@ impl HotDisk {
         self.created
     }
 
-    /// [`super::prepare_upload`] into this disk; a VM that holds it is
-    /// [`HotError::StillAttached`] (so is [`PreparedUpload::write`]'s `Busy`, through
-    /// `HotError::from`).
-    ///
-    /// # Errors
-    /// As [`super::prepare_upload`], as [`HotError`]s.
-    pub fn prepare_upload(
-        &self,
-        source: impl Read,
-        options: &UploadOptions,
-    ) -> Result<PreparedUpload<'_>, HotError> {
-        Ok(prepare_upload(self.area(), source, options)?)
-    }
-
-    /// Plugs the disk into the VM behind `qmp`: `blockdev-add` (a raw node on the file),
-    /// then `device_add virtio-blk-pci`; if the device is refused, the node is deleted
-    /// again.
+    /// Plugs the disk, into which `upload` has just been written, into the VM behind
+    /// `qmp`: `blockdev-add` (a raw node on the file), then `device_add virtio-blk-pci`;
+    /// if the device is refused, the node is deleted again.
     ///
     /// # Errors
     /// [`HotError::Attach`] with QEMU's answer, [`HotError::NotUtf8`].
-    pub fn attach(&self, qmp: &mut Qmp) -> Result<(), HotError> {
+    pub fn attach(&self, qmp: &mut Qmp, upload: UploadReport) -> Result<AttachReport, HotError> {
         let filename = self.image.to_str().ok_or_else(|| HotError::NotUtf8 {
             image: self.image.clone(),
         })?;
+        let start = Instant::now();
         let node = self.node.as_str();
         let failed = |source| HotError::Attach {
             image: self.image.clone(),
@@ -233,7 +220,13 @@ impl HotDisk {
             let _ = qmp.execute("blockdev-del", Some(json!({ "node-name": node })));
             return Err(failed(e));
         }
-        Ok(())
+        Ok(AttachReport {
+            image: self.image.clone(),
+            node: self.node.clone(),
+            created: self.created,
+            upload,
+            attach_ms: millis(start.elapsed()),
+        })
     }
 
     /// Takes the disk out of the VM behind `qmp` (see the module docs and
@@ -254,8 +247,7 @@ impl HotDisk {
             let boot = BootSector::open(&self.image)?;
             loop {
                 report.released_by_guest = boot.is_released()?;
-                if report.released_by_guest || options.force || start.elapsed() >= options.timeout
-                {
+                if report.released_by_guest || options.force || start.elapsed() >= options.timeout {
                     break;
                 }
                 std::thread::sleep(RELEASE_POLL);
@@ -379,16 +371,9 @@ pub fn attach(
     options: &AttachOptions,
 ) -> Result<AttachReport, HotError> {
     let disk = HotDisk::open_or_create(image, options.size)?;
-    let upload = disk.prepare_upload(source, &options.upload)?.write()?;
-    let start = Instant::now();
-    disk.attach(qmp)?;
-    Ok(AttachReport {
-        image: disk.image.clone(),
-        node: disk.node.clone(),
-        created: disk.created,
-        upload,
-        attach_ms: millis(start.elapsed()),
-    })
+    // A VM that holds the disk refuses the upload as `Busy`: StillAttached, here.
+    let upload = prepare_upload(disk.area(), source, &options.upload)?.write()?;
+    disk.attach(qmp, upload)
 }
 
 /// Takes the hot disk at `image` out of the VM behind `qmp` (see the module docs).

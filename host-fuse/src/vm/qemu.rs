@@ -211,13 +211,11 @@ impl Qemu {
         let _ = fs::remove_file(&config.serial_log);
         let (program, package) = config.program();
         let started = Instant::now();
-        let child = command
-            .spawn()
-            .map_err(|source| QemuError::NotInstalled {
-                program,
-                package,
-                source,
-            })?;
+        let child = command.spawn().map_err(|source| QemuError::NotInstalled {
+            program,
+            package,
+            source,
+        })?;
         Ok(Qemu {
             child: Some(child),
             exited: None,

@@ -365,6 +365,9 @@ impl Qmp {
 fn event_of(mut message: Value) -> QmpEvent {
     QmpEvent {
         name: message["event"].as_str().unwrap_or_default().to_owned(),
-        data: message.get_mut("data").map(Value::take).unwrap_or(Value::Null),
+        data: message
+            .get_mut("data")
+            .map(Value::take)
+            .unwrap_or(Value::Null),
     }
 }

@@ -79,7 +79,10 @@ mod tests {
         assert_eq!(boot.label(), Some("NLXTP-HOT"));
         assert!(!boot.is_released().unwrap(), "a fresh format has no mark");
         // The partition starts 1 MiB in: the mark goes into its boot sector.
-        let file = std::fs::OpenOptions::new().write(true).open(&image).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
         std::os::unix::fs::FileExt::write_all_at(
             &file,
             &RELEASE_MARK,
