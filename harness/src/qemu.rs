@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nlxtp_host::vm::qemu::{accelerator, Disk};
-use nlxtp_host::vm::{Qemu, QemuConfig};
+use nlxtp_host::vm::{Qemu, QemuConfig, Qmp};
 
 use crate::kernel::Kernel;
 
@@ -28,6 +28,8 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// Where the serial console is logged.
     pub serial_log: PathBuf,
+    /// Serve QEMU's machine protocol on this unix socket, for hot-plugged disks.
+    pub qmp: Option<PathBuf>,
 }
 
 /// A running VM. Dropping it stops QEMU (SIGTERM, then SIGKILL) and, if the thread is
@@ -36,6 +38,7 @@ pub struct VmConfig {
 pub struct Vm {
     qemu: Qemu,
     accel: &'static str,
+    qmp: Option<PathBuf>,
 }
 
 impl Vm {
@@ -51,7 +54,7 @@ impl Vm {
             append.push_str(" nlxtp.stay");
         }
         append.push_str(&format!(" nlxtp.heartbeat_ms={}", config.heartbeat_ms));
-        let qemu = Qemu::spawn(&QemuConfig {
+        let qemu_config = QemuConfig {
             arch: kernel.arch,
             accel,
             kernel: Some(kernel.boot_image()),
@@ -64,12 +67,33 @@ impl Vm {
             memory_mib: config.memory_mib,
             cpus: 1,
             serial_log: config.serial_log.clone(),
-        })
+        };
+        let qemu = match &config.qmp {
+            Some(socket) => Qemu::spawn_with_qmp(&qemu_config, socket),
+            None => Qemu::spawn(&qemu_config),
+        }
         .context("could not boot the VM")?;
         Ok(Vm {
             qemu,
             accel: accel.name(),
+            qmp: config.qmp.clone(),
         })
+    }
+
+    /// A connection to the VM's QMP socket (waiting up to 20 s for QEMU to open it).
+    ///
+    /// # Errors
+    /// When the VM was booted without one ([`VmConfig::qmp`]), or QEMU does not answer.
+    pub fn qmp(&self) -> Result<Qmp> {
+        let Some(socket) = &self.qmp else {
+            bail!("this VM was booted without a QMP socket (VmConfig::qmp)");
+        };
+        Qmp::connect(socket, Duration::from_secs(20)).context("could not reach the VM's QMP socket")
+    }
+
+    /// The VM's QMP socket, if it has one.
+    pub fn qmp_socket(&self) -> Option<&Path> {
+        self.qmp.as_deref()
     }
 
     /// The accelerator this VM runs with ("kvm" or "tcg").

@@ -98,6 +98,22 @@ impl GuestSetup {
     /// # Errors
     /// When QEMU cannot start.
     pub fn boot(&mut self, stay: bool) -> Result<Vm> {
+        self.boot_with(stay, None)
+    }
+
+    /// Boots the VM to stay up (`nlxtp.stay`) with a QMP socket in the working
+    /// directory, so that jobs can be hot-plugged into it ([`nlxtp_host::ops::hot`];
+    /// connect with [`Vm::qmp`]). The boot-time shared disk is attached as with
+    /// [`GuestSetup::boot`].
+    ///
+    /// # Errors
+    /// When QEMU cannot start.
+    pub fn boot_hot(&mut self) -> Result<Vm> {
+        let socket = self.dir.path().join(format!("qmp-{}.sock", self.boots + 1));
+        self.boot_with(true, Some(socket))
+    }
+
+    fn boot_with(&mut self, stay: bool, qmp: Option<PathBuf>) -> Result<Vm> {
         self.boots += 1;
         let config = VmConfig {
             kernel: self.kernel.clone(),
@@ -107,6 +123,7 @@ impl GuestSetup {
             heartbeat_ms: HEARTBEAT_MS,
             memory_mib: 256,
             serial_log: self.dir.path().join(format!("serial-{}.log", self.boots)),
+            qmp,
         };
         Vm::boot(&config)
     }

@@ -41,6 +41,7 @@ fn boot_runs_the_upload_and_powers_off() {
         heartbeat_ms: 500,
         memory_mib: 256,
         serial_log: dir.join("serial.log"),
+        qmp: None,
     };
     let mut vm = Vm::boot(&config).unwrap();
     vm.wait_serial("nlxtp-init: booted", Duration::from_secs(60))

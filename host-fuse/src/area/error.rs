@@ -116,6 +116,14 @@ pub enum AreaError {
         #[source]
         source: io::Error,
     },
+    /// The kind of area cannot do what was asked.
+    #[error("{what} is not possible in a shared area of kind {kind}: use a VM's disk image")]
+    Unsupported {
+        /// What was asked.
+        what: &'static str,
+        /// The area's kind.
+        kind: super::AreaKind,
+    },
     /// An operating-system call failed.
     #[error("could not {action} {}: fix the cause below and retry", path.display())]
     Io {

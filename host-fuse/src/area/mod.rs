@@ -159,6 +159,30 @@ pub trait SharedArea: Send + Sync + fmt::Debug {
         self.replace_with(files, durability)
     }
 
+    /// Writes `slot` over the status file's bytes at `offset`, in place, and flushes it:
+    /// for a record the host writes itself because the guest never can (a run on a hot
+    /// disk the host took away). Only the slot changes; the file must exist at its fixed
+    /// size ([`STATUS_FILE_LEN`](nlxtp_core::slots::STATUS_FILE_LEN)). `hold` is one
+    /// from [`SharedArea::hold`], kept across the read that decided the write; a backend
+    /// holds the area for the write itself when it is empty.
+    ///
+    /// # Errors
+    /// [`AreaError::Unsupported`] where the backend cannot (the default),
+    /// [`AreaError::Busy`] while the guest holds the area, [`AreaError::NotFound`] with
+    /// no status file, [`AreaError::Corrupt`], [`AreaError::Io`].
+    fn write_status_slot(
+        &self,
+        hold: &mut AreaHold,
+        offset: usize,
+        slot: &[u8],
+    ) -> Result<(), AreaError> {
+        let _ = (hold, offset, slot);
+        Err(AreaError::Unsupported {
+            what: "writing the status record",
+            kind: self.kind(),
+        })
+    }
+
     /// What a status report needs, read in one pass where the backend can (see
     /// [`AreaSnapshot`]).
     ///

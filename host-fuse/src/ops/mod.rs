@@ -1,8 +1,10 @@
 //! The operations a user or a testbed calls, on any [`SharedArea`]: upload, status, wait,
-//! download, exec. The CLI, the FUSE view and the harness all go through these.
+//! download, exec, and hot-plugged jobs for a running VM ([`hot`]). The CLI, the FUSE
+//! view and the harness all go through these.
 
 pub mod archive;
 pub mod download;
+pub mod hot;
 pub mod logs;
 pub mod status;
 

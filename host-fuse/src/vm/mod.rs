@@ -13,17 +13,21 @@
 //!   archive, byte for byte the same for the same inputs.
 //! - [`qemu`]: the QEMU command line, the accelerator probe (KVM when it runs a guest,
 //!   TCG otherwise) and a process guard that never lets QEMU outlive it.
+//! - [`qmp`]: a client of QEMU's machine protocol, to hot-plug shared disks into a VM
+//!   that runs (see [`crate::ops::hot`]).
 
 pub mod debian;
 pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
+pub mod qmp;
 
 use std::path::PathBuf;
 
 pub use initramfs::{GuestImage, InitramfsError};
 pub use kernel::{Kernel, KernelError};
 pub use qemu::{Accel, Qemu, QemuConfig, QemuError};
+pub use qmp::{Qmp, QmpError, QmpEvent};
 
 /// A guest architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

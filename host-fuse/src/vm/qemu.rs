@@ -164,6 +164,16 @@ impl QemuConfig {
     }
 }
 
+/// QEMU's `-qmp` value for a QMP server on the unix socket `socket` that does not wait
+/// for a client before starting the guest.
+pub fn qmp_option(socket: &Path) -> std::ffi::OsString {
+    let mut option = std::ffi::OsString::from("unix:");
+    // QEMU's option syntax doubles commas in values.
+    option.push(socket.display().to_string().replace(',', ",,"));
+    option.push(",server=on,wait=off");
+    option
+}
+
 const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 
 /// A running QEMU. Dropping it stops QEMU: SIGTERM, then SIGKILL.
@@ -181,17 +191,31 @@ impl Qemu {
     /// # Errors
     /// [`QemuError::NotInstalled`] when the program cannot be started.
     pub fn spawn(config: &QemuConfig) -> Result<Qemu, QemuError> {
+        Self::spawn_command(config, config.command())
+    }
+
+    /// [`Qemu::spawn`], with QEMU's machine protocol served on the unix socket `qmp`
+    /// ([`qmp_option`]), so that shared disks can be hot-plugged into the running VM
+    /// ([`crate::ops::hot`]; x86_64 `pc` machines, whose guest takes PCI hot-plug
+    /// through ACPI). Connect with [`super::Qmp::connect`], which waits for the socket.
+    ///
+    /// # Errors
+    /// As [`Qemu::spawn`].
+    pub fn spawn_with_qmp(config: &QemuConfig, qmp: &Path) -> Result<Qemu, QemuError> {
+        let mut command = config.command();
+        command.arg("-qmp").arg(qmp_option(qmp));
+        Self::spawn_command(config, command)
+    }
+
+    fn spawn_command(config: &QemuConfig, mut command: Command) -> Result<Qemu, QemuError> {
         let _ = fs::remove_file(&config.serial_log);
         let (program, package) = config.program();
         let started = Instant::now();
-        let child = config
-            .command()
-            .spawn()
-            .map_err(|source| QemuError::NotInstalled {
-                program,
-                package,
-                source,
-            })?;
+        let child = command.spawn().map_err(|source| QemuError::NotInstalled {
+            program,
+            package,
+            source,
+        })?;
         Ok(Qemu {
             child: Some(child),
             exited: None,

@@ -25,9 +25,11 @@
 //!   formatting), `replace.rs` (the new image swapped in), `create.rs` (a new disk);
 //! - `partition.rs`: where the volume lies: the whole image, or an MBR or GPT
 //!   partition ([`find_volume`]);
-//! - `lock.rs`: QEMU's lock bytes.
+//! - `lock.rs`: QEMU's lock bytes;
+//! - `boot.rs`: the boot sector polled while a guest has the disk (label, release mark).
 
 pub mod block;
+mod boot;
 mod build;
 mod create;
 mod entry;
@@ -48,6 +50,7 @@ mod walk;
 use std::path::{Path, PathBuf};
 
 pub use block::{BlockSource, Disk, ImageFile, Window};
+pub use boot::BootSector;
 pub use create::{
     create_disk, create_image, CreateError, DiskOptions, MAX_IMAGE_LEN, MIN_IMAGE_LEN,
 };
@@ -173,6 +176,19 @@ impl SharedArea for VfatImage {
         };
         *slot = Some(guard);
         result
+    }
+
+    /// In place, under QEMU's write locks (`hold`'s, or taken for this write).
+    fn write_status_slot(
+        &self,
+        hold: &mut AreaHold,
+        offset: usize,
+        slot: &[u8],
+    ) -> Result<(), AreaError> {
+        match hold.claim_mut::<Option<ImageWriteGuard>>() {
+            Some(Some(guard)) => status::write_slot(guard, offset, slot),
+            _ => self.write_status_slot(&mut self.hold()?, offset, slot),
+        }
     }
 
     /// One open and one pass over the image (`snapshot.rs`), which also remembers where

@@ -15,10 +15,12 @@ use std::sync::Mutex;
 
 use nlxtp_core::slots::STATUS_FILE_LEN;
 
-use super::block::{BlockSource, Disk};
+use super::block::{BlockSource, Disk, ImageFile};
 use super::entry::short_form;
-use super::volume::{read_located, Dirs, Located, Volume};
-use crate::area::{AreaError, StatusRead};
+use super::lock::ImageWriteGuard;
+use super::partition::volume_in;
+use super::volume::{read_located, write_located, Dirs, Located, Volume};
+use crate::area::{AreaError, AreaPath, StatusRead};
 
 /// Reads of the status file beyond its fixed size: one byte, to see a longer file.
 pub const WANTED: u64 = STATUS_FILE_LEN as u64 + 1;
@@ -150,6 +152,37 @@ pub fn place(image: Disk, inode: (u64, u64), located: Located) -> Place {
         inode,
         located,
     }
+}
+
+/// Writes `slot` at `offset` of the status file of the image `guard` holds, in place,
+/// and flushes it (see [`SharedArea::write_status_slot`](crate::area::SharedArea::write_status_slot)).
+///
+/// # Errors
+/// [`AreaError::NotFound`] when there is no status file, [`AreaError::Corrupt`] when it
+/// is not [`STATUS_FILE_LEN`] bytes long or the slot does not fit in it; those of
+/// opening the volume and writing.
+pub fn write_slot(guard: &ImageWriteGuard, offset: usize, slot: &[u8]) -> Result<(), AreaError> {
+    let path = guard.path();
+    let file = guard
+        .file()
+        .try_clone()
+        .map_err(|e| AreaError::io("open", path, e))?;
+    let volume = Volume::new_unchecked(volume_in(ImageFile::from_file(file, path)?)?)?;
+    let Some(located) = locate_in(&volume, &mut Dirs::default())? else {
+        return Err(AreaError::NotFound {
+            path: AreaPath::new(nlxtp_core::layout::STATUS_FILE).expect("a valid area path"),
+        });
+    };
+    let len: usize = located.ranges.iter().map(|r| r.1).sum();
+    if len != STATUS_FILE_LEN || offset.saturating_add(slot.len()) > STATUS_FILE_LEN {
+        return Err(AreaError::Corrupt {
+            what: format!(
+                "the status file is not the {STATUS_FILE_LEN} bytes a slot is written into"
+            ),
+        });
+    }
+    write_located(&volume.source, &located, offset, slot)?;
+    volume.source.flush()
 }
 
 fn read_ranges(place: &Place, out: &mut Vec<u8>) -> Result<(), AreaError> {

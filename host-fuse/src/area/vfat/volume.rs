@@ -438,6 +438,38 @@ pub fn read_located(
     Ok(())
 }
 
+/// Writes `bytes` over the bytes of `located` from byte `at` of the file on, in place.
+///
+/// # Errors
+/// [`AreaError::Corrupt`] when the ranges do not cover `at..at + bytes.len()`; those of
+/// writing `source`.
+pub fn write_located(
+    source: &dyn BlockSource,
+    located: &Located,
+    mut at: usize,
+    mut bytes: &[u8],
+) -> Result<(), AreaError> {
+    for &(offset, n) in &located.ranges {
+        if bytes.is_empty() {
+            break;
+        }
+        if at >= n {
+            at -= n;
+            continue;
+        }
+        let here = bytes.len().min(n - at);
+        source.write_at(offset + at as u64, &bytes[..here])?;
+        bytes = &bytes[here..];
+        at = 0;
+    }
+    if !bytes.is_empty() {
+        return Err(AreaError::Corrupt {
+            what: "a write past the end of a located file".into(),
+        });
+    }
+    Ok(())
+}
+
 fn names_match(a: &str, b: &str) -> bool {
     a == b || a.to_lowercase() == b.to_lowercase()
 }

@@ -36,6 +36,8 @@ directories are the host's";
 /// TARGET is a VM's shared disk image (a raw vFAT image, attached to QEMU with
 /// -drive file=IMAGE,format=raw,if=virtio) or a container's shared directory.
 /// A typical cycle: create-disk, upload (VM off), boot the VM, wait, download.
+/// For a VM that runs (QEMU with a QMP socket): upload --hot, wait, detach, download
+/// (see `nlxtp detach --help`).
 #[derive(Debug, Parser)]
 #[command(name = "nlxtp", version, after_help = EXIT_CODES)]
 pub struct Cli {
@@ -117,7 +119,9 @@ pub enum Command {
     /// Replace the shared area's content with an archive whose auto_exec.sh the guest runs.
     ///
     /// A VM must be off (its disk is written while it cannot see it; the script runs at
-    /// its next boot). A container runs the script at once.
+    /// its next boot). A container runs the script at once. With --hot, TARGET is a hot
+    /// disk for a VM that runs: written while no VM has it, then plugged into the VM
+    /// (see `nlxtp detach --help` for the whole cycle).
     Upload {
         #[command(flatten)]
         target: Target,
@@ -125,6 +129,42 @@ pub enum Command {
         archive: PathBuf,
         #[command(flatten)]
         options: UploadArgs,
+        #[command(flatten)]
+        hot: HotArgs,
+    },
+    /// Take a hot disk out of the running VM, once its guest has released it.
+    ///
+    /// The hot cycle, for a VM that runs (QEMU started with
+    /// -qmp unix:SOCKET,server=on,wait=off; x86_64 pc machine, ACPI on):
+    ///
+    ///   nlxtp upload --hot --qmp SOCKET job1.img job.tar.gz   (created, written, plugged in)
+    ///   nlxtp wait job1.img                                    (status, logs -f work too)
+    ///   nlxtp detach --qmp SOCKET job1.img                     (unplugged)
+    ///   nlxtp download job1.img results.tar.gz
+    ///
+    /// Each job gets its own image (several may be attached at once); a hot disk is
+    /// never written while a VM holds it. When the run has ended the guest unmounts the
+    /// disk and marks it released; detach waits for that mark (up to --timeout), then
+    /// unplugs the disk (device_del, the guest's acknowledgement, blockdev-del). Without
+    /// the mark in time, or with --force, the disk is taken away and, if the run had not
+    /// ended, the host records it as aborted ("the host detached the disk"); the files
+    /// the script wrote stay. A guest that does not let go of the device at all keeps
+    /// it: detach says so and exits 1.
+    #[command(verbatim_doc_comment)]
+    Detach {
+        /// The hot disk image.
+        image: PathBuf,
+        #[command(flatten)]
+        qmp: QmpArg,
+        /// How long to wait for the guest to release the disk (seconds, or with ms, s, m).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// Take the disk away now, without waiting for the guest.
+        #[arg(long)]
+        force: bool,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the run's status: state, exit code, custom text, output sizes, monitor liveness.
     ///
@@ -354,6 +394,7 @@ impl Command {
         !matches!(
             self,
             Command::CreateDisk { .. }
+                | Command::Detach { .. }
                 | Command::Mount { .. }
                 | Command::Umount { .. }
                 | Command::Run(_)
@@ -520,6 +561,38 @@ impl UploadArgs {
     }
 }
 
+/// `--qmp`: the running VM's QMP socket.
+#[derive(Debug, Args)]
+pub struct QmpArg {
+    /// The running VM's QMP socket (QEMU's -qmp unix:SOCKET,server=on,wait=off); also
+    /// $NLXTP_QMP.
+    #[arg(long = "qmp", value_name = "SOCKET")]
+    socket: Option<PathBuf>,
+}
+
+impl QmpArg {
+    /// The socket: `--qmp`, else `$NLXTP_QMP`.
+    pub fn socket(&self) -> Option<PathBuf> {
+        self.socket
+            .clone()
+            .or_else(|| std::env::var_os("NLXTP_QMP").map(PathBuf::from))
+    }
+}
+
+/// `upload --hot`.
+#[derive(Debug, Args)]
+pub struct HotArgs {
+    /// TARGET is a hot disk (FAT label NLXTP-HOT, created if missing) for the VM behind
+    /// --qmp, which runs: write the job into it, then plug it into the VM.
+    #[arg(long)]
+    pub hot: bool,
+    #[command(flatten)]
+    pub qmp: QmpArg,
+    /// With --hot: the size of a disk that is created (bytes, or K, M, G).
+    #[arg(long, requires = "hot", value_parser = parse_size, value_name = "SIZE")]
+    pub size: Option<u64>,
+}
+
 #[derive(Debug, Args)]
 pub struct WaitArgs {
     /// Give up after this many seconds (exit 124).
@@ -571,9 +644,39 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// "30s" -> 30 s; also "500ms", "2m", or plain seconds ("1.5").
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .and_then(|n| Duration::try_from_secs_f64(n * scale).ok())
+        .ok_or_else(|| format!("{text:?} is not a duration (examples: 30s, 500ms, 2m, 1.5)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
 
     #[test]
     fn sizes() {

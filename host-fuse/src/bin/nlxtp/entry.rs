@@ -85,7 +85,15 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             target,
             archive,
             options,
-        } => transfer::upload(&target, &archive, &options),
+            hot,
+        } => transfer::upload(&target, &archive, &options, &hot),
+        Command::Detach {
+            image,
+            qmp,
+            timeout,
+            force,
+            json,
+        } => transfer::detach(&image, &qmp, timeout, force, json),
         Command::Status { target, json } => watch::status(&target, json),
         Command::Wait { target, wait } => watch::wait(&target, &wait),
         Command::Download {

@@ -6,18 +6,33 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use nlxtp_host::area::WalkLimits;
-use nlxtp_host::ops::{self, Compression, DownloadOptions};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::args::{Format, Target, UploadArgs, WaitArgs};
+use nlxtp_host::area::{SharedArea, WalkLimits};
+use nlxtp_host::ops::hot::{self, DetachOptions, HotDisk, HotError};
+use nlxtp_host::ops::{self, Compression, DownloadOptions, UploadError, UploadReport};
+use nlxtp_host::vm::Qmp;
+
+use crate::args::{Format, HotArgs, QmpArg, Target, UploadArgs, WaitArgs};
 use crate::out::{self, note};
 use crate::progress::{CountingReader, Progress};
 use crate::{watch, Failure};
 
-/// `nlxtp upload`: the archive from a file, or from stdin for `-`.
-pub fn upload(target: &Target, archive: &Path, args: &UploadArgs) -> Result<ExitCode, Failure> {
+/// `nlxtp upload`: the archive from a file, or from stdin for `-`; with `--hot`, into a
+/// hot disk that is then plugged into the running VM.
+pub fn upload(
+    target: &Target,
+    archive: &Path,
+    args: &UploadArgs,
+    hot: &HotArgs,
+) -> Result<ExitCode, Failure> {
+    let into = |source, again| match hot.hot {
+        true => upload_hot(target, source, again, args, hot),
+        false => upload_from(target, source, again, args),
+    };
     if archive == Path::new("-") {
-        upload_from(target, Box::new(io::stdin().lock()), None, args)?;
+        into(Box::new(io::stdin().lock()), None)?;
     } else {
         let file = File::open(archive).map_err(|e| Failure {
             error: format!("cannot open the archive {}: {e}", archive.display()).into(),
@@ -28,7 +43,7 @@ pub fn upload(target: &Target, archive: &Path, args: &UploadArgs) -> Result<Exit
         let again = regular
             .then(|| file.try_clone().ok().map(Arc::new))
             .flatten();
-        upload_from(target, Box::new(file), again, args)?;
+        into(Box::new(file), again)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -58,30 +73,7 @@ fn upload_from(
     args: &UploadArgs,
 ) -> Result<(), Failure> {
     let area = target.open()?;
-    let progress = Progress::new("reading the archive");
-    let prepared = ops::prepare_upload(
-        area.as_ref(),
-        CountingReader::new(source, &progress),
-        &args.options(archive_file),
-    )?;
-    progress.phase(format!(
-        "writing {} into {}",
-        indicatif::HumanBytes(prepared.bytes()),
-        target.path.display()
-    ));
-    let report = prepared.write()?;
-    progress.finish();
-    for name in &report.dropped {
-        note!("nlxtp: note: left out {name} from the archive: it belongs to an earlier run");
-    }
-    for name in &report.stripped_mode_bits {
-        note!("nlxtp: note: cleared setuid/setgid/sticky bits of {name}");
-    }
-    if let Some(run) = &report.cut_off_run {
-        note!(
-            "nlxtp: note: replaced run {run}, which was cut off (the VM went off before it ended)"
-        );
-    }
+    let report = write_upload(area.as_ref(), &target.path, source, archive_file, args)?;
     if args.json {
         out::json(&report)?;
     } else {
@@ -98,6 +90,152 @@ fn upload_from(
         );
     }
     Ok(())
+}
+
+/// `nlxtp upload --hot`: the QMP socket first (nothing is written for a VM that cannot
+/// be reached), then the disk made or checked, written, and plugged in.
+fn upload_hot(
+    target: &Target,
+    source: Box<dyn Read>,
+    archive_file: Option<Arc<File>>,
+    args: &UploadArgs,
+    hot: &HotArgs,
+) -> Result<(), Failure> {
+    if target.rootfs.is_some() || crate::args::OPENER.get().is_some() {
+        return Err(Failure {
+            error: "--hot takes a disk image for a VM behind a QMP socket, not a container \
+                    or a libvirt domain"
+                .into(),
+            code: 2,
+        });
+    }
+    let mut qmp = connect(&hot.qmp)?;
+    let disk = HotDisk::open_or_create(&target.path, hot.size.unwrap_or(hot::HOT_DISK_SIZE))?;
+    let report = write_upload(disk.area(), &target.path, source, archive_file, args)
+        .map_err(HotError::from)?;
+    let attach = disk.attach(&mut qmp, report)?;
+    if args.json {
+        out::json(&attach)?;
+    } else {
+        note!(
+            "uploaded run {} ({} entries, {} bytes) into {}{} and attached it to the VM as {} \
+             ({} ms); the guest runs it now. When it has ended: nlxtp detach --qmp {} {}",
+            attach.upload.run_id,
+            attach.upload.entries,
+            attach.upload.bytes,
+            target.path.display(),
+            if attach.created { " (created)" } else { "" },
+            attach.node,
+            attach.attach_ms,
+            qmp.socket().display(),
+            target.path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The QMP connection `arg` names.
+fn connect(arg: &QmpArg) -> Result<Qmp, Failure> {
+    let socket: PathBuf = arg.socket().ok_or_else(|| Failure {
+        error: "give the running VM's QMP socket with --qmp SOCKET (or $NLXTP_QMP); QEMU \
+                serves one with -qmp unix:SOCKET,server=on,wait=off"
+            .into(),
+        code: 2,
+    })?;
+    Ok(Qmp::connect(&socket, Duration::from_secs(1))?)
+}
+
+/// `nlxtp detach`.
+pub fn detach(
+    image: &Path,
+    qmp: &QmpArg,
+    timeout: Duration,
+    force: bool,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let mut qmp = connect(qmp)?;
+    let disk = HotDisk::open(image)?;
+    if !force && !json {
+        note!(
+            "waiting up to {timeout:?} for the guest to release {}",
+            image.display()
+        );
+    }
+    let options = DetachOptions {
+        timeout,
+        force,
+        ..DetachOptions::default()
+    };
+    let report = disk.detach(&mut qmp, &options)?;
+    if json {
+        out::json(&report)?;
+    }
+    if !report.detached {
+        return Err(Failure {
+            error: format!(
+                "the guest did not let go of {} within {:?} of the unplug request (QEMU needs \
+                 the guest's ACPI to acknowledge it; a hung or hostile guest never does): the \
+                 VM still holds the disk and nothing was written to it; retry nlxtp detach, or \
+                 stop the VM",
+                image.display(),
+                options.device_timeout
+            )
+            .into(),
+            code: 1,
+        });
+    }
+    if !json {
+        let how = match (report.was_attached, report.released_by_guest) {
+            (false, _) => "it was not attached to this VM".to_owned(),
+            (true, true) => format!("released by the guest after {} ms", report.waited_ms),
+            (true, false) if force => "taken away at once (--force)".to_owned(),
+            (true, false) => format!(
+                "taken away: the guest had not released it after {} ms",
+                report.waited_ms
+            ),
+        };
+        note!("detached {}: {how}", image.display());
+        if report.record_written {
+            note!("nlxtp: note: the run had not ended; its record now says so (aborted: the host detached the disk)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the archive and writes it into `area` (shown as `shown`), with a progress line
+/// and notes on what was left out or changed.
+fn write_upload(
+    area: &dyn SharedArea,
+    shown: &Path,
+    source: Box<dyn Read>,
+    archive_file: Option<Arc<File>>,
+    args: &UploadArgs,
+) -> Result<UploadReport, UploadError> {
+    let progress = Progress::new("reading the archive");
+    let prepared = ops::prepare_upload(
+        area,
+        CountingReader::new(source, &progress),
+        &args.options(archive_file),
+    )?;
+    progress.phase(format!(
+        "writing {} into {}",
+        indicatif::HumanBytes(prepared.bytes()),
+        shown.display()
+    ));
+    let report = prepared.write()?;
+    progress.finish();
+    for name in &report.dropped {
+        note!("nlxtp: note: left out {name} from the archive: it belongs to an earlier run");
+    }
+    for name in &report.stripped_mode_bits {
+        note!("nlxtp: note: cleared setuid/setgid/sticky bits of {name}");
+    }
+    if let Some(run) = &report.cut_off_run {
+        note!(
+            "nlxtp: note: replaced run {run}, which was cut off (the VM went off before it ended)"
+        );
+    }
+    Ok(report)
 }
 
 /// `nlxtp download`: into `output`, or to stdout for `-`.
