@@ -189,13 +189,18 @@ impl HotDisk {
         self.created
     }
 
-    /// Plugs the disk, into which `upload` has just been written, into the VM behind
-    /// `qmp`: `blockdev-add` (a raw node on the file), then `device_add virtio-blk-pci`;
+    /// Plugs the disk (into which `upload` has just been written, or as it is: the guest
+    /// runs nothing that already ran, and marks a run cut off by a crash as aborted)
+    /// into the VM behind `qmp`: `blockdev-add` (a raw node on the file), then `device_add virtio-blk-pci`;
     /// if the device is refused, the node is deleted again.
     ///
     /// # Errors
     /// [`HotError::Attach`] with QEMU's answer, [`HotError::NotUtf8`].
-    pub fn attach(&self, qmp: &mut Qmp, upload: UploadReport) -> Result<AttachReport, HotError> {
+    pub fn attach(
+        &self,
+        qmp: &mut Qmp,
+        upload: Option<UploadReport>,
+    ) -> Result<AttachReport, HotError> {
         let filename = self.image.to_str().ok_or_else(|| HotError::NotUtf8 {
             image: self.image.clone(),
         })?;
@@ -334,8 +339,9 @@ pub struct AttachReport {
     pub node: String,
     /// The image was created.
     pub created: bool,
-    /// The upload.
-    pub upload: UploadReport,
+    /// The upload, unless the disk was plugged in again as it was (its job ran, or was
+    /// cut off, before).
+    pub upload: Option<UploadReport>,
     /// Milliseconds from `blockdev-add` to `device_add`'s reply.
     pub attach_ms: u64,
 }
@@ -373,7 +379,7 @@ pub fn attach(
     let disk = HotDisk::open_or_create(image, options.size)?;
     // A VM that holds the disk refuses the upload as `Busy`: StillAttached, here.
     let upload = prepare_upload(disk.area(), source, &options.upload)?.write()?;
-    disk.attach(qmp, upload)
+    disk.attach(qmp, Some(upload))
 }
 
 /// Takes the hot disk at `image` out of the VM behind `qmp` (see the module docs).

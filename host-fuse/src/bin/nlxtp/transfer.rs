@@ -113,16 +113,17 @@ fn upload_hot(
     let disk = HotDisk::open_or_create(&target.path, hot.size.unwrap_or(hot::HOT_DISK_SIZE))?;
     let report = write_upload(disk.area(), &target.path, source, archive_file, args)
         .map_err(HotError::from)?;
-    let attach = disk.attach(&mut qmp, report)?;
+    let (run_id, entries, bytes) = (report.run_id.clone(), report.entries, report.bytes);
+    let attach = disk.attach(&mut qmp, Some(report))?;
     if args.json {
         out::json(&attach)?;
     } else {
         note!(
             "uploaded run {} ({} entries, {} bytes) into {}{} and attached it to the VM as {} \
              ({} ms); the guest runs it now. When it has ended: nlxtp detach --qmp {} {}",
-            attach.upload.run_id,
-            attach.upload.entries,
-            attach.upload.bytes,
+            run_id,
+            entries,
+            bytes,
             target.path.display(),
             if attach.created { " (created)" } else { "" },
             attach.node,
