@@ -63,22 +63,22 @@ pub fn find_by_label(label: &str) -> Option<DevicePath> {
         if path.push_str("/dev/").is_err() || path.push_str(name).is_err() {
             continue;
         }
-        let Ok(dev) = fs::open(
-            path.as_str(),
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            continue;
-        };
-        let mut sector = [0u8; 512];
-        if !matches!(crate::area::read_fd(dev.as_fd(), &mut sector), Ok(512)) {
-            continue;
-        }
-        if fat_label(&sector).is_some_and(|found| found.eq_ignore_ascii_case(label.as_bytes())) {
+        if has_fat_label(&path, label) {
             return Some(path);
         }
     }
     None
+}
+
+/// Whether the block device at `path` holds a FAT filesystem labelled `label` (case
+/// does not matter, as on FAT). Reads its first sector only.
+pub fn has_fat_label(path: &str, label: &str) -> bool {
+    let Ok(dev) = fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) else {
+        return false;
+    };
+    let mut sector = [0u8; 512];
+    matches!(crate::area::read_fd(dev.as_fd(), &mut sector), Ok(512))
+        && fat_label(&sector).is_some_and(|found| found.eq_ignore_ascii_case(label.as_bytes()))
 }
 
 /// Creates `path` and its parents (like `mkdir -p`).
