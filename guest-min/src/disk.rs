@@ -96,13 +96,15 @@ pub fn make_dirs(path: &str) -> Result<(), Errno> {
     Ok(())
 }
 
-/// Mounts the vFAT disk at `target`. `flush` makes the kernel write a file's data out
-/// when it is closed, so results reach the disk soon even from scripts that never sync;
-/// the monitor still syncs its own files explicitly.
-pub fn mount_vfat(device: &str, target: &CStr) -> Result<(), Errno> {
+/// Mounts the vFAT disk at `target`. With `flush`, the kernel writes a file's data out
+/// when it is closed, so results reach the disk soon even from scripts that never sync
+/// (the boot disk, which the host may read at any time); the monitor still syncs its own
+/// files explicitly. It costs a 100 ms wait at each close of a written file.
+pub fn mount_vfat(device: &str, target: &CStr, flush: bool) -> Result<(), Errno> {
     let dir = target.to_str().map_err(|_| Errno::INVAL)?;
     make_dirs(dir)?;
-    match mount(device, target, "vfat", MountFlags::NOATIME, Some(c"flush")) {
+    let options = if flush { c"flush" } else { c"" };
+    match mount(device, target, "vfat", MountFlags::NOATIME, Some(options)) {
         // Already mounted there (by fstab, say): use it.
         Ok(()) | Err(Errno::BUSY) => Ok(()),
         Err(e) => Err(e),

@@ -319,7 +319,7 @@ fn mount_disk(options: &DaemonOptions) -> Option<&'static CStr> {
         return None;
     };
     let found_at = clock::now_ms();
-    if let Err(e) = disk::mount_vfat(&dev, mount_point) {
+    if let Err(e) = disk::mount_vfat(&dev, mount_point, true) {
         crate::log!(error: "cannot mount {} at {:?}: {e:?}", dev.as_str(), mount_point);
         return None;
     }
