@@ -532,10 +532,15 @@ fn run_job(
     };
     let code = daemon::run(daemon_config, env);
     crate::log!(
-        "hot disk {disk}: its run is over (daemon exit {code}, uptime {}); unmounting",
+        "hot disk {disk}: the daemon is done with it (exit {code}, uptime {}); unmounting",
         Uptime::now()
     );
     if let Err(e) = unmount_synced(mount_point.as_cstr()) {
+        if matches!(e, Errno::INVAL | Errno::NOENT) {
+            // The watcher detached the mount: the disk was removed.
+            crate::log!("hot disk {disk}: removed and detached; nothing to release");
+            return 1;
+        }
         crate::log!(
             error: "hot disk {disk}: cannot unmount {} ({e:?}); not released, the host detaches it when its wait ends",
             mount_point.as_str()
