@@ -72,7 +72,7 @@ const RECV_BUFFER: usize = 1 << 20;
 const EVENTS_PER_WAKE: usize = 256;
 
 /// A disk as the kernel names it: its node below `/dev` and, where the kernel has one,
-/// its disk sequence number (unique per boot; partitions have none).
+/// its disk sequence number (unique per boot; older kernels give partitions none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct DiskId {
     name: heapless::String<DEVNAME_MAX>,

@@ -52,7 +52,8 @@ pub struct BlockEvent<'a> {
     /// The node's name below `/dev`: one path component of at most [`DEVNAME_MAX`]
     /// bytes of `[A-Za-z0-9._-]`, not starting with a dot.
     pub devname: &'a str,
-    /// The kernel's disk sequence number (Linux 5.15 and later, disks only): it tells a
+    /// The kernel's disk sequence number (Linux 5.15 and later; a partition has its
+    /// disk's, from Linux 6.1 on at the latest): it tells a
     /// disk from an earlier one that had the same name.
     pub diskseq: Option<u64>,
 }

@@ -51,7 +51,7 @@ fn its_removal_and_partitions() {
         parse_kernel_message(&remove).map(|e| (e.action, e.devname, e.diskseq)),
         Some((Action::Remove, "vdb", Some(3)))
     );
-    // Partitions carry no DISKSEQ.
+    // A partition without DISKSEQ (older kernels send none for partitions).
     let part = block(
         "add",
         &[
