@@ -63,22 +63,22 @@ pub fn find_by_label(label: &str) -> Option<DevicePath> {
         if path.push_str("/dev/").is_err() || path.push_str(name).is_err() {
             continue;
         }
-        let Ok(dev) = fs::open(
-            path.as_str(),
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            continue;
-        };
-        let mut sector = [0u8; 512];
-        if !matches!(crate::area::read_fd(dev.as_fd(), &mut sector), Ok(512)) {
-            continue;
-        }
-        if fat_label(&sector).is_some_and(|found| found.eq_ignore_ascii_case(label.as_bytes())) {
+        if has_fat_label(&path, label) {
             return Some(path);
         }
     }
     None
+}
+
+/// Whether the block device at `path` holds a FAT filesystem labelled `label` (case
+/// does not matter, as on FAT). Reads its first sector only.
+pub fn has_fat_label(path: &str, label: &str) -> bool {
+    let Ok(dev) = fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) else {
+        return false;
+    };
+    let mut sector = [0u8; 512];
+    matches!(crate::area::read_fd(dev.as_fd(), &mut sector), Ok(512))
+        && fat_label(&sector).is_some_and(|found| found.eq_ignore_ascii_case(label.as_bytes()))
 }
 
 /// Creates `path` and its parents (like `mkdir -p`).
@@ -96,13 +96,15 @@ pub fn make_dirs(path: &str) -> Result<(), Errno> {
     Ok(())
 }
 
-/// Mounts the vFAT disk at `target`. `flush` makes the kernel write a file's data out
-/// when it is closed, so results reach the disk soon even from scripts that never sync;
-/// the monitor still syncs its own files explicitly.
-pub fn mount_vfat(device: &str, target: &CStr) -> Result<(), Errno> {
+/// Mounts the vFAT disk at `target`. With `flush`, the kernel writes a file's data out
+/// when it is closed, so results reach the disk soon even from scripts that never sync
+/// (the boot disk, which the host may read at any time); the monitor still syncs its own
+/// files explicitly. It costs a 100 ms wait at each close of a written file.
+pub fn mount_vfat(device: &str, target: &CStr, flush: bool) -> Result<(), Errno> {
     let dir = target.to_str().map_err(|_| Errno::INVAL)?;
     make_dirs(dir)?;
-    match mount(device, target, "vfat", MountFlags::NOATIME, Some(c"flush")) {
+    let options = if flush { c"flush" } else { c"" };
+    match mount(device, target, "vfat", MountFlags::NOATIME, Some(options)) {
         // Already mounted there (by fstab, say): use it.
         Ok(()) | Err(Errno::BUSY) => Ok(()),
         Err(e) => Err(e),

@@ -1,9 +1,10 @@
 //! `nlxtp-guest`: the program inside every nlxtp guest, a VM or a container.
 //!
-//! One static binary with three roles: the **daemon** (started at boot; finds the shared
+//! One static binary with four roles: the **daemon** (started at boot; finds the shared
 //! area and starts each new upload exactly once), the **monitor** (a forked child of the
-//! daemon that runs `auto_exec.sh` and keeps the status file) and the **status helper**
-//! (`archive_setstatus TEXT`). It is `no_std` on top of the C library's startup code and
+//! daemon that runs `auto_exec.sh` and keeps the status file), the **status helper**
+//! (`archive_setstatus TEXT`) and the **hot-plug watcher** (runs the daemon once on each
+//! shared disk attached to the running VM, then releases the disk). It is `no_std` on top of the C library's startup code and
 //! raw system calls (`rustix`), so it stays small, allocates nothing, and runs in an
 //! initramfs that has nothing but busybox. The protocol is `nlxtp-core`'s.
 #![no_std]
@@ -16,11 +17,13 @@ mod custom;
 mod daemon;
 mod disk;
 mod helper;
+mod hotplug;
 mod live;
 mod monitor;
 mod shebang;
 mod spawn;
 mod sys;
+mod uevent;
 
 use core::ffi::{c_char, c_int, CStr};
 
@@ -45,6 +48,15 @@ Usage:
       --heartbeat-ms N   heartbeat interval the monitor promises (default 2000)
       --output-cap BYTES cap on each captured output stream (default 16 MiB)
       --boot-id HEX      boot identity to use instead of the kernel's
+  nlxtp-guest hotplug [--label LABEL] [--mount-dir DIR] [options]
+      Keep running: for each FAT disk labelled LABEL (default NLXTP-HOT, never the
+      boot disk's NLXTP) that is attached to the running VM, or already there at
+      start, mount it at DIR/<device>-<diskseq> (default /run/nlxtp/hot), run its
+      auto_exec.sh once as the daemon does, unmount it and write the release mark
+      into its boot sector: the host may detach it then. Learns of disks from kernel
+      uevents (no udev needed). A disk removed during its run: the run is stopped.
+      SIGTERM stops every run, unmounts and releases, then exits.
+      --heartbeat-ms N, --output-cap BYTES  as for the daemon
   nlxtp-guest status set TEXT... | -
       Set the run's custom status (from inside auto_exec.sh, or a program it starts):
       the words joined by spaces, or standard input for '-'; at most 64 KiB (65536
@@ -114,6 +126,7 @@ fn dispatch(args: CStrList, env: CStrList) -> c_int {
     }
     match words.as_slice() {
         ["daemon", ..] => daemon_command(&list[1..], env),
+        ["hotplug", ..] => hotplug_command(&list[1..], env),
         ["status", "show", ..] => show(list.get(2).copied().unwrap_or(c"/mnt/nlXTP")),
         ["stop", ..] => stop_daemon(&list[1..]),
         ["help" | "--help" | "-h", ..] | [] => {
@@ -238,6 +251,50 @@ fn daemon_command(args: &[&'static CStr], env: CStrList) -> c_int {
     daemon::run(config, env)
 }
 
+/// `nlxtp-guest hotplug [--label LABEL] [--mount-dir DIR] [--heartbeat-ms N]
+/// [--output-cap BYTES]`.
+fn hotplug_command(args: &[&'static CStr], env: CStrList) -> c_int {
+    let mut config = hotplug::HotplugConfig {
+        label: layout::HOT_VOLUME_LABEL,
+        mount_dir: layout::GUEST_HOT_MOUNT_DIR,
+        heartbeat_ms: 2_000,
+        output_cap: 16 << 20,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().and_then(|v| v.to_str().ok());
+        let ok = match flag.to_str().unwrap_or("") {
+            // Eleven bytes at most on FAT; the boot disk's label would take it away
+            // from the boot daemon.
+            "--label" => value
+                .filter(|v| !v.is_empty() && v.len() <= 11)
+                .filter(|v| !v.eq_ignore_ascii_case(layout::DEFAULT_VOLUME_LABEL))
+                .map(|v| config.label = v)
+                .is_some(),
+            "--mount-dir" => value
+                .filter(|v| v.starts_with('/') && v.len() <= hotplug::MOUNT_DIR_MAX)
+                .map(|v| config.mount_dir = v)
+                .is_some(),
+            "--heartbeat-ms" => value
+                .and_then(|v| v.parse().ok())
+                .filter(|&v| v > 0)
+                .map(|v| config.heartbeat_ms = v)
+                .is_some(),
+            "--output-cap" => value
+                .and_then(|v| v.parse().ok())
+                .map(|v| config.output_cap = v)
+                .is_some(),
+            _ => false,
+        };
+        if !ok {
+            return usage_error(
+                "bad or incomplete hotplug option (a label other than NLXTP, an absolute --mount-dir)",
+            );
+        }
+    }
+    hotplug::run(config, env)
+}
+
 /// Waits for the shared disk to appear and mounts it; returns the mount point, or
 /// `None` once the failure is logged.
 fn mount_disk(options: &DaemonOptions) -> Option<&'static CStr> {
@@ -262,7 +319,7 @@ fn mount_disk(options: &DaemonOptions) -> Option<&'static CStr> {
         return None;
     };
     let found_at = clock::now_ms();
-    if let Err(e) = disk::mount_vfat(&dev, mount_point) {
+    if let Err(e) = disk::mount_vfat(&dev, mount_point, true) {
         crate::log!(error: "cannot mount {} at {:?}: {e:?}", dev.as_str(), mount_point);
         return None;
     }

@@ -129,11 +129,13 @@ pub fn image(init: Init) -> Result<DistroImage> {
 }
 
 /// The files of `guest-min/dist/` an install uses.
-const DIST_FILES: [&str; 5] = [
+const DIST_FILES: [&str; 7] = [
     "README.md",
     "nlxtp-guest.service",
     "nlxtp-guest.init",
     "nlxtp-guest.modules",
+    "nlxtp-guest-hotplug.service",
+    "nlxtp-guest-hotplug.init",
     "S99nlxtp",
 ];
 

@@ -17,9 +17,10 @@ use super::debian::{self, FetchError};
 use super::kernel::{Kernel, KernelError};
 use super::Arch;
 
-/// The guest's `/init`. It mounts the pseudo filesystems, loads the modules, runs the
-/// nlxtp daemon on the disk labelled NLXTP, then syncs and powers off, or stays up with
-/// `nlxtp.stay` on the kernel command line. Lines starting `nlxtp-init:` on the console
+/// The guest's `/init`. It mounts the pseudo filesystems, loads the modules, starts the
+/// hot-plug watcher in the background (disks labelled NLXTP-HOT attached while the VM
+/// runs), runs the nlxtp daemon on the disk labelled NLXTP, then syncs and powers off, or
+/// stays up with `nlxtp.stay` on the kernel command line. Lines starting `nlxtp-init:` on the console
 /// are readiness signals and timing marks (guest uptime).
 pub const INIT: &str = r#"#!/.nlxtp/busybox sh
 b=/.nlxtp/busybox
@@ -43,6 +44,10 @@ for arg in $($b cat /proc/cmdline); do
   esac
 done
 echo "nlxtp-init: booted; starting the daemon at uptime $(up)"
+# Jobs on disks attached to the running VM (label NLXTP-HOT), from now on: also during
+# the boot disk's run and while the VM stays up.
+/.nlxtp/bin/nlxtp-guest hotplug --heartbeat-ms "$heartbeat" &
+hot=$!
 /.nlxtp/bin/nlxtp-guest daemon --label NLXTP --mount-point /mnt/nlXTP --heartbeat-ms "$heartbeat"
 echo "nlxtp-init: daemon exited with $? at uptime $(up)"
 $b sync
@@ -50,6 +55,10 @@ if [ "$stay" = 1 ]; then
   echo "nlxtp-init: staying up"
   while true; do $b sleep 3600; done
 fi
+# A hot disk's job records its stop, unmounts and releases its disk (bounded by the
+# watcher) before the power goes.
+$b kill "$hot" 2>/dev/null
+wait "$hot"
 $b umount /mnt/nlXTP 2>/dev/null
 echo "nlxtp-init: powering off at uptime $(up)"
 $b poweroff -f
