@@ -25,7 +25,7 @@ pub mod libvirt;
 pub mod qemu;
 pub mod vm;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The repository's root (this crate lives in `harness/`).
 pub fn repo_root() -> PathBuf {
@@ -35,3 +35,37 @@ pub fn repo_root() -> PathBuf {
 /// Where downloaded and built artefacts are kept between runs: `$NLXTP_CACHE`, else
 /// `~/.cache/nlxtp`. Outside the repository, so nothing large is ever committed.
 pub use nlxtp_host::vm::cache_dir;
+
+/// The binary `name` of the host crate (with `features`, comma-separated, or none): the
+/// one a `cargo test` of the workspace built beside this test or benchmark, else one
+/// built now into a target directory of its own (the outer cargo holds the lock of the
+/// workspace's).
+///
+/// # Errors
+/// When cargo cannot be run or fails.
+pub fn host_binary(name: &str, features: &str) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    let exe = std::env::current_exe()?;
+    // target/PROFILE/deps/TEST-HASH -> target/PROFILE/NAME
+    if let Some(beside) = exe.parent().and_then(Path::parent).map(|d| d.join(name)) {
+        if beside.is_file() {
+            return Ok(beside);
+        }
+    }
+    let target = repo_root().join(format!("target/{name}-for-tests"));
+    let mut cargo = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
+    cargo
+        .current_dir(repo_root())
+        .args(["build", "--quiet", "--locked", "-p", "nlxtp-host"]);
+    if !features.is_empty() {
+        cargo.args(["--features", features]);
+    }
+    let status = cargo
+        .args(["--bin", name, "--target-dir"])
+        .arg(&target)
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .with_context(|| format!("could not run cargo to build {name}"))?;
+    anyhow::ensure!(status.success(), "building {name} failed ({status})");
+    Ok(target.join("debug").join(name))
+}

@@ -382,31 +382,6 @@ fn nlxtp_run_boots_a_debian_image() {
     assert!(stdout.contains("systemd"), "{stdout}");
 }
 
-/// The `nlxtp` binary of this workspace: `cargo test --workspace` builds it for the
-/// host crate's tests; otherwise it is built here, in a target directory of its own
-/// (the running `cargo test` may hold the workspace's).
 fn nlxtp_binary() -> std::path::PathBuf {
-    let root = nlxtp_harness::repo_root();
-    let built = root.join("target/debug/nlxtp");
-    if built.is_file() {
-        return built;
-    }
-    let own = root.join("target/harness-nlxtp");
-    let status = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "nlxtp-host",
-            "--bin",
-            "nlxtp",
-            "--target-dir",
-        ])
-        .arg(&own)
-        .current_dir(&root)
-        .env_remove("CARGO_TARGET_DIR")
-        .status()
-        .unwrap();
-    assert!(status.success(), "cargo build of nlxtp failed");
-    own.join("debug/nlxtp")
+    nlxtp_harness::host_binary("nlxtp", "").unwrap()
 }

@@ -307,3 +307,87 @@ fn a_guest_that_ignores_the_disk() {
     assert!(!files(disk.area()).contains_key("runs.txt"));
     vm.stop();
 }
+
+/// The cycle as a user types it, with the `nlxtp` binary: `upload --hot`, `wait` (exit
+/// code of the job), `logs`, `detach --json`, `download`; the socket from `$NLXTP_QMP`
+/// for `detach`.
+#[test]
+fn the_hot_cycle_with_the_cli() {
+    let mut setup = GuestSetup::new(16).unwrap();
+    let (mut vm, qmp) = boot_hot(&mut setup);
+    drop(qmp); // QEMU serves one QMP client at a time.
+    let socket = vm.qmp_socket().unwrap().to_owned();
+    let nlxtp = nlxtp_harness::host_binary("nlxtp", "").unwrap();
+    let image = hot_image(&setup, "cli.img");
+    let job_file = setup.dir().join("job.tar.gz");
+    std::fs::write(&job_file, job("from the cli", 7, "")).unwrap();
+    let run = |args: &[&std::ffi::OsStr], env_qmp: bool| {
+        let mut command = std::process::Command::new(&nlxtp);
+        command.args(args);
+        if env_qmp {
+            command.env("NLXTP_QMP", &socket);
+        }
+        command.output().unwrap()
+    };
+    let os = |s: &str| std::ffi::OsStr::new(s).to_owned();
+    let up = run(
+        &[
+            &os("upload"),
+            &os("--hot"),
+            &os("--qmp"),
+            socket.as_os_str(),
+            &os("--size"),
+            &os("8M"),
+            image.as_os_str(),
+            job_file.as_os_str(),
+        ],
+        false,
+    );
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let waited = run(
+        &[&os("wait"), &os("--timeout"), &os("120"), image.as_os_str()],
+        false,
+    );
+    assert_eq!(
+        waited.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    let logs = run(&[&os("logs"), image.as_os_str()], false);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "from the cli\n");
+    let detached = run(&[&os("detach"), &os("--json"), image.as_os_str()], true);
+    assert!(
+        detached.status.success(),
+        "{}",
+        String::from_utf8_lossy(&detached.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&detached.stdout).unwrap();
+    assert_eq!(report["released_by_guest"], true, "{report}");
+    assert_eq!(report["detached"], true, "{report}");
+    let results = setup.dir().join("results.tar.gz");
+    let down = run(
+        &[&os("download"), image.as_os_str(), results.as_os_str()],
+        false,
+    );
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let list = std::process::Command::new("tar")
+        .arg("tzf")
+        .arg(&results)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.contains("result.txt") && list.contains("runs.txt"),
+        "{list}"
+    );
+    vm.stop();
+}
