@@ -372,9 +372,11 @@ fn add_dynamic_program<W: Write>(cpio: &mut Cpio<W>, program: &Path) -> Result<(
     Ok(())
 }
 
-/// A writer of the "new ASCII" (newc) cpio format. Each path is written once: the
-/// first entry for a path wins.
-struct Cpio<W: Write> {
+/// A writer of the "new ASCII" (newc) cpio format, as the kernel unpacks an initramfs.
+/// Each path is written once: the first entry for a path wins. Every entry has owner 0,
+/// time 0 and inodes counted from 1: the same calls give the same bytes.
+#[derive(Debug)]
+pub struct Cpio<W: Write> {
     out: W,
     next_ino: u32,
     written: u64,
@@ -382,7 +384,8 @@ struct Cpio<W: Write> {
 }
 
 impl<W: Write> Cpio<W> {
-    fn new(out: W) -> Self {
+    /// A writer into `out`.
+    pub fn new(out: W) -> Self {
         Cpio {
             out,
             next_ino: 1,
@@ -391,19 +394,35 @@ impl<W: Write> Cpio<W> {
         }
     }
 
-    fn dir(&mut self, path: &str, perm: u32) -> io::Result<()> {
+    /// A directory (`path` without a leading `/`, as all paths here).
+    ///
+    /// # Errors
+    /// When `out` fails.
+    pub fn dir(&mut self, path: &str, perm: u32) -> io::Result<()> {
         self.entry(path, 0o040000 | perm, 2, (0, 0), &[])
     }
 
-    fn file(&mut self, path: &str, perm: u32, data: &[u8]) -> io::Result<()> {
+    /// A regular file.
+    ///
+    /// # Errors
+    /// When `out` fails or `data` is over 4 GiB.
+    pub fn file(&mut self, path: &str, perm: u32, data: &[u8]) -> io::Result<()> {
         self.entry(path, 0o100000 | perm, 1, (0, 0), data)
     }
 
-    fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
+    /// A symbolic link.
+    ///
+    /// # Errors
+    /// When `out` fails.
+    pub fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
         self.entry(path, 0o120000 | 0o777, 1, (0, 0), target.as_bytes())
     }
 
-    fn char_device(&mut self, path: &str, perm: u32, major: u32, minor: u32) -> io::Result<()> {
+    /// A character device.
+    ///
+    /// # Errors
+    /// When `out` fails.
+    pub fn char_device(&mut self, path: &str, perm: u32, major: u32, minor: u32) -> io::Result<()> {
         self.entry(path, 0o020000 | perm, 1, (major, minor), &[])
     }
 
@@ -459,7 +478,11 @@ impl<W: Write> Cpio<W> {
         self.put(&[0u8; 3][..pad as usize])
     }
 
-    fn finish(mut self) -> io::Result<W> {
+    /// The trailer; returns `out`.
+    ///
+    /// # Errors
+    /// When `out` fails.
+    pub fn finish(mut self) -> io::Result<W> {
         self.entry("TRAILER!!!", 0, 1, (0, 0), &[])?;
         Ok(self.out)
     }

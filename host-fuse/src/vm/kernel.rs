@@ -29,6 +29,8 @@ pub struct Kernel {
     pub image: PathBuf,
     /// The modules to load, in load order (dependencies first).
     pub modules: Vec<Module>,
+    /// Where its modules are (`lib/modules/VERSION` or a build tree), if anywhere.
+    pub modules_dir: Option<PathBuf>,
 }
 
 /// A loadable module file.
@@ -217,51 +219,84 @@ impl Kernel {
                 arch,
                 image,
                 modules: Vec::new(),
+                modules_dir: None,
             });
         };
-        let builtin_list = builtin.map_or_else(|| dir.join("modules.builtin"), Path::to_owned);
-        let builtin: BTreeSet<String> = fs::read_to_string(&builtin_list)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(module_name)
-            .collect();
-        let mut index = BTreeMap::new();
-        index_modules(dir, &mut index, 0)?;
-        let mut order = Vec::new();
-        let mut missing = Vec::new();
-        let mut seen = BTreeSet::new();
-        for (root, required) in REQUIRED
-            .iter()
-            .map(|r| (r, true))
-            .chain(WANTED.iter().map(|w| (w, false)))
-        {
-            if !required && !builtin.contains(*root) && !index.contains_key(*root) {
-                continue;
-            }
-            visit(
-                root,
-                &index,
-                &builtin,
-                &mut seen,
-                &mut order,
-                &mut missing,
-                0,
-            )?;
-        }
-        if !missing.is_empty() {
-            return Err(KernelError::MissingModules {
-                kernel: name.to_owned(),
-                missing,
-                searched: dir.to_owned(),
-            });
-        }
+        let modules = resolve(name, dir, builtin, &REQUIRED, &WANTED)?;
         Ok(Kernel {
             name: name.to_owned(),
             arch,
             image,
-            modules: order,
+            modules,
+            modules_dir: Some(dir.to_owned()),
         })
     }
+
+    /// Other modules of this kernel than the shared disk's: `required` and, where the
+    /// kernel has them, `wanted`, with their dependencies, in load order; built-in ones
+    /// left out. Empty for a bare image (no modules directory).
+    ///
+    /// # Errors
+    /// [`KernelError::MissingModules`] naming the required ones it has neither built in
+    /// nor as modules.
+    pub fn modules_for(
+        &self,
+        required: &[&str],
+        wanted: &[&str],
+    ) -> Result<Vec<Module>, KernelError> {
+        match &self.modules_dir {
+            Some(dir) => resolve(&self.name, dir, None, required, wanted),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The modules under `dir` that `required` and (where there) `wanted` need, in load
+/// order. `builtin` is the `modules.builtin` list, by default `dir/modules.builtin`.
+fn resolve(
+    name: &str,
+    dir: &Path,
+    builtin: Option<&Path>,
+    required: &[&str],
+    wanted: &[&str],
+) -> Result<Vec<Module>, KernelError> {
+    let builtin_list = builtin.map_or_else(|| dir.join("modules.builtin"), Path::to_owned);
+    let builtin: BTreeSet<String> = fs::read_to_string(&builtin_list)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(module_name)
+        .collect();
+    let mut index = BTreeMap::new();
+    index_modules(dir, &mut index, 0)?;
+    let mut order = Vec::new();
+    let mut missing = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (root, required) in required
+        .iter()
+        .map(|r| (r, true))
+        .chain(wanted.iter().map(|w| (w, false)))
+    {
+        if !required && !builtin.contains(*root) && !index.contains_key(*root) {
+            continue;
+        }
+        visit(
+            root,
+            &index,
+            &builtin,
+            &mut seen,
+            &mut order,
+            &mut missing,
+            0,
+        )?;
+    }
+    if !missing.is_empty() {
+        return Err(KernelError::MissingModules {
+            kernel: name.to_owned(),
+            missing,
+            searched: dir.to_owned(),
+        });
+    }
+    Ok(order)
 }
 
 impl Kernel {
