@@ -8,6 +8,7 @@
 //!    `ops::upload` of the same file (what `nlxtp upload` does), best of 3 each.
 //!
 //! `cargo bench -p nlxtp-host --features serve --bench serve_load`
+//! (`NLXTP_SERVE_BENCH=upload` for 3. alone)
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -206,8 +207,11 @@ fn main() {
         .unwrap();
     let addr = running.addr();
 
-    list_latency(addr, 50, 10);
-    followers(addr, 200, soak);
+    // NLXTP_SERVE_BENCH=upload: the upload comparison alone.
+    if std::env::var("NLXTP_SERVE_BENCH").as_deref() != Ok("upload") {
+        list_latency(addr, 50, 10);
+        followers(addr, 200, soak);
+    }
 
     let archive = job("#!/bin/sh\necho big\n", 100 << 20);
     let file = dir.path().join("job.tar");

@@ -46,8 +46,9 @@ pub struct Module {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KernelError {
-    /// The kernel lacks what the shared disk needs.
-    #[error("the kernel {kernel} has neither built in nor as modules (under {}) what the shared disk needs: {}; use a kernel with CONFIG_VIRTIO_PCI, CONFIG_VIRTIO_BLK, CONFIG_VFAT_FS and CONFIG_NLS_CODEPAGE_437 set to y or m", searched.display(), missing.join(", "))]
+    /// The kernel lacks modules that are needed (by the shared disk, or by a caller of
+    /// [`Kernel::modules_for`]).
+    #[error("the kernel {kernel} has neither built in nor as modules (under {}) what is needed: {}; use a kernel that has them (set to y or m; the shared disk needs CONFIG_VIRTIO_PCI, CONFIG_VIRTIO_BLK, CONFIG_VFAT_FS and CONFIG_NLS_CODEPAGE_437)", searched.display(), missing.join(", "))]
     MissingModules {
         /// The kernel's name.
         kernel: String,
