@@ -235,6 +235,41 @@ fn sigint_mid_run_leaves_nothing_behind() {
     assert_nothing_left(run.tmp.path());
 }
 
+/// SIGKILL, which `nlxtp run` cannot catch: its QEMU dies with it (a parent-death
+/// signal), so no VM runs on; only its temporary directory stays behind.
+#[test]
+fn sigkill_mid_run_leaves_no_vm_running() {
+    let mut run = Run::new(&["--", "sh", "-c", "echo started; sleep 600"]);
+    let mut child = run.spawn();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    let needle = run.tmp.path().to_string_lossy().into_owned();
+    let qemus = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let cmdline = text(&cmdline);
+                cmdline.contains("qemu-system") && cmdline.contains(&needle)
+            })
+            .count()
+    };
+    assert_eq!(qemus(), 1, "the run's QEMU is found while it runs");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while qemus() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU outlived a SIGKILLed nlxtp run"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A kernel as an unpacked package holding only what `nlxtp run` needs, in `dir`,
 /// optionally without some modules.
 fn small_kernel(dir: &Path, without: &[&str]) -> PathBuf {

@@ -93,6 +93,16 @@ pub enum QemuError {
     },
 }
 
+/// util-linux's `setpriv`, which starts a program with a parent-death signal.
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// `program` as found in `$PATH`.
+fn find_program(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+}
+
 impl QemuConfig {
     /// The QEMU program for the architecture, and the Debian package that has it.
     pub fn program(&self) -> (&'static str, &'static str) {
@@ -109,8 +119,22 @@ impl QemuConfig {
 
     /// The command line: no default devices, no network, no display, the serial console
     /// into the log, no reboot (a guest's reboot or panic ends QEMU).
+    ///
+    /// QEMU never outlives the thread that starts it: it runs under util-linux's
+    /// `setpriv --pdeathsig KILL` (in every Debian system), so a `nlxtp run` killed with
+    /// SIGKILL, which can clean nothing up, still leaves no VM behind. Without setpriv,
+    /// QEMU is started directly.
     pub fn command(&self) -> Command {
-        let mut command = Command::new(self.program().0);
+        let program = self.program().0;
+        let mut command = match (Path::new(SETPRIV).is_file(), find_program(program)) {
+            (true, Some(path)) => {
+                let mut wrapped = Command::new(SETPRIV);
+                wrapped.args(["--pdeathsig", "KILL", "--"]).arg(path);
+                wrapped
+            }
+            // Not found: started as is, so that spawning fails with QEMU's own name.
+            _ => Command::new(program),
+        };
         let machine = match self.arch {
             Arch::X86_64 => "pc",
             Arch::Aarch64 => "virt",
