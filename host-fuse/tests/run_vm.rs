@@ -336,6 +336,98 @@ fn guest_build_is_reproducible() {
     assert!(a == b, "two builds from the same inputs differ");
 }
 
+/// Runs `nlxtp run --kernel KERNEL -- echo ok` and checks the job ran.
+fn runs_on(kernel: &Path) {
+    let mut run = Run::new(&["--kernel", kernel.to_str().unwrap(), "--", "echo", "ok"]);
+    let out = wait_output(run.spawn(), Duration::from_secs(180));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ok\n");
+}
+
+/// Modules compressed as distributions ship them (Debian 13 uses `.ko.xz`, Fedora and
+/// Ubuntu `.ko.zst`): unpacked on the host for busybox's insmod.
+#[test]
+fn compressed_modules_ko_xz_and_ko_zst() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = small_kernel(dir.path(), &[]);
+    let version = std::fs::read_dir(kernel.join("lib/modules"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut compressed = [0, 0];
+    for (i, entry) in std::fs::read_dir(version.join("kernel"))
+        .unwrap()
+        .enumerate()
+    {
+        let path = entry.unwrap().path();
+        // Both replace the file with its compressed form (xz by default).
+        let (tool, args, which) = if i % 2 == 0 {
+            ("xz", &["-q"][..], 0)
+        } else {
+            ("zstd", &["-q", "--rm"][..], 1)
+        };
+        let status = Command::new(tool).args(args).arg(&path).status().unwrap();
+        assert!(status.success(), "{tool} {}", path.display());
+        compressed[which] += 1;
+    }
+    assert!(compressed[0] > 0 && compressed[1] > 0, "{compressed:?}");
+    runs_on(&kernel);
+}
+
+/// A kernel build tree (`--kernel ~/linux`): `arch/x86/boot/bzImage`, the modules where
+/// the build left them, `modules.builtin` and `include/config/kernel.release`.
+#[test]
+fn a_kernel_build_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let package = small_kernel(dir.path(), &[]);
+    let version_dir = std::fs::read_dir(package.join("lib/modules"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let version = version_dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let tree = dir.path().join("linux");
+    std::fs::create_dir_all(tree.join("arch/x86/boot")).unwrap();
+    std::fs::create_dir_all(tree.join("include/config")).unwrap();
+    std::fs::copy(
+        package.join("boot").join(format!("vmlinuz-{version}")),
+        tree.join("arch/x86/boot/bzImage"),
+    )
+    .unwrap();
+    std::fs::write(
+        tree.join("include/config/kernel.release"),
+        format!("{version}\n"),
+    )
+    .unwrap();
+    let debian = Path::new("/lib/modules")
+        .join(&version)
+        .join("modules.builtin");
+    let builtin = std::fs::read(&debian)
+        .or_else(|_| {
+            let kernel =
+                nlxtp_host::vm::Kernel::debian(nlxtp_host::vm::Arch::X86_64, &mut |_| {}).unwrap();
+            std::fs::read(kernel.modules_dir.unwrap().join("modules.builtin"))
+        })
+        .unwrap();
+    std::fs::write(tree.join("modules.builtin"), builtin).unwrap();
+    // Each module in a directory of its own, as a build leaves them (drivers/..., fs/...).
+    for entry in std::fs::read_dir(version_dir.join("kernel")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let sub = tree.join("drivers").join(name.trim_end_matches(".ko"));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::copy(&path, sub.join(&name)).unwrap();
+    }
+    runs_on(&tree);
+}
+
 #[test]
 fn as_an_ordinary_user() {
     // Everything the user needs, in a directory it owns: no root, no mount, no loop.
