@@ -274,17 +274,23 @@ fn cycle_on_a_second_host_over_tcp() {
     assert!(text.contains("exited with code 3"), "{text}");
 
     // upload --start boots the domain after the upload; wait follows the run to its end.
-    let job = archive(&[("auto_exec.sh", b"#!/bin/sh\necho again > out.txt\n", 0o755)]).unwrap();
     let job_file = work.path().join("job.tar.gz");
-    std::fs::write(&job_file, job).unwrap();
-    run(&[
-        "-c",
-        &uri,
-        "upload",
-        "--start",
-        "nlxtp-db1",
-        job_file.to_str().unwrap(),
-    ]);
+    let upload_start = |script: &[u8]| {
+        std::fs::write(
+            &job_file,
+            archive(&[("auto_exec.sh", script, 0o755)]).unwrap(),
+        )
+        .unwrap();
+        run(&[
+            "-c",
+            &uri,
+            "upload",
+            "--start",
+            "nlxtp-db1",
+            job_file.to_str().unwrap(),
+        ]);
+    };
+    upload_start(b"#!/bin/sh\necho again > out.txt\n");
     run(&["-c", &uri, "wait", "nlxtp-db1", "--timeout", "180"]);
     wait_shut_off(&uri, "nlxtp-db1", Duration::from_secs(120)).unwrap();
     let out = area
@@ -294,21 +300,7 @@ fn cycle_on_a_second_host_over_tcp() {
 
     // A domain destroyed in the middle of a run: the volume is no longer in use, so the
     // run is seen as cut off (wait exits 126 at once, status says so), never as running.
-    let job = archive(&[(
-        "auto_exec.sh",
-        b"#!/bin/sh\necho started\nsleep 600\n",
-        0o755,
-    )])
-    .unwrap();
-    std::fs::write(&job_file, job).unwrap();
-    run(&[
-        "-c",
-        &uri,
-        "upload",
-        "--start",
-        "nlxtp-db1",
-        job_file.to_str().unwrap(),
-    ]);
+    upload_start(b"#!/bin/sh\necho started\nsleep 600\n");
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     let run_state = || {
         let report: serde_json::Value =
