@@ -206,6 +206,10 @@ fn cli_command() -> clap::Command {
         })
         .mut_subcommand("upload", |upload| {
             upload
+                .long_about("Replace the domain's shared disk's content with an archive whose auto_exec.sh \
+                    the guest runs at its next boot (the domain must be off; --start boots it). \
+                    With --hot: a job for the RUNNING domain, in a new hot volume hot-plugged into it \
+                    (see nlxtp-libvirt --help and nlxtp-libvirt detach --help).")
                 .mut_arg("socket", |a| a.hide(true))
                 .mut_arg("hot", |a| a.help("Hot-plug the job into the running DOMAIN: a new hot volume (see nlxtp-libvirt --help), written, uploaded through a stream and attached live; nlxtp-libvirt detach --hot takes it out"))
                 .mut_arg("size", |a| a.help("With --hot: the size of the volume that is made (default 64M)"))
@@ -221,6 +225,8 @@ fn cli_command() -> clap::Command {
         command = command.mut_subcommand(files_only, |c| c.hide(true));
     }
     command = command.mut_arg("rootfs", |a| a.hide(true));
+    // nlxtp's `detach` (a hot disk image, through QMP) gives way to this binary's.
+    command = command.mut_subcommand("detach", |c| c.name("nlxtp-detach").hide(true));
     for own in Disks::command().get_subcommands() {
         command = command.subcommand(own.clone());
     }
