@@ -48,10 +48,12 @@ use super::{
 };
 use crate::area::vfat::{self, create_disk, partition, BootSector, CreateError, DiskOptions};
 use crate::area::{
-    AreaError, AreaKind, AreaPath, AreaHold, Capabilities, Durability, SharedArea, StatusRead,
+    AreaError, AreaHold, AreaKind, AreaPath, Capabilities, Durability, SharedArea, StatusRead,
     UploadFile, Visitor, WalkLimits,
 };
-use crate::ops::hot::{millis, record_detached, wait_released, DetachOptions, DetachReport, HotError, HOT_DISK_SIZE};
+use crate::ops::hot::{
+    millis, record_detached, wait_released, DetachOptions, DetachReport, HotError, HOT_DISK_SIZE,
+};
 use crate::ops::{self, UploadError, UploadOptions, UploadReport};
 
 /// The `<serial>` of a hot disk in a domain's live XML (the same text as its FAT label).
@@ -79,7 +81,9 @@ pub enum HotVolumeError {
         pool: String,
     },
     /// Several hot disks are attached: which one is meant?
-    #[error("domain {domain} has {count} hot disks attached ({volumes}): choose one with --volume NAME")]
+    #[error(
+        "domain {domain} has {count} hot disks attached ({volumes}): choose one with --volume NAME"
+    )]
     SeveralHotDisks {
         /// The domain.
         domain: String,
@@ -441,7 +445,10 @@ pub fn attached_hot_disks(
     domain: &Domain,
     name: &str,
 ) -> Result<Vec<AttachedHot>, LibvirtError> {
-    if !domain.is_active().map_err(call("ask the state of the domain"))? {
+    if !domain
+        .is_active()
+        .map_err(call("ask the state of the domain"))?
+    {
         return Ok(Vec::new());
     }
     let xml = domain
@@ -475,7 +482,9 @@ fn pool_and_name(
                 what: format!("the file {path}"),
                 source: Some(source),
             };
-            let vol = conn.lookup_storage_vol_by_path(path).map_err(not_a_volume)?;
+            let vol = conn
+                .lookup_storage_vol_by_path(path)
+                .map_err(not_a_volume)?;
             let pool = vol
                 .lookup_storage_pool()
                 .and_then(|p| p.name())
@@ -548,11 +557,9 @@ pub fn find_hot(
         .unwrap_or_else(|| default_pool(conn, &domain, name));
     let volume = match &which.volume {
         Some(volume) => volume.clone(),
-        None => newest_hot_volume(conn, &pool, name)?.ok_or_else(|| {
-            HotVolumeError::NoHotDisk {
-                domain: name.into(),
-                pool: pool.clone(),
-            }
+        None => newest_hot_volume(conn, &pool, name)?.ok_or_else(|| HotVolumeError::NoHotDisk {
+            domain: name.into(),
+            pool: pool.clone(),
         })?,
     };
     Ok((HotVolume::open(conn.clone(), uri, &pool, &volume)?, None))
@@ -572,7 +579,11 @@ fn newest_hot_volume(
     Ok(names
         .into_iter()
         .filter_map(|n| {
-            let stamp: u128 = n.strip_prefix(&prefix)?.strip_suffix(".img")?.parse().ok()?;
+            let stamp: u128 = n
+                .strip_prefix(&prefix)?
+                .strip_suffix(".img")?
+                .parse()
+                .ok()?;
             Some((stamp, n))
         })
         .max()
@@ -660,7 +671,9 @@ impl HotJob {
             .is_active()
             .map_err(call("ask the state of the domain"))?
         {
-            return Err(HotVolumeError::NotRunning { domain: name.into() });
+            return Err(HotVolumeError::NotRunning {
+                domain: name.into(),
+            });
         }
         let pool = options
             .pool
@@ -881,7 +894,8 @@ pub fn detach(
                 .iter()
                 .any(|a| a.target == hot.target && a.volume == hot.volume))
         };
-        if let Err(e) = domain.detach_device_flags(&hot.element, virt::sys::VIR_DOMAIN_AFFECT_LIVE) {
+        if let Err(e) = domain.detach_device_flags(&hot.element, virt::sys::VIR_DOMAIN_AFFECT_LIVE)
+        {
             // Gone meanwhile is what was asked for.
             if still_there()? {
                 return Err(call("hot-unplug the disk")(e).into());
@@ -901,7 +915,12 @@ pub fn detach(
         report.record_written = record_detached(&volume).map_err(|e| match e {
             HotError::Area(e) => HotVolumeError::Area(e),
             HotError::StillAttached { image } => AreaError::Busy { image }.into(),
-            other => AreaError::io("record the detach in", Path::new(&volume.name), io::Error::other(other)).into(),
+            other => AreaError::io(
+                "record the detach in",
+                Path::new(&volume.name),
+                io::Error::other(other),
+            )
+            .into(),
         })?;
     }
     finish(name, volume, attached, report, options.remove)

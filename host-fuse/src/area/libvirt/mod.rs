@@ -225,7 +225,11 @@ pub fn find_shared_disk(domain: &str, xml: &str) -> Result<SharedDisk, LibvirtEr
 /// # Errors
 /// [`LibvirtError::NotAVolume`] for XML that does not parse, or a marked disk whose
 /// source is neither a volume nor a file.
-pub fn marked_disks(domain: &str, xml: &str, serial: &str) -> Result<Vec<SharedDisk>, LibvirtError> {
+pub fn marked_disks(
+    domain: &str,
+    xml: &str,
+    serial: &str,
+) -> Result<Vec<SharedDisk>, LibvirtError> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| LibvirtError::NotAVolume {
         domain: domain.into(),
         target: "?".into(),
@@ -454,7 +458,10 @@ fn running_users(
                     if s.attribute("pool") == Some(pool) && s.attribute("volume") == Some(volume))
         };
         for disk in doc.descendants().filter(|n| n.has_tag_name("disk")) {
-            if disk.children().any(|c| c.has_tag_name("source") && uses(&c)) {
+            if disk
+                .children()
+                .any(|c| c.has_tag_name("source") && uses(&c))
+            {
                 let target = disk
                     .children()
                     .find(|c| c.has_tag_name("target"))

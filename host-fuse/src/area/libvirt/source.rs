@@ -180,7 +180,10 @@ impl BlockSource for VolumeSource {
 
     /// One upload of `buf` at `offset`; the cached pages are dropped.
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), AreaError> {
-        if offset.checked_add(buf.len() as u64).is_none_or(|end| end > self.len) {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > self.len)
+        {
             return Err(AreaError::Corrupt {
                 what: format!(
                     "a write of {} bytes at {offset} past the volume's end",

@@ -557,8 +557,9 @@ fn failed(failure: Failure) -> ExitCode {
 /// `nlxtp-libvirt upload --hot DOMAIN ARCHIVE`.
 fn hot_upload(args: Vec<OsString>) -> ExitCode {
     use clap::Parser;
-    let command =
-        HotUpload::parse_from(std::iter::once(OsString::from("nlxtp-libvirt upload")).chain(args.into_iter().skip(1)));
+    let command = HotUpload::parse_from(
+        std::iter::once(OsString::from("nlxtp-libvirt upload")).chain(args.into_iter().skip(1)),
+    );
     let result = (|| -> Result<(), Failure> {
         let (conn, shown) = connection()?;
         let options = HotOptions {
@@ -570,8 +571,13 @@ fn hot_upload(args: Vec<OsString>) -> ExitCode {
         transfer::with_archive(&command.archive, |source, again| {
             let job = HotJob::prepare(conn, &shown, &command.domain, &options)?;
             let into = format!("{}/{}", job.pool(), job.volume());
-            let upload =
-                transfer::write_upload(job.area(), Path::new(&into), source, again, &command.options)?;
+            let upload = transfer::write_upload(
+                job.area(),
+                Path::new(&into),
+                source,
+                again,
+                &command.options,
+            )?;
             let (run, entries, bytes) = (upload.run_id.clone(), upload.entries, upload.bytes);
             let attached = job.attach(Some(upload))?;
             if command.options.json {
