@@ -127,11 +127,11 @@ pub enum HotVolumeError {
         target: String,
         /// libvirt's error.
         #[source]
-        source: virt::error::Error,
+        source: Box<virt::error::Error>,
     },
     /// Finding or talking to the domain, pool or volume failed.
     #[error(transparent)]
-    Libvirt(#[from] LibvirtError),
+    Libvirt(Box<LibvirtError>),
     /// The local image could not be made.
     #[error(transparent)]
     Create(#[from] CreateError),
@@ -141,6 +141,12 @@ pub enum HotVolumeError {
     /// The volume could not be read or written.
     #[error(transparent)]
     Area(AreaError),
+}
+
+impl From<LibvirtError> for HotVolumeError {
+    fn from(error: LibvirtError) -> Self {
+        HotVolumeError::Libvirt(Box::new(error))
+    }
 }
 
 impl From<AreaError> for HotVolumeError {
@@ -801,7 +807,7 @@ impl HotJob {
                 pool: self.pool,
                 volume: self.volume,
                 target,
-                source,
+                source: Box::new(source),
             });
         }
         Ok(HotAttachReport {
