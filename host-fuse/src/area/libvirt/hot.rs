@@ -584,16 +584,18 @@ fn newest_hot_volume(
         .map_err(call("list the volumes of the pool"))?;
     Ok(names
         .into_iter()
-        .filter_map(|n| {
-            let stamp: u128 = n
-                .strip_prefix(&prefix)?
-                .strip_suffix(".img")?
-                .parse()
-                .ok()?;
-            Some((stamp, n))
-        })
+        .filter_map(|n| Some((hot_stamp(&prefix, &n)?, n)))
         .max()
         .map(|(_, n)| n))
+}
+
+/// The time stamp of a hot volume named `PREFIX-NANOS.img`; `None` for other names.
+fn hot_stamp(prefix: &str, name: &str) -> Option<u128> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(".img")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// The kind part of a hot volume's name.
@@ -952,4 +954,53 @@ fn finish(
         report.removed = true;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_disks_are_found_by_serial_in_live_xml() {
+        let xml = "<domain><devices>\
+            <disk type='volume' device='disk'><source pool='p' volume='boot.img' index='2'/>\
+              <target dev='vda' bus='virtio'/><serial>NLXTP</serial></disk>\
+            <disk type='volume' device='disk'><source pool='p' volume='vm-hot-1.img' index='3'/>\
+              <target dev='vdb' bus='virtio'/><serial>NLXTP-HOT</serial><alias name='virtio-disk1'/></disk>\
+            <disk type='file' device='disk'><source file='/pool/vm-hot-2.img'/>\
+              <target dev='vdc' bus='virtio'/><serial>NLXTP-HOT</serial></disk>\
+            </devices></domain>";
+        let hot = marked_disks("vm", xml, HOT_SERIAL).unwrap();
+        assert_eq!(
+            hot.iter().map(|d| d.target.as_str()).collect::<Vec<_>>(),
+            ["vdb", "vdc"]
+        );
+        assert_eq!(
+            hot[0].source,
+            DiskSource::Volume {
+                pool: "p".into(),
+                volume: "vm-hot-1.img".into()
+            }
+        );
+        assert!(xml[hot[0].element_range.clone()].contains("virtio-disk1"));
+        assert_eq!(find_shared_disk("vm", xml).unwrap().target, "vda");
+        assert_eq!(free_target(xml), "vdd");
+    }
+
+    #[test]
+    fn hot_volume_names_order_by_time() {
+        let name = volume_name("web 1", HOT_KIND);
+        let prefix = format!("{}-{HOT_KIND}-", safe_name("web 1"));
+        assert!(name.starts_with("web_1-hot-"), "{name}");
+        assert!(hot_stamp(&prefix, &name).is_some());
+        assert_eq!(hot_stamp(&prefix, "web_1-hot-17.img"), Some(17));
+        for other in [
+            "web_1-hot-.img",
+            "web_1-hot-+1.img",
+            "web_1-nlxtp-1.img",
+            "web_1-hot-1",
+        ] {
+            assert_eq!(hot_stamp(&prefix, other), None, "{other}");
+        }
+    }
 }
