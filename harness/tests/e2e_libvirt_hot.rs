@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nlxtp_core::{AbortReason, RunState};
+use nlxtp_core::{AbortReason, RunState, StatusRecord};
+use nlxtp_harness::jobs::{self, median};
 use nlxtp_harness::libvirt::{define_domain, nlxtp_libvirt_binary, virsh, Libvirtd, BASE};
 use nlxtp_harness::vm::{archive, download_files};
 use nlxtp_host::area::libvirt::connect;
@@ -20,8 +20,8 @@ use nlxtp_host::area::libvirt::hot::{
     self, HotDetachOptions, HotJob, HotOptions, HotSelect, HotVolume, HotVolumeError,
 };
 use nlxtp_host::area::{AreaError, SharedArea};
+use nlxtp_host::ops;
 use nlxtp_host::ops::hot::DetachOptions;
-use nlxtp_host::ops::{self, WaitOutcome};
 
 const POOL: &str = "nlxtp-hot";
 const DOMAIN: &str = "nlxtp-hot1";
@@ -69,42 +69,15 @@ fn job(tag: &str, extra: &str) -> Vec<u8> {
 }
 
 fn wait_started(area: &dyn SharedArea) -> Instant {
-    let deadline = Instant::now() + RUN_DEADLINE;
-    loop {
-        if ops::status(area).unwrap().record.is_some() {
-            return Instant::now();
-        }
-        assert!(Instant::now() < deadline, "the job never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    jobs::wait_started(area, RUN_DEADLINE).unwrap()
 }
 
-fn wait_done(area: &dyn SharedArea) -> nlxtp_core::StatusRecord {
-    match ops::status::wait(
-        area,
-        Some(RUN_DEADLINE),
-        Duration::from_millis(20),
-        &mut |_| Ok(()),
-    )
-    .unwrap()
-    {
-        WaitOutcome::Done(record) => record,
-        other => panic!("the run did not end: {other:?}"),
-    }
+fn wait_done(area: &dyn SharedArea) -> StatusRecord {
+    jobs::wait_done(area, RUN_DEADLINE).unwrap()
 }
 
 fn text(files: &BTreeMap<String, Vec<u8>>, name: &str) -> String {
-    String::from_utf8_lossy(
-        files
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} in {:?}", files.keys())),
-    )
-    .into_owned()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+    jobs::text(files, name).unwrap()
 }
 
 fn cli(uri: &str, args: &[&str]) -> std::process::Output {
@@ -191,7 +164,7 @@ fn hot_jobs_through_libvirt_over_tcp() {
     for i in 0..5 {
         let tag = format!("job-{i}");
         let sent = Instant::now();
-        let (volume, ended) = if i == 2 {
+        let volume = if i == 2 {
             // The command line, the same cycle.
             let file = work.path().join("job.tar.gz");
             std::fs::write(&file, job(&tag, "")).unwrap();
@@ -237,7 +210,7 @@ fn hot_jobs_through_libvirt_over_tcp() {
             }
             assert_eq!(text(&files, "runs.txt"), "run\n", "job {i} ran once");
             assert_eq!(text(&files, "result.txt"), format!("{tag}\n"));
-            (volume, ended)
+            volume
         } else {
             let attached = hot::attach(conn.clone(), &uri, DOMAIN, &job(&tag, "")[..], &options)
                 .unwrap_or_else(|e| panic!("job {i}: {e}"));
@@ -263,9 +236,8 @@ fn hot_jobs_through_libvirt_over_tcp() {
             assert_eq!(text(&got, "runs.txt"), "run\n", "job {i} ran once");
             assert_eq!(text(&got, "result.txt"), format!("{tag}\n"));
             assert_eq!(text(&got, "nlxtp/stdout.txt"), format!("{tag}\n"));
-            (volume, ended)
+            volume
         };
-        let _ = ended;
         assert!(!volume.is_busy().unwrap(), "job {i}: still attached");
         volumes.push(volume.name().to_owned());
     }
@@ -298,8 +270,30 @@ fn hot_jobs_through_libvirt_over_tcp() {
     }
     assert_eq!(std::fs::read(&path).unwrap(), before);
 
+    // A second job attached beside it: "the hot disk" is ambiguous now.
+    let second = hot::attach(
+        conn.clone(),
+        &uri,
+        DOMAIN,
+        &job("after", "sleep 1")[..],
+        &options,
+    )
+    .unwrap();
+    let ambiguous = hot::find_hot(&conn, &uri, DOMAIN, &HotSelect::default());
+    assert!(
+        matches!(
+            ambiguous,
+            Err(HotVolumeError::SeveralHotDisks { count: 2, .. })
+        ),
+        "{ambiguous:?}"
+    );
+
     // Taken away while the script runs: the record says so.
     let forced = HotDetachOptions {
+        select: HotSelect {
+            volume: Some(attached.volume.clone()),
+            pool: None,
+        },
         detach: DetachOptions {
             force: true,
             ..DetachOptions::default()
@@ -321,9 +315,8 @@ fn hot_jobs_through_libvirt_over_tcp() {
     let got = download_files(&volume).unwrap();
     assert_eq!(text(&got, "runs.txt"), "run\n");
 
-    // The guest survives it and runs the next job.
-    let attached =
-        hot::attach(conn.clone(), &uri, DOMAIN, &job("after", "")[..], &options).unwrap();
+    // The guest survives it and runs the other job to its end.
+    let attached = second;
     let next = HotVolume::open(conn.clone(), &uri, &attached.pool, &attached.volume).unwrap();
     assert_eq!(wait_done(&next).state, RunState::Exited(0));
     let removed = hot::detach(
@@ -367,5 +360,4 @@ fn hot_jobs_through_libvirt_over_tcp() {
         median(to_results.clone()),
         to_results.iter().max().unwrap(),
     );
-    let _ = Arc::strong_count(&conn);
 }
