@@ -307,6 +307,8 @@ fn hot_jobs_through_libvirt_over_tcp() {
             && detached.detach.record_written,
         "{detached:?}"
     );
+    // The slot went in at its offset: the volume keeps its size (and its files, below).
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), HOT_SIZE);
     let record = ops::status(&volume).unwrap().record.expect("a record");
     assert_eq!(
         record.description,
