@@ -20,6 +20,7 @@ pub mod container;
 pub mod distro;
 pub mod guest;
 pub mod initramfs;
+pub mod jobs;
 pub mod kernel;
 pub mod libvirt;
 pub mod qemu;

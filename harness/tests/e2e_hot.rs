@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nlxtp_core::{AbortReason, RunState, StatusRecord};
+use nlxtp_harness::jobs::{self, median};
 use nlxtp_harness::qemu::Vm;
 use nlxtp_harness::vm::{archive, download_files, GuestSetup, BOOT_DEADLINE};
 use nlxtp_host::area::{AreaError, SharedArea};
 use nlxtp_host::ops::hot::{self, AttachOptions, DetachOptions, HotDisk, HotError};
-use nlxtp_host::ops::{self, UploadError, UploadOptions, WaitOutcome};
+use nlxtp_host::ops::{self, UploadError, UploadOptions};
 use nlxtp_host::vm::Qmp;
 
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
@@ -46,31 +47,12 @@ fn boot_hot(setup: &mut GuestSetup) -> (Vm, Qmp) {
     (vm, qmp)
 }
 
-/// Waits for the hot disk's run to end; returns its final record.
 fn wait_done(area: &dyn SharedArea) -> StatusRecord {
-    match ops::status::wait(
-        area,
-        Some(RUN_DEADLINE),
-        Duration::from_millis(20),
-        &mut |_| Ok(()),
-    )
-    .unwrap()
-    {
-        WaitOutcome::Done(record) => record,
-        other => panic!("the run did not end: {other:?}"),
-    }
+    jobs::wait_done(area, RUN_DEADLINE).unwrap()
 }
 
-/// Waits until the hot disk's record says the run has started; returns when.
 fn wait_started(area: &dyn SharedArea) -> Instant {
-    let deadline = Instant::now() + RUN_DEADLINE;
-    loop {
-        if ops::status(area).unwrap().record.is_some() {
-            return Instant::now();
-        }
-        assert!(Instant::now() < deadline, "the job never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    jobs::wait_started(area, RUN_DEADLINE).unwrap()
 }
 
 fn files(area: &dyn SharedArea) -> BTreeMap<String, Vec<u8>> {
@@ -78,17 +60,7 @@ fn files(area: &dyn SharedArea) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn text(files: &BTreeMap<String, Vec<u8>>, name: &str) -> String {
-    String::from_utf8_lossy(
-        files
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} in {:?}", files.keys())),
-    )
-    .into_owned()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+    jobs::text(files, name).unwrap()
 }
 
 fn hot_image(setup: &GuestSetup, name: &str) -> PathBuf {

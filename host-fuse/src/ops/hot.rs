@@ -250,13 +250,7 @@ impl HotDisk {
         };
         if report.was_attached {
             let boot = BootSector::open(&self.image)?;
-            loop {
-                report.released_by_guest = boot.is_released()?;
-                if report.released_by_guest || options.force || start.elapsed() >= options.timeout {
-                    break;
-                }
-                std::thread::sleep(RELEASE_POLL);
-            }
+            report.released_by_guest = wait_released(|| boot.is_released(), options)?;
             report.waited_ms = millis(start.elapsed());
             let unplugged = Instant::now();
             match qmp.execute("device_del", Some(json!({ "id": node }))) {
@@ -394,6 +388,27 @@ pub fn detach(
     HotDisk::open(image)?.detach(qmp, options)
 }
 
+/// Polls `is_released` (a hot disk's release mark, read where the disk is) every 25 ms
+/// until it says yes, [`DetachOptions::timeout`] has passed or at once with
+/// [`DetachOptions::force`]; returns the last answer. Backend-neutral: [`HotDisk::detach`]
+/// reads an image, the libvirt backend a volume through streams.
+///
+/// # Errors
+/// Those of `is_released`.
+pub fn wait_released(
+    mut is_released: impl FnMut() -> Result<bool, AreaError>,
+    options: &DetachOptions,
+) -> Result<bool, AreaError> {
+    let start = Instant::now();
+    loop {
+        let released = is_released()?;
+        if released || options.force || start.elapsed() >= options.timeout {
+            return Ok(released);
+        }
+        std::thread::sleep(RELEASE_POLL);
+    }
+}
+
 /// Whether QEMU has a device with id `id`.
 fn is_attached(qmp: &mut Qmp, id: &str) -> Result<bool, QmpError> {
     let path = format!("/machine/peripheral/{id}");
@@ -435,6 +450,7 @@ pub fn record_detached(area: &dyn SharedArea) -> Result<bool, HotError> {
     Ok(true)
 }
 
-fn millis(d: Duration) -> u64 {
+/// `d` in whole milliseconds, for reports.
+pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -130,7 +130,7 @@ pub fn detach(conn: &Connect, domain: &str) -> Result<bool, AreaError> {
 }
 
 /// The first `vdX` the definition does not use.
-fn free_target(xml: &str) -> String {
+pub(super) fn free_target(xml: &str) -> String {
     ('b'..='z')
         .map(|c| format!("vd{c}"))
         .find(|dev| {

@@ -20,6 +20,7 @@
 //! switch and the deletion.
 
 mod attach;
+pub mod hot;
 mod source;
 
 pub use self::attach::{attach, detach, Attached};
@@ -134,6 +135,9 @@ pub fn connect(uri: Option<&str>) -> Result<Arc<Connect>, LibvirtError> {
         })
 }
 
+/// A domain's name, and the domain opened (or why it could not be).
+pub type NamedDomain = (String, Result<LibvirtDomain, LibvirtError>);
+
 /// Every domain on `conn` (whose URI is `uri`) that has a shared disk, by name; domains
 /// without one are left out. A domain whose disk cannot be used (two marked disks, a
 /// source outside a pool) is kept, with its error, so that one bad definition does not
@@ -147,7 +151,7 @@ pub fn shared_domains(
     conn: &Arc<Connect>,
     uri: &str,
     threads: usize,
-) -> Result<Vec<(String, Result<LibvirtDomain, LibvirtError>)>, AreaError> {
+) -> Result<Vec<NamedDomain>, AreaError> {
     let all = conn
         .list_all_domains(0)
         .map_err(|e| AreaError::io("list the domains of", Path::new(uri), io::Error::other(e)))?;
@@ -201,43 +205,57 @@ pub enum DiskSource {
 /// [`LibvirtError::NoSharedDisk`], [`LibvirtError::TwoSharedDisks`],
 /// [`LibvirtError::NotAVolume`] for a marked disk of another type.
 pub fn find_shared_disk(domain: &str, xml: &str) -> Result<SharedDisk, LibvirtError> {
+    let mut marked = marked_disks(domain, xml, SERIAL)?;
+    match marked.len() {
+        0 => Err(LibvirtError::NoSharedDisk {
+            domain: domain.into(),
+        }),
+        1 => Ok(marked.remove(0)),
+        count => Err(LibvirtError::TwoSharedDisks {
+            domain: domain.into(),
+            count,
+            targets: marked
+                .iter()
+                .map(|d| d.target.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// Every disk of a domain's XML whose `<serial>` is `serial`, in the XML's order.
+///
+/// # Errors
+/// [`LibvirtError::NotAVolume`] for XML that does not parse, or a marked disk whose
+/// source is neither a volume nor a file.
+pub fn marked_disks(
+    domain: &str,
+    xml: &str,
+    serial: &str,
+) -> Result<Vec<SharedDisk>, LibvirtError> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| LibvirtError::NotAVolume {
         domain: domain.into(),
         target: "?".into(),
         what: format!("its XML does not parse: {e}"),
         source: None,
     })?;
-    let marked: Vec<_> = doc
-        .descendants()
+    doc.descendants()
         .filter(|n| n.has_tag_name("disk") && n.parent().is_some_and(|p| p.has_tag_name("devices")))
         .filter(|disk| {
             disk.children()
-                .any(|c| c.has_tag_name("serial") && c.text().map(str::trim) == Some(SERIAL))
+                .any(|c| c.has_tag_name("serial") && c.text().map(str::trim) == Some(serial))
         })
-        .collect();
-    let target_of = |disk: &roxmltree::Node<'_, '_>| {
-        disk.children()
-            .find(|c| c.has_tag_name("target"))
-            .and_then(|t| t.attribute("dev"))
-            .unwrap_or("?")
-            .to_string()
-    };
-    let disk = match marked.as_slice() {
-        [] => {
-            return Err(LibvirtError::NoSharedDisk {
-                domain: domain.into(),
-            })
-        }
-        [one] => one,
-        many => {
-            return Err(LibvirtError::TwoSharedDisks {
-                domain: domain.into(),
-                count: many.len(),
-                targets: many.iter().map(target_of).collect::<Vec<_>>().join(", "),
-            })
-        }
-    };
-    let target = target_of(disk);
+        .map(|disk| parse_disk(domain, &disk))
+        .collect()
+}
+
+fn parse_disk(domain: &str, disk: &roxmltree::Node<'_, '_>) -> Result<SharedDisk, LibvirtError> {
+    let target = disk
+        .children()
+        .find(|c| c.has_tag_name("target"))
+        .and_then(|t| t.attribute("dev"))
+        .unwrap_or("?")
+        .to_string();
     let not_a_volume = |what: String| LibvirtError::NotAVolume {
         domain: domain.into(),
         target: target.clone(),
@@ -415,28 +433,59 @@ impl LibvirtDomain {
     /// Whether a running domain on this connection uses the volume at `path` (or named
     /// `name` in `pool`).
     fn used_by_a_running_domain(&self, old: &DiskSource, path: &str) -> Result<bool, AreaError> {
-        let domains = self
-            .conn
-            .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-            .map_err(self.call("list the running domains of"))?;
-        for domain in domains {
-            let xml = domain
-                .xml_desc(0)
-                .map_err(self.call("read a running domain's XML on"))?;
-            let Ok(doc) = roxmltree::Document::parse(&xml) else {
-                return Ok(true);
-            };
-            let uses = doc.descendants().filter(|n| n.has_tag_name("source")).any(|s| {
-                s.attribute("file") == Some(path)
-                    || matches!(old, DiskSource::Volume { pool, volume }
-                        if s.attribute("pool") == Some(pool) && s.attribute("volume") == Some(volume))
-            });
-            if uses {
-                return Ok(true);
+        running_users(&self.conn, old, path)
+            .map(|users| !users.is_empty())
+            .map_err(self.call("list the running domains of"))
+    }
+}
+
+/// The running domains on `conn` that use the volume `source` (or the file `path`), each
+/// with the disk's target there (`?` for a domain whose XML does not parse: counted as a
+/// user, to be safe).
+fn running_users(
+    conn: &Connect,
+    source: &DiskSource,
+    path: &str,
+) -> Result<Vec<(String, String)>, virt::error::Error> {
+    let mut users = Vec::new();
+    for domain in conn.list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)? {
+        let xml = domain.xml_desc(0)?;
+        let name = domain.name().unwrap_or_else(|_| "?".into());
+        let Ok(doc) = roxmltree::Document::parse(&xml) else {
+            users.push((name, "?".into()));
+            continue;
+        };
+        let uses = |s: &roxmltree::Node<'_, '_>| {
+            (!path.is_empty() && s.attribute("file") == Some(path))
+                || matches!(source, DiskSource::Volume { pool, volume }
+                    if s.attribute("pool") == Some(pool) && s.attribute("volume") == Some(volume))
+        };
+        for disk in doc.descendants().filter(|n| n.has_tag_name("disk")) {
+            if disk
+                .children()
+                .any(|c| c.has_tag_name("source") && uses(&c))
+            {
+                let target = disk
+                    .children()
+                    .find(|c| c.has_tag_name("target"))
+                    .and_then(|t| t.attribute("dev"))
+                    .unwrap_or("?");
+                users.push((name.clone(), target.to_owned()));
             }
         }
-        Ok(false)
     }
+    Ok(users)
+}
+
+/// The status file of the FAT volume in `source` into `out` (empty when there is none).
+fn read_status_in(source: &VolumeSource, out: &mut Vec<u8>) -> Result<(), AreaError> {
+    out.clear();
+    let volume = vfat::Volume::new_unchecked(partition::volume_in(source)?)?;
+    let mut dirs = Default::default();
+    if let Some(found) = vfat::locate_in(&volume, &mut dirs)? {
+        volume.read_located(&found, out)?;
+    }
+    Ok(())
 }
 
 impl SharedArea for LibvirtDomain {
@@ -465,14 +514,7 @@ impl SharedArea for LibvirtDomain {
     }
 
     fn read_status_file(&self, _how: StatusRead, out: &mut Vec<u8>) -> Result<(), AreaError> {
-        out.clear();
-        let source = self.source()?;
-        let volume = vfat::Volume::new_unchecked(partition::volume_in(&source)?)?;
-        let mut dirs = Default::default();
-        if let Some(found) = vfat::locate_in(&volume, &mut dirs)? {
-            volume.read_located(&found, out)?;
-        }
-        Ok(())
+        read_status_in(&self.source()?, out)
     }
 
     fn read_file(&self, path: &AreaPath, max_len: u64) -> Result<Vec<u8>, AreaError> {
@@ -569,10 +611,26 @@ impl SharedArea for LibvirtDomain {
 
 /// A fresh volume name for `domain`'s shared disk.
 fn new_volume_name(domain: &str) -> String {
+    volume_name(domain, "nlxtp")
+}
+
+/// A fresh volume name `DOMAIN-KIND-NANOS.img` (the domain's name with what a file
+/// name should not hold replaced by `_`), ordered by time of making.
+fn volume_name(domain: &str, kind: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let safe: String = domain
+    format!(
+        "{}-{kind}-{}{:09}.img",
+        safe_name(domain),
+        now.as_secs(),
+        now.subsec_nanos()
+    )
+}
+
+/// `domain` with what a file name should not hold replaced by `_`.
+fn safe_name(domain: &str) -> String {
+    domain
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -581,12 +639,7 @@ fn new_volume_name(domain: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    format!(
-        "{safe}-nlxtp-{}{:09}.img",
-        now.as_secs(),
-        now.subsec_nanos()
-    )
+        .collect()
 }
 
 fn xml_escape(s: &str) -> String {

@@ -3,7 +3,12 @@
 //! read once are kept for the life of the source, which is one operation (a status read,
 //! a walk), so that the reader's many small reads (a 32-byte entry, a 512-byte sector)
 //! cost one round trip per page. A source is never kept across operations: the guest
-//! writes the volume in place.
+//! writes the volume in place. An [uncached](VolumeSource::uncached) source reads every
+//! time (for polling a hot disk's release mark).
+//!
+//! Writes (a status slot the host writes into a hot volume no guest has any more) are
+//! `virStorageVolUpload`s of just those bytes at their offset: libvirt writes them in
+//! place and leaves the rest of the volume as it is.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -28,6 +33,7 @@ pub struct VolumeSource {
     len: u64,
     name: PathBuf,
     pages: Mutex<BTreeMap<u64, Box<[u8]>>>,
+    cached: bool,
 }
 
 impl VolumeSource {
@@ -39,6 +45,15 @@ impl VolumeSource {
             len,
             name: name.into(),
             pages: Mutex::new(BTreeMap::new()),
+            cached: true,
+        }
+    }
+
+    /// As [`VolumeSource::new`], but every read goes to the volume.
+    pub fn uncached(conn: Arc<Connect>, volume: StorageVol, len: u64, name: &Path) -> Self {
+        VolumeSource {
+            cached: false,
+            ..Self::new(conn, volume, len, name)
         }
     }
 
@@ -79,6 +94,32 @@ pub fn download(
     stream.finish()
 }
 
+/// Writes `data` into `volume` at `offset` through a stream, in place.
+pub fn upload_at(
+    conn: &Connect,
+    volume: &StorageVol,
+    offset: u64,
+    data: &[u8],
+) -> Result<(), virt::error::Error> {
+    let stream = Stream::new(conn, 0)?;
+    volume.upload(&stream, offset, data.len() as u64, 0)?;
+    let mut at = 0;
+    while at < data.len() {
+        match stream.send(&data[at..]) {
+            Ok(n) if n > 0 => at += n as usize,
+            Ok(_) => {
+                let _ = stream.abort();
+                return Err(virt::error::Error::last_error());
+            }
+            Err(e) => {
+                let _ = stream.abort();
+                return Err(e);
+            }
+        }
+    }
+    stream.finish()
+}
+
 impl BlockSource for VolumeSource {
     fn len(&self) -> u64 {
         self.len
@@ -96,6 +137,9 @@ impl BlockSource for VolumeSource {
         }
         if buf.is_empty() {
             return Ok(());
+        }
+        if !self.cached {
+            return self.download(offset, buf);
         }
         let end = offset + buf.len() as u64;
         let first = offset / PAGE;
@@ -134,15 +178,21 @@ impl BlockSource for VolumeSource {
         Ok(())
     }
 
-    fn write_at(&self, _offset: u64, _buf: &[u8]) -> Result<(), AreaError> {
-        Err(AreaError::io(
-            "write",
-            &self.name,
-            io::Error::new(
-                io::ErrorKind::Unsupported,
-                "a libvirt volume is written whole, as a new volume",
-            ),
-        ))
+    /// One upload of `buf` at `offset`; the cached pages are dropped.
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), AreaError> {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > self.len)
+        {
+            return Err(AreaError::Corrupt {
+                what: format!(
+                    "a write of {} bytes at {offset} past the volume's end",
+                    buf.len()
+                ),
+            });
+        }
+        self.pages.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        upload_at(&self.conn, &self.volume, offset, buf).map_err(|e| self.error("write", e))
     }
 
     fn flush(&self) -> Result<(), AreaError> {

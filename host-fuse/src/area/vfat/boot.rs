@@ -7,19 +7,22 @@ use std::path::Path;
 
 use nlxtp_core::layout::has_release_mark;
 
-use super::block::{BlockSource, Disk};
+use super::block::{BlockSource, Disk, Window};
 use super::geometry::BOOT_SECTOR_LEN;
+use super::partition::volume_in;
 use super::volume::Volume;
 use crate::area::AreaError;
 
 /// The boot sector of the FAT volume in one image, opened once and read again on demand.
+/// Over a source that caches what it read, [`BootSector::is_released`] sees only the
+/// first read: poll through an uncached source.
 #[derive(Debug)]
-pub struct BootSector {
-    volume: Disk,
+pub struct BootSector<S = Disk> {
+    volume: S,
     label: Option<String>,
 }
 
-impl BootSector {
+impl BootSector<Disk> {
     /// Opens the image at `path` and finds its FAT volume (see
     /// [`find_volume`](super::find_volume)); the label is read now.
     ///
@@ -27,16 +30,32 @@ impl BootSector {
     /// [`AreaError::NoImage`], [`AreaError::Corrupt`] for an image with no valid FAT
     /// volume, [`AreaError::AmbiguousVolume`], [`AreaError::Io`].
     pub fn open(path: &Path) -> Result<Self, AreaError> {
-        let volume = Volume::open_unchecked(path)?;
+        Ok(Self::of(Volume::open_unchecked(path)?))
+    }
+}
+
+impl<S: BlockSource> BootSector<Window<S>> {
+    /// The boot sector of the FAT volume in `disk` (a whole-disk volume or a partition,
+    /// as [`BootSector::open`] finds it); the label is read now.
+    ///
+    /// # Errors
+    /// As [`BootSector::open`], without [`AreaError::NoImage`].
+    pub fn find_in(disk: S) -> Result<Self, AreaError> {
+        Ok(Self::of(Volume::new_unchecked(volume_in(disk)?)?))
+    }
+}
+
+impl<S: BlockSource> BootSector<S> {
+    fn of(volume: Volume<S>) -> Self {
         let label = volume.geometry.label.map(|raw| {
             String::from_utf8_lossy(&raw)
                 .trim_end_matches([' ', '\0'])
                 .to_owned()
         });
-        Ok(BootSector {
+        BootSector {
             volume: volume.source,
             label,
-        })
+        }
     }
 
     /// The volume label, without its padding; `None` when the boot sector has none.

@@ -61,7 +61,7 @@ pub use partition::{find_volume, Partition, Scheme, VolumePlace};
     not(feature = "libvirt"),
     allow(unused_imports, reason = "used by area::libvirt only")
 )]
-pub(crate) use self::{replace::build_image, status::locate_in};
+pub(crate) use self::{replace::build_image, status::locate_in, status::write_slot_in};
 
 use self::status::StatusCache;
 pub(crate) use self::volume::Volume;

@@ -167,8 +167,24 @@ pub fn write_slot(guard: &ImageWriteGuard, offset: usize, slot: &[u8]) -> Result
         .file()
         .try_clone()
         .map_err(|e| AreaError::io("open", path, e))?;
-    let volume = Volume::new_unchecked(volume_in(ImageFile::from_file(file, path)?)?)?;
-    let Some(located) = locate_in(&volume, &mut Dirs::default())? else {
+    write_slot_in(
+        &Volume::new_unchecked(volume_in(ImageFile::from_file(file, path)?)?)?,
+        offset,
+        slot,
+    )
+}
+
+/// Writes `slot` at `offset` of the status file of `volume`, in place, and flushes it:
+/// [`write_slot`] for any source that can be written at an offset (a libvirt volume).
+///
+/// # Errors
+/// As [`write_slot`].
+pub fn write_slot_in<S: BlockSource>(
+    volume: &Volume<S>,
+    offset: usize,
+    slot: &[u8],
+) -> Result<(), AreaError> {
+    let Some(located) = locate_in(volume, &mut Dirs::default())? else {
         return Err(AreaError::NotFound {
             path: AreaPath::new(nlxtp_core::layout::STATUS_FILE).expect("a valid area path"),
         });

@@ -27,25 +27,31 @@ pub fn upload(
     args: &UploadArgs,
     hot: &HotArgs,
 ) -> Result<ExitCode, Failure> {
-    let into = |source, again| match hot.hot {
+    with_archive(archive, |source, again| match hot.hot {
         true => upload_hot(target, source, again, args, hot),
         false => upload_from(target, source, again, args),
-    };
-    if archive == Path::new("-") {
-        into(Box::new(io::stdin().lock()), None)?;
-    } else {
-        let file = File::open(archive).map_err(|e| Failure {
-            error: format!("cannot open the archive {}: {e}", archive.display()).into(),
-            code: 1,
-        })?;
-        // A regular file can be read again where large members lie.
-        let regular = file.metadata().is_ok_and(|m| m.is_file());
-        let again = regular
-            .then(|| file.try_clone().ok().map(Arc::new))
-            .flatten();
-        into(Box::new(file), again)?;
-    }
+    })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Calls `into` with the archive at `archive` (stdin for `-`) and, for a regular file, a
+/// second handle on it (read again where large members lie).
+pub fn with_archive(
+    archive: &Path,
+    into: impl FnOnce(Box<dyn Read>, Option<Arc<File>>) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    if archive == Path::new("-") {
+        return into(Box::new(io::stdin().lock()), None);
+    }
+    let file = File::open(archive).map_err(|e| Failure {
+        error: format!("cannot open the archive {}: {e}", archive.display()).into(),
+        code: 1,
+    })?;
+    let regular = file.metadata().is_ok_and(|m| m.is_file());
+    let again = regular
+        .then(|| file.try_clone().ok().map(Arc::new))
+        .flatten();
+    into(Box::new(file), again)
 }
 
 /// `nlxtp exec`: an archive whose script runs `command`, uploaded; then, with `--wait`,
@@ -171,14 +177,31 @@ pub fn detach(
     if json {
         out::json(&report)?;
     }
+    detach_outcome(
+        &report,
+        &image.display().to_string(),
+        &options,
+        json,
+        "retry nlxtp detach, or stop the VM",
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a detach of the hot disk `shown` did, told the user (unless `json`); an error
+/// when the VM still holds the disk (`retry` says what to do then).
+pub fn detach_outcome(
+    report: &hot::DetachReport,
+    shown: &str,
+    options: &DetachOptions,
+    json: bool,
+    retry: &str,
+) -> Result<(), Failure> {
     if !report.detached {
         return Err(Failure {
             error: format!(
-                "the guest did not let go of {} within {:?} of the unplug request (QEMU needs \
-                 the guest's ACPI to acknowledge it; a hung or hostile guest never does): the \
-                 VM still holds the disk and nothing was written to it; retry nlxtp detach, or \
-                 stop the VM",
-                image.display(),
+                "the guest did not let go of {shown} within {:?} of the unplug request (QEMU \
+                 needs the guest's ACPI to acknowledge it; a hung or hostile guest never \
+                 does): the VM still holds the disk and nothing was written to it; {retry}",
                 options.device_timeout
             )
             .into(),
@@ -189,23 +212,23 @@ pub fn detach(
         let how = match (report.was_attached, report.released_by_guest) {
             (false, _) => "it was not attached to this VM".to_owned(),
             (true, true) => format!("released by the guest after {} ms", report.waited_ms),
-            (true, false) if force => "taken away at once (--force)".to_owned(),
+            (true, false) if options.force => "taken away at once (--force)".to_owned(),
             (true, false) => format!(
                 "taken away: the guest had not released it after {} ms",
                 report.waited_ms
             ),
         };
-        note!("detached {}: {how}", image.display());
+        note!("detached {shown}: {how}");
         if report.record_written {
             note!("nlxtp: note: the run had not ended; its record now says so (aborted: the host detached the disk)");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Reads the archive and writes it into `area` (shown as `shown`), with a progress line
 /// and notes on what was left out or changed.
-fn write_upload(
+pub fn write_upload(
     area: &dyn SharedArea,
     shown: &Path,
     source: Box<dyn Read>,
