@@ -20,9 +20,11 @@
 //! switch and the deletion.
 
 mod attach;
+mod connections;
 mod source;
 
 pub use self::attach::{attach, detach, Attached};
+pub use self::connections::{connection, open_domain, shared_domains_at};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
