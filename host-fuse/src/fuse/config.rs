@@ -124,12 +124,13 @@ fn open_libvirt(uri: &str, domain: &Path) -> Result<Box<dyn SharedArea>, AreaErr
 pub fn libvirt_vms(uri: &str, prefix: &str) -> Result<Vec<VmSpec>, ConfigError> {
     #[cfg(feature = "libvirt")]
     {
-        let domains = crate::area::libvirt::shared_domains_at(uri, LIST_THREADS).map_err(
-            |source| ConfigError::Libvirt {
-                uri: uri.to_owned(),
-                source,
-            },
-        )?;
+        let domains =
+            crate::area::libvirt::shared_domains_at(uri, LIST_THREADS).map_err(|source| {
+                ConfigError::Libvirt {
+                    uri: uri.to_owned(),
+                    source,
+                }
+            })?;
         domains
             .into_iter()
             .map(|(domain, _)| {
@@ -171,8 +172,14 @@ struct LibvirtSource {
 #[derive(Debug)]
 enum ConfigEntry {
     Target(PathBuf),
-    Container { rootfs: PathBuf, area: PathBuf },
-    Domain { libvirt: String, domain: Option<String> },
+    Container {
+        rootfs: PathBuf,
+        area: PathBuf,
+    },
+    Domain {
+        libvirt: String,
+        domain: Option<String>,
+    },
 }
 
 /// The keys a VM's table may have; which of them go together is checked after.
@@ -194,7 +201,9 @@ impl<'de> serde::Deserialize<'de> for ConfigEntry {
             type Value = ConfigEntry;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a path, { rootfs = ..., area = ... } or { libvirt = URI, domain = ... }")
+                f.write_str(
+                    "a path, { rootfs = ..., area = ... } or { libvirt = URI, domain = ... }",
+                )
             }
 
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ConfigEntry, E> {
@@ -318,7 +327,10 @@ pub fn read_config(path: &Path) -> Result<Vec<VmSpec>, ConfigError> {
                 ConfigEntry::Domain { libvirt, domain } => {
                     if cfg!(not(feature = "libvirt")) {
                         return Err(ConfigError::NoLibvirt {
-                            what: format!("the VM {name} of {} is a libvirt domain", path.display()),
+                            what: format!(
+                                "the VM {name} of {} is a libvirt domain",
+                                path.display()
+                            ),
                         });
                     }
                     let domain = domain.unwrap_or_else(|| name.clone());
@@ -433,9 +445,16 @@ mod tests {
                 assert_eq!(specs[0].name, "db1");
                 assert_eq!(specs[0].libvirt.as_deref(), Some("qemu+tcp://h7/system"));
                 assert_eq!(specs[0].target, PathBuf::from("db-one"));
-                assert_eq!(specs[0].shown(), PathBuf::from("qemu+tcp://h7/system#db-one"));
+                assert_eq!(
+                    specs[0].shown(),
+                    PathBuf::from("qemu+tcp://h7/system#db-one")
+                );
                 assert_eq!(specs[1].libvirt, None);
-                assert_eq!(specs[2].target, PathBuf::from("web2"), "the VM's name by default");
+                assert_eq!(
+                    specs[2].target,
+                    PathBuf::from("web2"),
+                    "the VM's name by default"
+                );
             }
             Err(e) => {
                 assert!(cfg!(not(feature = "libvirt")), "{e}");
@@ -444,10 +463,22 @@ mod tests {
         }
         // Keys of two kinds, and unknown keys: at their line and column.
         for (bad, says) in [
-            ("[vms]\na = \"a.img\"\nx = { libvirt = \"qemu:///system\", area = \"/a\" }\n", "either rootfs and area"),
-            ("[vms]\na = \"a.img\"\nx = { libvirt = \"qemu:///system\", domian = \"d\" }\n", "unknown field `domian`"),
-            ("[vms]\na = \"a.img\"\nx = { rootfs = \"r\" }\n", "either rootfs and area"),
-            ("[[libvirt]]\nuri = \"qemu:///system\"\nprefx = \"h-\"\n", "unknown field `prefx`"),
+            (
+                "[vms]\na = \"a.img\"\nx = { libvirt = \"qemu:///system\", area = \"/a\" }\n",
+                "either rootfs and area",
+            ),
+            (
+                "[vms]\na = \"a.img\"\nx = { libvirt = \"qemu:///system\", domian = \"d\" }\n",
+                "unknown field `domian`",
+            ),
+            (
+                "[vms]\na = \"a.img\"\nx = { rootfs = \"r\" }\n",
+                "either rootfs and area",
+            ),
+            (
+                "[[libvirt]]\nuri = \"qemu:///system\"\nprefx = \"h-\"\n",
+                "unknown field `prefx`",
+            ),
         ] {
             std::fs::write(&path, bad).unwrap();
             let err = read_config(&path).unwrap_err();
@@ -458,7 +489,11 @@ mod tests {
             assert!(cause.contains("line 3"), "{bad}: {cause}");
         }
         // A connection that cannot be reached is an error at start that names it.
-        std::fs::write(&path, "[[libvirt]]\nuri = \"qemu+tcp://127.0.0.1:1/system\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[[libvirt]]\nuri = \"qemu+tcp://127.0.0.1:1/system\"\n",
+        )
+        .unwrap();
         let err = read_config(&path).unwrap_err().to_string();
         assert!(err.contains("qemu+tcp://127.0.0.1:1/system"), "{err}");
     }
@@ -467,8 +502,11 @@ mod tests {
     fn a_libvirt_vm_in_a_build_without_libvirt_says_what_to_use() {
         let spec = VmSpec::libvirt_domain("web1", "qemu:///nowhere-here", "web1");
         if cfg!(not(feature = "libvirt")) {
-            let err = spec.open().unwrap_err().to_string();
-            assert!(err.contains("no libvirt support"), "{err}");
+            let err = spec.open().unwrap_err();
+            let cause = std::error::Error::source(&err)
+                .expect("a cause")
+                .to_string();
+            assert!(cause.contains("no libvirt support"), "{err}: {cause}");
         }
         let dup = collect_vms(
             &[parse_vm_arg("web1=/a.img").unwrap(), spec.clone()],
@@ -477,7 +515,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(dup.contains("/a.img") && dup.contains("qemu:///nowhere-here#web1"), "{dup}");
+        assert!(
+            dup.contains("/a.img") && dup.contains("qemu:///nowhere-here#web1"),
+            "{dup}"
+        );
         assert!(dup.contains("prefix"), "{dup}");
     }
 }

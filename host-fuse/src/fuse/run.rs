@@ -292,7 +292,8 @@ impl Mount<'_> {
 
     /// Adds and removes VMs to match the command line and the config file now.
     fn reload(&self) -> Result<Reload, ConfigError> {
-        let wanted = config::collect_vms(&self.cli, &self.opts.libvirt, self.opts.config.as_deref())?;
+        let wanted =
+            config::collect_vms(&self.cli, &self.opts.libvirt, self.opts.config.as_deref())?;
         let mut changes = Vec::new();
         for (name, target) in self.view.vm_list() {
             if wanted.iter().any(|w| w.name == name && w.shown() == target) {
