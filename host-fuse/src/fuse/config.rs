@@ -439,27 +439,24 @@ mod tests {
                     db1 = { libvirt = \"qemu+tcp://h7/system\", domain = \"db-one\" }\n\
                     web2 = { libvirt = \"qemu:///system\" }\n";
         std::fs::write(&path, text).unwrap();
-        match read_config(&path) {
-            Ok(specs) => {
-                assert!(cfg!(feature = "libvirt"));
-                assert_eq!(specs[0].name, "db1");
-                assert_eq!(specs[0].libvirt.as_deref(), Some("qemu+tcp://h7/system"));
-                assert_eq!(specs[0].target, PathBuf::from("db-one"));
-                assert_eq!(
-                    specs[0].shown(),
-                    PathBuf::from("qemu+tcp://h7/system#db-one")
-                );
-                assert_eq!(specs[1].libvirt, None);
-                assert_eq!(
-                    specs[2].target,
-                    PathBuf::from("web2"),
-                    "the VM's name by default"
-                );
-            }
-            Err(e) => {
-                assert!(cfg!(not(feature = "libvirt")), "{e}");
-                assert!(e.to_string().contains("nlxtp-libvirt"), "{e}");
-            }
+        if cfg!(feature = "libvirt") {
+            let specs = read_config(&path).unwrap();
+            assert_eq!(specs[0].name, "db1");
+            assert_eq!(specs[0].libvirt.as_deref(), Some("qemu+tcp://h7/system"));
+            assert_eq!(specs[0].target, PathBuf::from("db-one"));
+            assert_eq!(
+                specs[0].shown(),
+                PathBuf::from("qemu+tcp://h7/system#db-one")
+            );
+            assert_eq!(specs[1].libvirt, None);
+            assert_eq!(
+                specs[2].target,
+                PathBuf::from("web2"),
+                "the VM's name by default"
+            );
+        } else {
+            let e = read_config(&path).unwrap_err();
+            assert!(e.to_string().contains("nlxtp-libvirt"), "{e}");
         }
         // Keys of two kinds, and unknown keys: at their line and column.
         for (bad, says) in [

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use virt::connect::Connect;
 
-use super::{connect, shared_domains, LibvirtDomain, LibvirtError};
+use super::{connect, shared_domains, LibvirtDomain, LibvirtError, NamedDomain};
 use crate::area::AreaError;
 
 /// The open connections, by URI (`None`: libvirt's default).
@@ -64,10 +64,7 @@ pub fn open_domain(uri: &str, name: &str) -> Result<LibvirtDomain, LibvirtError>
 ///
 /// # Errors
 /// [`LibvirtError::Connect`] (as an [`AreaError`]), and as [`shared_domains`].
-pub fn shared_domains_at(
-    uri: &str,
-    threads: usize,
-) -> Result<Vec<(String, Result<LibvirtDomain, LibvirtError>)>, AreaError> {
+pub fn shared_domains_at(uri: &str, threads: usize) -> Result<Vec<NamedDomain>, AreaError> {
     let conn = connection(Some(uri))?;
     match shared_domains(&conn, uri, threads) {
         Err(_) if broken(&conn) => shared_domains(&connection(Some(uri))?, uri, threads),

@@ -136,6 +136,9 @@ pub fn connect(uri: Option<&str>) -> Result<Arc<Connect>, LibvirtError> {
         })
 }
 
+/// A domain's name, and the domain opened (or why it could not be).
+pub type NamedDomain = (String, Result<LibvirtDomain, LibvirtError>);
+
 /// Every domain on `conn` (whose URI is `uri`) that has a shared disk, by name; domains
 /// without one are left out. A domain whose disk cannot be used (two marked disks, a
 /// source outside a pool) is kept, with its error, so that one bad definition does not
@@ -149,7 +152,7 @@ pub fn shared_domains(
     conn: &Arc<Connect>,
     uri: &str,
     threads: usize,
-) -> Result<Vec<(String, Result<LibvirtDomain, LibvirtError>)>, AreaError> {
+) -> Result<Vec<NamedDomain>, AreaError> {
     let all = conn
         .list_all_domains(0)
         .map_err(|e| AreaError::io("list the domains of", Path::new(uri), io::Error::other(e)))?;
