@@ -58,12 +58,11 @@ pub struct VmSpec {
 
 impl VmSpec {
     /// Opens its shared area: a disk image or container directory, or a libvirt domain
-    /// (on the process's one connection to its URI,
-    /// [`area::libvirt::connection`](crate::area::libvirt)).
+    /// (on the process's one connection to its URI, `area::libvirt::connection`).
     ///
     /// # Errors
     /// As [`ops::open_target`] and [`ops::open_target_in`]; for a libvirt domain, its
-    /// [`LibvirtError`](crate::area::libvirt) as an [`AreaError::Io`], or without the
+    /// `LibvirtError` as an [`AreaError::Io`], or without the
     /// feature an [`AreaError::Io`] that says so.
     pub fn open(&self) -> Result<Box<dyn SharedArea>, AreaError> {
         if let Some(uri) = &self.libvirt {
@@ -144,7 +143,7 @@ pub fn libvirt_vms(uri: &str, prefix: &str) -> Result<Vec<VmSpec>, ConfigError> 
     {
         let _ = prefix;
         Err(ConfigError::NoLibvirt {
-            what: format!("the libvirt connection {uri}"),
+            what: format!("{uri} is a libvirt connection"),
         })
     }
 }
