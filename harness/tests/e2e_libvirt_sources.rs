@@ -299,3 +299,23 @@ fn the_fuse_view_shows_a_domains_files_and_status() {
     assert!(mnt.join("img1").is_dir());
     drop(mounted);
 }
+
+#[test]
+fn a_broken_connection_is_opened_again() {
+    let host = Libvirtd::second_host().unwrap();
+    let uri = host.tcp_uri().to_owned();
+    let first = nlxtp_host::area::libvirt::connection(Some(&uri)).unwrap();
+    // The daemon goes and comes back: the process's connection to it is broken.
+    drop(host);
+    let host = Libvirtd::second_host().unwrap();
+    domain_with_a_finished_run(&host, "nlxtp-src-again", "again\n", "reconnected");
+    let area = nlxtp_host::area::libvirt::open_domain(&uri, "nlxtp-src-again").unwrap();
+    let report = nlxtp_host::ops::status(&area).unwrap();
+    assert_eq!(report.record.unwrap().custom, "reconnected");
+    let now = nlxtp_host::area::libvirt::connection(Some(&uri)).unwrap();
+    assert!(
+        !std::sync::Arc::ptr_eq(&first, &now),
+        "still the broken connection"
+    );
+    let _ = virsh(host.uri(), &["undefine", "nlxtp-src-again"]);
+}
