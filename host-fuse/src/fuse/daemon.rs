@@ -66,6 +66,9 @@ fn foreground_command(exe: std::path::PathBuf, opts: &MountOptions) -> Command {
     for vm in &opts.vms {
         cmd.arg("--vm").arg(vm);
     }
+    for uri in &opts.libvirt {
+        cmd.arg("--libvirt").arg(uri);
+    }
     if let Some(config) = &opts.config {
         cmd.arg("--config")
             .arg(std::path::absolute(config).unwrap_or(config.clone()));

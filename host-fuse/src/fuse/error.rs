@@ -28,10 +28,29 @@ pub enum ConfigError {
         reason: &'static str,
     },
     /// Two VMs have the same name.
-    #[error("the VM name {name:?} is given twice: give each VM its own name")]
+    #[error("the VM name {name:?} is given twice ({} and {}): give each VM its own name; the domains of a libvirt connection are named by their domain names, so list that connection in the config file with a prefix ([[libvirt]] uri = \"URI\" prefix = \"host7-\") or name its domains one by one in [vms] (NAME = {{ libvirt = \"URI\", domain = \"DOMAIN\" }})", first.display(), second.display())]
     DuplicateName {
         /// The name.
         name: String,
+        /// Where the first VM of that name is.
+        first: PathBuf,
+        /// Where the second is.
+        second: PathBuf,
+    },
+    /// A libvirt connection's domains could not be listed.
+    #[error("cannot list the domains of the libvirt connection {uri}: check the URI and that libvirtd runs there")]
+    Libvirt {
+        /// The connection's URI.
+        uri: String,
+        /// Why.
+        #[source]
+        source: AreaError,
+    },
+    /// A VM is a libvirt domain, and this build has no libvirt.
+    #[error("{what}, but {}", super::config::NO_LIBVIRT)]
+    NoLibvirt {
+        /// Which VM or connection.
+        what: String,
     },
     /// The config file cannot be read.
     #[error("cannot read the config file {}: check its path and permissions", path.display())]
@@ -43,7 +62,7 @@ pub enum ConfigError {
         source: io::Error,
     },
     /// The config file is not a list of VMs; the cause says where (line and column).
-    #[error("cannot use the config file {}: fix it; it holds a [vms] table of NAME = \"TARGET\" lines", path.display())]
+    #[error("cannot use the config file {}: fix it; it holds a [vms] table of NAME = \"TARGET\" lines (and [[libvirt]] tables)", path.display())]
     Invalid {
         /// The file.
         path: PathBuf,

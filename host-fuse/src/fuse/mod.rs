@@ -1,6 +1,7 @@
 //! The FUSE view: every VM's shared area under one mount point.
 //!
-//! `nlxtp mount MOUNTPOINT --vm NAME=TARGET ...` serves `MOUNTPOINT/NAME/` for each VM,
+//! `nlxtp mount MOUNTPOINT --vm NAME=TARGET ...` serves `MOUNTPOINT/NAME/` for each VM
+//! (also libvirt domains: `--libvirt URI` and the config file, see [`read_config`]),
 //! through [`SharedArea`](crate::area::SharedArea) only (no second way into an image or
 //! directory). The contract:
 //!
@@ -68,7 +69,7 @@ mod view;
 
 use std::path::PathBuf;
 
-pub use config::{check_name, parse_vm_arg, read_config, VmSpec};
+pub use config::{check_name, collect_vms, libvirt_vms, parse_vm_arg, read_config, VmSpec};
 pub use error::{ConfigError, DaemonMessages, MountError, UmountError};
 
 /// What `nlxtp mount` was asked for.
@@ -78,8 +79,11 @@ pub struct MountOptions {
     pub mountpoint: PathBuf,
     /// `NAME=TARGET` for each VM given on the command line.
     pub vms: Vec<String>,
-    /// A TOML file listing more VMs (`[vms]` table of `NAME = "TARGET"`), re-read on
-    /// `SIGHUP`.
+    /// Libvirt connections (URIs) whose every domain with a shared disk is a VM, named
+    /// by its domain name (feature `libvirt`); listed again on `SIGHUP`.
+    pub libvirt: Vec<String>,
+    /// A TOML file listing more VMs (`[vms]` table of `NAME = "TARGET"`, `[[libvirt]]`
+    /// connections), re-read on `SIGHUP`.
     pub config: Option<PathBuf>,
     /// Run the mount process in the background and return once it is mounted.
     pub daemon: bool,

@@ -40,7 +40,7 @@ pub(crate) fn serve(opts: &MountOptions) -> Result<(), MountError> {
         .iter()
         .map(|a| config::parse_vm_arg(a))
         .collect::<Result<_, _>>()?;
-    let specs = config::collect(&cli, opts.config.as_deref())?;
+    let specs = config::collect_vms(&cli, &opts.libvirt, opts.config.as_deref())?;
     let mountpoint = check_mountpoint(&opts.mountpoint)?;
     let stage_dir = opts.stage_dir.clone().unwrap_or_else(std::env::temp_dir);
     let view = Arc::new(View::new(stage_dir));
@@ -292,7 +292,8 @@ impl Mount<'_> {
 
     /// Adds and removes VMs to match the command line and the config file now.
     fn reload(&self) -> Result<Reload, ConfigError> {
-        let wanted = config::collect(&self.cli, self.opts.config.as_deref())?;
+        let wanted =
+            config::collect_vms(&self.cli, &self.opts.libvirt, self.opts.config.as_deref())?;
         let mut changes = Vec::new();
         for (name, target) in self.view.vm_list() {
             if wanted.iter().any(|w| w.name == name && w.shown() == target) {

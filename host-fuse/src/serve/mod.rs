@@ -82,7 +82,8 @@ impl Default for Limits {
 /// What a server serves and where it keeps its state.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// The VMs, by name (`--vm NAME=TARGET` and the FUSE view's config file, see [`crate::fuse`]).
+    /// The VMs, by name (`--vm NAME=TARGET`, `--libvirt URI` and the FUSE view's config
+    /// file: [`crate::fuse::collect_vms`]).
     pub vms: Vec<VmSpec>,
     /// The key, the used grants and the operator token (when none is given) live here.
     pub state_dir: PathBuf,

@@ -21,9 +21,11 @@
 
 mod attach;
 pub mod hot;
+mod connections;
 mod source;
 
 pub use self::attach::{attach, detach, Attached};
+pub use self::connections::{connection, open_domain, shared_domains_at};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -76,6 +76,10 @@ fn main() -> ExitCode {
             break;
         }
     }
+    // `-c URI mount MOUNTPOINT`: every domain of URI in the view (as `--libvirt URI`).
+    if args.first().is_some_and(|a| a == "mount") {
+        args.extend(uris.iter().flat_map(|uri| ["--libvirt".into(), uri.into()]));
+    }
     if uris.is_empty() {
         uris.extend(std::env::var("LIBVIRT_DEFAULT_URI").ok());
     }
@@ -147,6 +151,7 @@ A typical cycle, the domain shut off:
   nlxtp-libvirt -c qemu:///system wait vm1            while it runs, from the raw volume
   nlxtp-libvirt -c qemu:///system download vm1 results.tar.gz
   nlxtp-libvirt -c qemu:///system -c qemu+ssh://h2/system status --all
+  nlxtp-libvirt -c qemu+ssh://h2/system mount /mnt/vms   every domain's disk as files (FUSE)
 
 An upload to a running domain's shared disk is refused, as with `nlxtp` and a running
 QEMU: the guest reads its disk at boot. Containers are `nlxtp`'s.
@@ -221,7 +226,7 @@ fn cli_command() -> clap::Command {
         command = command.mut_subcommand(reader, hot_reader_args);
     }
     // What takes no domain, or works on files only, is `nlxtp`'s to show.
-    for files_only in ["create-disk", "mount", "umount", "run", "guest"] {
+    for files_only in ["create-disk", "run", "guest"] {
         command = command.mut_subcommand(files_only, |c| c.hide(true));
     }
     command = command.mut_arg("rootfs", |a| a.hide(true));

@@ -55,6 +55,10 @@ struct ServeArgs {
     /// A VM: its name in URLs and its disk image or container directory.
     #[arg(long = "vm", value_name = "NAME=TARGET", value_parser = parse_vm)]
     vms: Vec<VmSpec>,
+    /// Every domain with a shared disk on this libvirt connection (URI, as virsh -c),
+    /// named by its domain name; repeat for more (build with --features serve,libvirt).
+    #[arg(long = "libvirt", value_name = "URI")]
+    libvirt: Vec<String>,
     /// The VMs of a config file, as `nlxtp mount --config` reads it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -177,12 +181,9 @@ fn grant(args: &GrantArgs) -> Fallible<()> {
 }
 
 fn run(args: ServeArgs) -> Fallible<()> {
-    let mut vms = args.vms;
-    if let Some(path) = &args.config {
-        vms.extend(config::read_config(path)?);
-    }
+    let vms = config::collect_vms(&args.vms, &args.libvirt, args.config.as_deref())?;
     if vms.is_empty() {
-        return Err("no VMs: give --vm NAME=TARGET or --config FILE".into());
+        return Err("no VMs: give --vm NAME=TARGET, --libvirt URI or --config FILE".into());
     }
     let operator_token = match &args.token_file {
         Some(path) => Some(

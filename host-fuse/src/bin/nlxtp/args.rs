@@ -243,7 +243,12 @@ pub enum Command {
         /// A VM as NAME=TARGET (a disk image or a container directory); repeat for more.
         #[arg(long = "vm", value_name = "NAME=TARGET")]
         vms: Vec<String>,
-        /// A TOML file whose vms table lists NAME = "TARGET" lines (re-read on SIGHUP).
+        /// Every domain with a shared disk on this libvirt connection (URI, as virsh -c),
+        /// named by its domain name; repeat for more. Needs nlxtp-libvirt.
+        #[arg(long = "libvirt", value_name = "URI")]
+        libvirt: Vec<String>,
+        /// A TOML file whose vms table lists NAME = "TARGET" lines, and libvirt domains
+        /// and connections (re-read on SIGHUP).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Mount in the background and return once mounted.

@@ -119,6 +119,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Mount {
             mountpoint,
             vms,
+            libvirt,
             config,
             daemon,
             allow_other,
@@ -126,6 +127,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         } => setup::mount(&nlxtp_host::fuse::MountOptions {
             mountpoint,
             vms,
+            libvirt,
             config,
             daemon,
             allow_other,
