@@ -20,8 +20,8 @@
 //! switch and the deletion.
 
 mod attach;
-pub mod hot;
 mod connections;
+pub mod hot;
 mod source;
 
 pub use self::attach::{attach, detach, Attached};
