@@ -334,7 +334,8 @@ fn cycle_on_a_second_host_over_tcp() {
         help.contains("TARGET is a domain's name")
             && help.contains("attach")
             && help.contains("--connect")
-            && !help.contains("mount "),
+            && help.contains("upload --hot")
+            && !help.contains("create-disk"),
         "{help}"
     );
     let _ = virsh(&uri, &["undefine", "nlxtp-db1"]);
