@@ -2,8 +2,10 @@
 //!
 //! Builds a minimal guest (Debian kernel, busybox, the static nlxtp-guest), creates the
 //! shared disk, uploads an archive while the VM is off, boots it, watches the run from
-//! the host while the VM runs, lets it power off and downloads the results. Every step
-//! says what it does, the `nlxtp` command that does the same, and when.
+//! the host while the VM runs, lets it power off and downloads the results; then boots
+//! it once more and gives the running VM three jobs by hot-plugged disks, without a
+//! reboot. Every step says what it does, the `nlxtp` command that does the same, and
+//! when.
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -14,7 +16,8 @@ use nlxtp_harness::qemu::Vm;
 use nlxtp_harness::vm::{archive, GuestSetup, BOOT_DEADLINE};
 use nlxtp_host::area::vfat::VfatImage;
 use nlxtp_host::area::{read_status, Patience, SharedArea};
-use nlxtp_host::ops::{self, Compression, UploadOptions};
+use nlxtp_host::ops::hot::{self, AttachOptions, DetachOptions, HotDisk};
+use nlxtp_host::ops::{self, Compression, UploadOptions, WaitOutcome};
 
 const SCRIPT: &str = "\
 #!/bin/sh
@@ -53,6 +56,7 @@ fn main() -> Result<()> {
     let area = setup.area();
     watch(&clock, &area, &mut vm)?;
     download(&clock, &setup, &area)?;
+    hot_jobs(&clock, &mut setup)?;
     println!();
     clock.say(bold(
         "done: the whole cycle ran with no network between host and guest",
@@ -190,5 +194,71 @@ fn download(clock: &Clock, setup: &GuestSetup, area: &VfatImage) -> Result<()> {
         }
         println!("            {size:>6}  {path:<22} {}", text.trim_end());
     }
+    Ok(())
+}
+
+/// Step 7: jobs for the VM while it runs: each on a disk of its own, plugged in over
+/// QMP, run once, released by the guest, unplugged and read.
+fn hot_jobs(clock: &Clock, setup: &mut GuestSetup) -> Result<()> {
+    clock.say(bold(
+        "7. three jobs for the VM while it runs: hot-plugged disks, no reboot",
+    ));
+    let mut vm = setup.boot_hot()?;
+    vm.wait_serial("nlxtp-init: booted", BOOT_DEADLINE)?;
+    let socket = vm
+        .qmp_socket()
+        .map(|s| s.display().to_string())
+        .unwrap_or_default();
+    let mut qmp = vm.qmp()?;
+    clock.say(format!("   VM up, QMP on {socket}"));
+    let image = setup.dir().join("job.img");
+    let options = AttachOptions {
+        size: 8 << 20,
+        ..AttachOptions::default()
+    };
+    for job in 1..=3 {
+        let script = format!("#!/bin/sh\necho \"hot job {job} ran at uptime $(cut -d' ' -f1 /proc/uptime)\"\nexit {job}\n");
+        let started = Instant::now();
+        hot::attach(
+            &mut qmp,
+            &image,
+            &archive(&[("auto_exec.sh", script.as_bytes(), 0o755)])?[..],
+            &options,
+        )?;
+        let disk = HotDisk::open(&image)?;
+        let record = match ops::status::wait(
+            disk.area(),
+            Some(Duration::from_secs(120)),
+            Duration::from_millis(20),
+            &mut |_| Ok(()),
+        )? {
+            WaitOutcome::Done(record) => record,
+            other => bail!("hot job {job} did not end: {other:?}"),
+        };
+        let detached = disk.detach(&mut qmp, &DetachOptions::default())?;
+        let out = disk
+            .area()
+            .read_file(&nlxtp_host::area::AreaPath::new("nlxtp/stdout.txt")?, 4096)?;
+        clock.say(format!(
+            "   $ nlxtp upload --hot --qmp {socket} job.img job{job}.tar.gz; nlxtp wait job.img; nlxtp detach --qmp {socket} job.img"
+        ));
+        clock.say(format!(
+            "     {} ({}, released by the guest: {}) in {:.2} s: {}",
+            record.state,
+            if record.state == RunState::Exited(job) {
+                "as the script said"
+            } else {
+                "unexpected"
+            },
+            detached.released_by_guest,
+            started.elapsed().as_secs_f64(),
+            String::from_utf8_lossy(&out).trim_end()
+        ));
+    }
+    clock.say(format!(
+        "   one boot for all three: the VM has been up {:.1} s",
+        vm.uptime().as_secs_f64()
+    ));
+    vm.stop();
     Ok(())
 }
