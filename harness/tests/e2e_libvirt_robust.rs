@@ -193,7 +193,7 @@ fn a_crash_in_the_middle_of_a_remote_upload_leaves_old_or_new() {
         KillAt::Switched,
         KillAt::Switched,
     ];
-    let (mut olds, mut news) = (0, 0);
+    let (mut olds, mut killed_news) = (0, 0);
     for point in points {
         // The state before: the small job, complete, downloaded.
         run(&small);
@@ -226,11 +226,15 @@ fn a_crash_in_the_middle_of_a_remote_upload_leaves_old_or_new() {
             std::thread::sleep(Duration::from_micros(500));
         }
         let _ = child.kill();
+        let killed_after = started.elapsed();
         let status = child.wait().unwrap();
 
         let after = defined_volume(&uri, domain);
         let vols: Vec<String> = volumes_in(&dir);
-        assert!(vols.contains(&after), "{after} is not in the pool: {vols:?}");
+        assert!(
+            vols.contains(&after),
+            "{after} is not in the pool: {vols:?}"
+        );
         let outcome = if after == before {
             // Old: the very same volume, byte for byte.
             let now = download(&uri, pool, &after, &work.path().join("after.img"));
@@ -245,7 +249,9 @@ fn a_crash_in_the_middle_of_a_remote_upload_leaves_old_or_new() {
                 read("big.bin", 1 << 27).unwrap() == big_data,
                 "{point:?}: the new volume in use is not complete"
             );
-            news += 1;
+            if !status.success() {
+                killed_news += 1;
+            }
             "new"
         };
         // Whatever else is in the pool now is used by no domain.
@@ -259,13 +265,13 @@ fn a_crash_in_the_middle_of_a_remote_upload_leaves_old_or_new() {
                 );
             }
         }
-        eprintln!(
-            "killed at {point:?} after {:?} ({status}): {outcome}, pool {vols:?}",
-            started.elapsed()
-        );
+        eprintln!("{point:?}: killed after {killed_after:?} ({status}): {outcome}, pool {vols:?}");
     }
-    eprintln!("{olds} left the old volume, {news} the new one");
-    assert!(olds > 0 && news > 0, "the kills never hit both sides");
+    eprintln!("{olds} left the old volume, {killed_news} killed ones the new one");
+    assert!(
+        olds > 0 && killed_news > 0,
+        "the kills never hit both sides of the switch"
+    );
 
     // The leftovers: the next upload reports the young ones and keeps them (they may be
     // another upload's, in progress), deletes one older than the grace time, and never
@@ -283,7 +289,8 @@ fn a_crash_in_the_middle_of_a_remote_upload_leaves_old_or_new() {
     let young: Vec<String> = volumes_in(&dir)
         .into_iter()
         .filter(|v| {
-            v.starts_with("gaps-crash-nlxtp-") && *v != defined_volume(&uri, domain)
+            v.starts_with("gaps-crash-nlxtp-")
+                && *v != defined_volume(&uri, domain)
                 && !v.starts_with("gaps-crash-nlxtp-1000000000")
         })
         .collect();
@@ -324,7 +331,11 @@ fn ownership(path: &Path) -> ((u32, u32, u32), Vec<String>) {
 /// The uid of the user `name`.
 fn uid_of(name: &str) -> u32 {
     let out = Command::new("id").args(["-u", name]).output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// libvirt's DAC driver (its defaults: the harness writes no qemu.conf, so
@@ -352,8 +363,7 @@ fn ownership_is_restored_after_shutdown() {
     )
     .unwrap();
     // Not what libvirt would pick for a new volume (0600): so a copy shows.
-    std::fs::set_permissions(&first, std::os::unix::fs::PermissionsExt::from_mode(0o640))
-        .unwrap();
+    std::fs::set_permissions(&first, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
     virsh(daemon.uri(), &["pool-refresh", pool]).unwrap();
     let work = tempfile::tempdir().unwrap();
     let (kernel, initramfs) = nlxtp_harness::initramfs::guest_initramfs(work.path()).unwrap();
@@ -457,8 +467,10 @@ fn clear_errors_for_auth_two_disks_and_a_file_outside_pools() {
     let sasl = Libvirtd::sasl_host().unwrap();
     let err = connect(Some(sasl.tcp_uri())).unwrap_err().to_string();
     assert!(
-        err.contains(&format!("libvirt at {} refused to authenticate", sasl.tcp_uri()))
-            && err.contains("auth.conf")
+        err.contains(&format!(
+            "libvirt at {} refused to authenticate",
+            sasl.tcp_uri()
+        )) && err.contains("auth.conf")
             && err.contains("qemu+ssh://"),
         "{err}"
     );
@@ -576,5 +588,8 @@ fn clear_errors_for_auth_two_disks_and_a_file_outside_pools() {
     let _ = virsh(daemon.uri(), &["pool-destroy", "gaps-loose"]);
     let _ = virsh(daemon.uri(), &["pool-undefine", "gaps-loose"]);
     let _ = std::fs::remove_dir_all(&loose_dir);
-    let _ = virsh(daemon.uri(), &["vol-delete", "--pool", pool, "gaps-two-a.img"]);
+    let _ = virsh(
+        daemon.uri(),
+        &["vol-delete", "--pool", pool, "gaps-two-a.img"],
+    );
 }
