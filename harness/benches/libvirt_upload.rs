@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nlxtp_harness::libvirt::{nlxtp_libvirt_binary, virsh, Libvirtd};
-use nlxtp_harness::vm::archive;
+use nlxtp_harness::vm::{archive, noise};
 use nlxtp_host::area::libvirt::{connect, LibvirtDomain};
 use nlxtp_host::area::vfat::{create_disk, DiskOptions};
 use nlxtp_host::ops::{self, UploadOptions};
@@ -40,18 +40,6 @@ fn median(mut op: impl FnMut()) -> Duration {
         .collect();
     times.sort();
     times[times.len() / 2]
-}
-
-fn noise(n: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(n);
-    out
 }
 
 fn ok(command: &mut Command) {

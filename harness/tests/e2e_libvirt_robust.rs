@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use nlxtp_harness::libvirt::{
     define_domain, nlxtp_libvirt_binary, virsh, wait_shut_off, Libvirtd, BASE,
 };
-use nlxtp_harness::vm::archive;
+use nlxtp_harness::vm::{archive, noise};
 use nlxtp_host::area::libvirt::{connect, find_shared_disk, DiskSource, LibvirtDomain};
 use nlxtp_host::area::vfat::{create_disk, DiskOptions};
 use nlxtp_host::area::{AreaError, AreaPath, SharedArea};
@@ -75,17 +75,32 @@ fn volumes_in(dir: &Path) -> Vec<String> {
     names
 }
 
-/// `n` bytes that gzip cannot shrink (xorshift), so that the upload takes a while.
-fn noise(n: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
+/// The pool `pool` (a `dir` pool under the harness's base), emptied, with one fresh
+/// shared disk `first` of `size` bytes; its directory and the disk's path.
+fn fresh_pool(daemon: &Libvirtd, pool: &str, first: &str, size: u64) -> (PathBuf, PathBuf) {
+    let dir = daemon.pool(pool).unwrap();
+    for name in volumes_in(&dir) {
+        let _ = virsh(daemon.uri(), &["vol-delete", "--pool", pool, &name]);
     }
-    out.truncate(n);
-    out
+    let disk = dir.join(first);
+    create_disk(
+        &disk,
+        &DiskOptions {
+            size,
+            ..DiskOptions::default()
+        },
+    )
+    .unwrap();
+    virsh(daemon.uri(), &["pool-refresh", pool]).unwrap();
+    (dir, disk)
+}
+
+/// Runs `command`, which must succeed; its stderr.
+fn succeeds(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{command:?}: {stderr}");
+    stderr
 }
 
 /// Where an upload is killed.
@@ -110,19 +125,7 @@ fn a_crash_in_the_middle_of_a_remote_upload_leaves_old_or_new() {
     let uri = daemon.tcp_uri().to_owned();
     let pool = "gaps-crash";
     let domain = "gaps-crash";
-    let dir = daemon.pool(pool).unwrap();
-    for name in volumes_in(&dir) {
-        let _ = virsh(daemon.uri(), &["vol-delete", "--pool", pool, &name]);
-    }
-    create_disk(
-        &dir.join("gaps-crash-first.img"),
-        &DiskOptions {
-            size: 160 << 20,
-            ..DiskOptions::default()
-        },
-    )
-    .unwrap();
-    virsh(daemon.uri(), &["pool-refresh", pool]).unwrap();
+    let (dir, _) = fresh_pool(&daemon, pool, "gaps-crash-first.img", 160 << 20);
     define_idle(daemon.uri(), domain, pool, "gaps-crash-first.img");
     let cli = nlxtp_libvirt_binary().unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -162,15 +165,7 @@ fn a_crash_in_the_middle_of_a_remote_upload_leaves_old_or_new() {
             .stderr(Stdio::piped());
         command
     };
-    let run = |job: &Path| {
-        let out = upload(job, true).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stderr).unwrap()
-    };
+    let run = |job: &Path| succeeds(&mut upload(job, true));
     let area = LibvirtDomain::open(connect(Some(&uri)).unwrap(), &uri, domain).unwrap();
     let read = |path: &str, max: u64| area.read_file(&AreaPath::new(path).unwrap(), max);
 
@@ -349,22 +344,9 @@ fn ownership_is_restored_after_shutdown() {
     let uri = daemon.tcp_uri().to_owned();
     let pool = "gaps-dac";
     let domain = "gaps-dac";
-    let dir = daemon.pool(pool).unwrap();
-    for name in volumes_in(&dir) {
-        let _ = virsh(daemon.uri(), &["vol-delete", "--pool", pool, &name]);
-    }
-    let first = dir.join("gaps-dac-first.img");
-    create_disk(
-        &first,
-        &DiskOptions {
-            size: 16 << 20,
-            ..DiskOptions::default()
-        },
-    )
-    .unwrap();
+    let (dir, first) = fresh_pool(&daemon, pool, "gaps-dac-first.img", 16 << 20);
     // Not what libvirt would pick for a new volume (0600): so a copy shows.
     std::fs::set_permissions(&first, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
-    virsh(daemon.uri(), &["pool-refresh", pool]).unwrap();
     let work = tempfile::tempdir().unwrap();
     let (kernel, initramfs) = nlxtp_harness::initramfs::guest_initramfs(work.path()).unwrap();
     define_domain(
@@ -419,15 +401,10 @@ fn ownership_is_restored_after_shutdown() {
     assert_eq!(ownership(&second), original, "the owner was not restored");
 
     // Upload after, with --start, and a second boot on nlxtp's own volume: the same.
-    let out = Command::new(&cli)
-        .args(["-c", &uri, "upload", "--start", domain])
-        .arg(&job_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        Command::new(&cli)
+            .args(["-c", &uri, "upload", "--start", domain])
+            .arg(&job_file),
     );
     let third = volume_path();
     assert_ne!(third, second);
