@@ -25,6 +25,9 @@ pub const PORT: u16 = 16519;
 /// The TCP port of the second host's daemon (on 127.0.0.2).
 pub const PORT2: u16 = 16520;
 
+/// The TCP port of the daemon that asks for SASL credentials (on 127.0.0.3).
+pub const PORT_SASL: u16 = 16521;
+
 /// A running libvirtd (and virtlogd) of the tests.
 #[derive(Debug)]
 pub struct Libvirtd {
@@ -146,8 +149,32 @@ impl Libvirtd {
     /// # Errors
     /// When it does not come up within its deadline.
     pub fn second_host() -> Result<Libvirtd> {
+        Self::isolated_host("host2", "127.0.0.2", PORT2, "none", true)
+    }
+
+    /// A host whose libvirtd asks TCP clients for SASL credentials (`auth_tcp =
+    /// "sasl"`) and knows none: every client is refused. Isolated as
+    /// [`Libvirtd::second_host`], on 127.0.0.3:[`PORT_SASL`], under
+    /// `BASE/host-sasl`.
+    ///
+    /// # Errors
+    /// When it does not listen within its deadline.
+    pub fn sasl_host() -> Result<Libvirtd> {
+        Self::isolated_host("host-sasl", "127.0.0.3", PORT_SASL, "sasl", false)
+    }
+
+    /// A libvirtd in a mount namespace of its own under `BASE/dir`, on `addr:port` with
+    /// `auth_tcp = auth`; waits until `virsh version` answers (`answers`), else until
+    /// the port takes connections.
+    fn isolated_host(
+        dir: &str,
+        addr: &str,
+        port: u16,
+        auth: &str,
+        answers: bool,
+    ) -> Result<Libvirtd> {
         prepare_host()?;
-        let root = PathBuf::from(BASE).join("host2");
+        let root = PathBuf::from(BASE).join(dir);
         for dir in ["etc", "qemu", "cache", "log"] {
             std::fs::create_dir_all(root.join(dir))?;
         }
@@ -155,8 +182,8 @@ impl Libvirtd {
         std::fs::write(
             &conf,
             format!(
-                "listen_tls = 0\nlisten_tcp = 1\nauth_tcp = \"none\"\n\
-                 listen_addr = \"127.0.0.2\"\ntcp_port = \"{PORT2}\"\n"
+                "listen_tls = 0\nlisten_tcp = 1\nauth_tcp = \"{auth}\"\n\
+                 listen_addr = \"{addr}\"\ntcp_port = \"{port}\"\n"
             ),
         )?;
         let virtlogd_pid = root.join("virtlogd.pid");
@@ -181,19 +208,26 @@ exec libvirtd --listen -f {} -p /run/libvirt/libvirtd.pid",
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("could not start the second libvirtd")?;
-        let tcp = format!("qemu+tcp://127.0.0.2:{PORT2}/system");
+            .with_context(|| format!("could not start the libvirtd of {dir}"))?;
+        let tcp = format!("qemu+tcp://{addr}:{port}/system");
         let daemon = Libvirtd {
             uri: tcp.clone(),
             tcp,
             started_here: false,
             isolated: Some((child, virtlogd_pid)),
         };
+        let up = || {
+            if answers {
+                virsh(daemon.uri(), &["version"]).is_ok()
+            } else {
+                std::net::TcpStream::connect((addr, port)).is_ok()
+            }
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while virsh(daemon.uri(), &["version"]).is_err() {
+        while !up() {
             if Instant::now() > deadline {
                 bail!(
-                    "the second libvirtd did not answer within 60 s: see {}/libvirtd.log",
+                    "the libvirtd of {dir} did not answer within 60 s: see {}/libvirtd.log",
                     root.display()
                 );
             }

@@ -129,6 +129,20 @@ impl GuestSetup {
     }
 }
 
+/// `n` bytes that gzip cannot shrink (xorshift from `seed`, not 0): jobs whose upload
+/// takes as long as their size says.
+pub fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
 /// A `.tar.gz` archive made of `(path, content, mode)` members, for uploads.
 ///
 /// # Errors

@@ -17,7 +17,17 @@
 //! one redefinition, and only then is the old volume deleted. libvirt itself does not
 //! refuse `vol-upload` or `vol-delete` on a running domain's volume, so this backend
 //! refuses while the domain is active, checked before it starts and again before the
-//! switch and the deletion.
+//! switch and the deletion. The new volume takes the old one's mode, owner and group
+//! (libvirt's DAC driver restores exactly those when a domain that ran on it stops).
+//!
+//! **A crash in the middle of an upload** (the process killed, the connection lost)
+//! leaves the definition on the old volume or on the new one, both complete: the switch
+//! is one redefinition, made only after the new volume was uploaded whole. What it can
+//! leave is an unused volume `DOMAIN-nlxtp-NANOS.img` in the pool (killed before the
+//! switch) or the old volume (killed between the switch and its deletion). The next
+//! upload of that domain deletes the nlxtp-named ones that no domain's definition uses
+//! and that are older than [`LEFTOVER_GRACE`] (younger ones may be another upload's,
+//! still being written: they are logged, not touched).
 
 mod attach;
 mod connections;
@@ -58,6 +68,15 @@ pub enum LibvirtError {
         #[source]
         source: virt::error::Error,
     },
+    /// The daemon refused to authenticate this client.
+    #[error("libvirt at {uri} refused to authenticate this client: give it credentials it accepts (for SASL: a user and password in $XDG_CONFIG_HOME/libvirt/auth.conf), connect another way (qemu+ssh://, or qemu+tls:// with a client certificate), or have that host's admin change auth_tcp in its libvirtd.conf")]
+    Auth {
+        /// The URI.
+        uri: String,
+        /// libvirt's error.
+        #[source]
+        source: virt::error::Error,
+    },
     /// No such domain.
     #[error("there is no domain {domain} at {uri}: check the name (virsh -c {uri} list --all)")]
     NoDomain {
@@ -76,17 +95,17 @@ pub enum LibvirtError {
         domain: String,
     },
     /// The domain has two or more disks marked as shared.
-    #[error("domain {domain} has {count} disks with <serial>NLXTP</serial> ({targets}): keep the serial on one of them (virsh edit {domain})")]
+    #[error("domain {domain} has {count} disks with <serial>NLXTP</serial> ({targets}): keep the serial on one of them and remove it from the others (virsh edit {domain})")]
     TwoSharedDisks {
         /// The domain.
         domain: String,
         /// How many.
         count: usize,
-        /// Their target devices.
+        /// Their target devices and sources (`vda (volume pool/v.img), vdb (file /x.img)`).
         targets: String,
     },
     /// The shared disk's source is not a storage volume libvirt knows.
-    #[error("the shared disk {target} of domain {domain} is not a volume of a storage pool ({what}): put it in a pool (virsh pool-refresh, or a dir pool over its directory)")]
+    #[error("the shared disk {target} of domain {domain} is not a volume of a storage pool ({what}): nlxtp-libvirt reads and replaces it through a pool, so put it in one: define a dir pool over the file's directory (virsh pool-define-as NAME dir --target DIR, then virsh pool-start NAME), or move the file into a pool's directory and run virsh pool-refresh POOL")]
     NotAVolume {
         /// The domain.
         domain: String,
@@ -112,7 +131,9 @@ pub enum LibvirtError {
 impl From<LibvirtError> for AreaError {
     fn from(e: LibvirtError) -> Self {
         let name = PathBuf::from(match &e {
-            LibvirtError::Connect { uri, .. } | LibvirtError::NoDomain { uri, .. } => uri.clone(),
+            LibvirtError::Connect { uri, .. }
+            | LibvirtError::Auth { uri, .. }
+            | LibvirtError::NoDomain { uri, .. } => uri.clone(),
             LibvirtError::NoSharedDisk { domain }
             | LibvirtError::TwoSharedDisks { domain, .. }
             | LibvirtError::NotAVolume { domain, .. } => format!("domain {domain}"),
@@ -125,16 +146,22 @@ impl From<LibvirtError> for AreaError {
 /// Opens the connection at `uri` (`None`: libvirt's default, `LIBVIRT_DEFAULT_URI`).
 ///
 /// # Errors
-/// [`LibvirtError::Connect`].
+/// [`LibvirtError::Auth`] when the daemon refused to authenticate this client,
+/// [`LibvirtError::Connect`] for the other failures.
 pub fn connect(uri: Option<&str>) -> Result<Arc<Connect>, LibvirtError> {
+    use virt::enumutil::Enum;
+    use virt::error::ErrorNumber as N;
     // libvirt's default handler prints every error to stderr; ours come back as values.
     virt::error::clear_error_callback();
-    Connect::open(uri)
-        .map(Arc::new)
-        .map_err(|source| LibvirtError::Connect {
-            uri: uri.unwrap_or("(libvirt's default)").into(),
-            source,
-        })
+    Connect::open(uri).map(Arc::new).map_err(|source| {
+        let uri = uri.unwrap_or("(libvirt's default)").into();
+        match source.code() {
+            Enum::Known(N::AuthFailed | N::AuthCancelled | N::AuthUnavailable) => {
+                LibvirtError::Auth { uri, source }
+            }
+            _ => LibvirtError::Connect { uri, source },
+        }
+    })
 }
 
 /// A domain's name, and the domain opened (or why it could not be).
@@ -201,6 +228,15 @@ pub enum DiskSource {
     File(String),
 }
 
+impl std::fmt::Display for DiskSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiskSource::Volume { pool, volume } => write!(f, "volume {pool}/{volume}"),
+            DiskSource::File(path) => write!(f, "file {path}"),
+        }
+    }
+}
+
 /// Finds the shared disk in a domain's XML (see the module docs).
 ///
 /// # Errors
@@ -218,7 +254,7 @@ pub fn find_shared_disk(domain: &str, xml: &str) -> Result<SharedDisk, LibvirtEr
             count,
             targets: marked
                 .iter()
-                .map(|d| d.target.as_str())
+                .map(|d| format!("{} ({})", d.target, d.source))
                 .collect::<Vec<_>>()
                 .join(", "),
         }),
@@ -385,7 +421,10 @@ impl LibvirtDomain {
         let volume = lookup.map_err(|source| LibvirtError::NotAVolume {
             domain: self.name.clone(),
             target: disk.target.clone(),
-            what: format!("{:?}", disk.source),
+            what: match &disk.source {
+                DiskSource::File(path) => format!("the file {path}, which no pool holds"),
+                DiskSource::Volume { .. } => format!("{}, which libvirt cannot find", disk.source),
+            },
             source: Some(source),
         })?;
         let len = volume
@@ -457,23 +496,8 @@ fn running_users(
             users.push((name, "?".into()));
             continue;
         };
-        let uses = |s: &roxmltree::Node<'_, '_>| {
-            (!path.is_empty() && s.attribute("file") == Some(path))
-                || matches!(source, DiskSource::Volume { pool, volume }
-                    if s.attribute("pool") == Some(pool) && s.attribute("volume") == Some(volume))
-        };
-        for disk in doc.descendants().filter(|n| n.has_tag_name("disk")) {
-            if disk
-                .children()
-                .any(|c| c.has_tag_name("source") && uses(&c))
-            {
-                let target = disk
-                    .children()
-                    .find(|c| c.has_tag_name("target"))
-                    .and_then(|t| t.attribute("dev"))
-                    .unwrap_or("?");
-                users.push((name.clone(), target.to_owned()));
-            }
+        for target in disks_on(&doc, source, path) {
+            users.push((name.clone(), target.to_owned()));
         }
     }
     Ok(users)
@@ -558,11 +582,17 @@ impl SharedArea for LibvirtDomain {
             .map_err(self.call("find the pool of the shared volume of"))?;
         let old_name = old.name().map_err(self.call("name the shared volume of"))?;
         let new_name = new_volume_name(&self.name);
+        // The old volume's mode and owner: what libvirt's DAC driver gives back to a
+        // volume when a domain that ran on it stops.
+        let permissions = old
+            .xml_desc(0)
+            .map(|xml| permissions_of(&xml))
+            .unwrap_or_default();
         let new = StorageVol::create_xml(
             &pool,
             &format!(
                 "<volume><name>{new_name}</name><capacity unit='bytes'>{len}</capacity>\
-                 <target><format type='raw'/></target></volume>"
+                 <target><format type='raw'/>{permissions}</target></volume>"
             ),
             0,
         )
@@ -607,8 +637,155 @@ impl SharedArea for LibvirtDomain {
         } else {
             tracing::warn!("kept the old volume {old_name}: a running domain uses it");
         }
+        self.clean_leftovers(&pool, &[&new_name, &old_name]);
         Ok(())
     }
+}
+
+/// How old an unused `DOMAIN-nlxtp-NANOS.img` volume must be before an upload deletes it
+/// as left over from an interrupted one: a younger one may be another upload's, still
+/// being written.
+pub const LEFTOVER_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl LibvirtDomain {
+    /// Deletes the volumes of `pool` that interrupted uploads of this domain left (see
+    /// the module docs), except `keep`; logs what it removed and what it left. Best
+    /// effort: a failure here does not undo the upload that succeeded.
+    fn clean_leftovers(&self, pool: &virt::storage_pool::StoragePool, keep: &[&str]) {
+        let result = (|| -> Result<(), virt::error::Error> {
+            let pool_name = pool.name()?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            for name in pool.list_volumes()? {
+                let Some(made) = leftover_time(&self.name, &name) else {
+                    continue;
+                };
+                if keep.contains(&name.as_str()) {
+                    continue;
+                }
+                let vol = pool.lookup_storage_vol_by_name(&name)?;
+                let path = vol.path().unwrap_or_default();
+                let source = DiskSource::Volume {
+                    pool: pool_name.clone(),
+                    volume: name.clone(),
+                };
+                if let Some(user) = defined_user(&self.conn, &source, &path)? {
+                    tracing::debug!("volume {name} is not left over: domain {user} uses it");
+                    continue;
+                }
+                if now.saturating_sub(made) < LEFTOVER_GRACE {
+                    tracing::warn!(
+                        "volume {name} in pool {pool_name} looks left over from an interrupted \
+                         upload; it is younger than {} min, so maybe still being written: \
+                         a later upload removes it (or: virsh vol-delete --pool {pool_name} {name})",
+                        LEFTOVER_GRACE.as_secs() / 60
+                    );
+                    continue;
+                }
+                vol.delete(0)?;
+                tracing::info!(
+                    "removed {name} from pool {pool_name}, left over from an interrupted upload"
+                );
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!("could not look for volumes left over from interrupted uploads: {e}");
+        }
+    }
+}
+
+/// When the volume `name` was made, if it is named as an upload of `domain` names its new
+/// volume (`DOMAIN-nlxtp-SECSNANOS.img`).
+fn leftover_time(domain: &str, name: &str) -> Option<std::time::Duration> {
+    let digits = name
+        .strip_prefix(&format!("{}-nlxtp-", safe_name(domain)))?
+        .strip_suffix(".img")?;
+    if digits.len() <= 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (secs, nanos) = digits.split_at(digits.len() - 9);
+    Some(std::time::Duration::new(
+        secs.parse().ok()?,
+        nanos.parse().ok()?,
+    ))
+}
+
+/// A domain on `conn` (defined or running) whose definition or live XML has a disk on
+/// the volume `source` (or the file `path`), if any.
+fn defined_user(
+    conn: &Connect,
+    source: &DiskSource,
+    path: &str,
+) -> Result<Option<String>, virt::error::Error> {
+    for domain in conn.list_all_domains(0)? {
+        let name = domain.name().unwrap_or_else(|_| "?".into());
+        let mut xmls = vec![domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?];
+        if domain.is_active()? {
+            xmls.push(domain.xml_desc(0)?);
+        }
+        for xml in xmls {
+            // A definition that does not parse counts as a user, to be safe.
+            if roxmltree::Document::parse(&xml)
+                .map(|doc| !disks_on(&doc, source, path).is_empty())
+                .unwrap_or(true)
+            {
+                return Ok(Some(name));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The targets of the disks of `doc` whose source is the volume `source` or the file
+/// `path`.
+fn disks_on<'a>(doc: &'a roxmltree::Document<'_>, source: &DiskSource, path: &str) -> Vec<&'a str> {
+    let uses = |s: &roxmltree::Node<'_, '_>| {
+        (!path.is_empty() && s.attribute("file") == Some(path))
+            || matches!(source, DiskSource::Volume { pool, volume }
+                if s.attribute("pool") == Some(pool) && s.attribute("volume") == Some(volume))
+    };
+    doc.descendants()
+        .filter(|n| n.has_tag_name("disk"))
+        .filter(|disk| {
+            disk.children()
+                .any(|c| c.has_tag_name("source") && uses(&c))
+        })
+        .map(|disk| {
+            disk.children()
+                .find(|c| c.has_tag_name("target"))
+                .and_then(|t| t.attribute("dev"))
+                .unwrap_or("?")
+        })
+        .collect()
+}
+
+/// The `<permissions>` element of a volume's XML (mode, owner, group), to give a new
+/// volume the same; empty when it has none.
+fn permissions_of(volume_xml: &str) -> String {
+    let Ok(doc) = roxmltree::Document::parse(volume_xml) else {
+        return String::new();
+    };
+    let Some(perms) = doc.descendants().find(|n| {
+        n.has_tag_name("permissions") && n.parent().is_some_and(|p| p.has_tag_name("target"))
+    }) else {
+        return String::new();
+    };
+    let mut out = String::from("<permissions>");
+    for field in ["mode", "owner", "group"] {
+        let value = perms
+            .children()
+            .find(|c| c.has_tag_name(field))
+            .and_then(|c| c.text())
+            .map(str::trim)
+            .filter(|v| v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty());
+        if let Some(value) = value {
+            out.push_str(&format!("<{field}>{value}</{field}>"));
+        }
+    }
+    out.push_str("</permissions>");
+    out
 }
 
 /// A fresh volume name for `domain`'s shared disk.
@@ -705,5 +882,43 @@ impl CloneRef for StorageVol {
             .map_err(|e| AreaError::io("reach", Path::new("libvirt"), io::Error::other(e)))?;
         conn.lookup_storage_vol_by_key(&key)
             .map_err(|e| AreaError::io("reach", Path::new("libvirt"), io::Error::other(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_are_this_domains_upload_volumes_only() {
+        let name = new_volume_name("web.1");
+        assert!(leftover_time("web.1", &name).is_some(), "{name}");
+        assert_eq!(
+            leftover_time("web1", "web1-nlxtp-1700000000123456789.img"),
+            Some(std::time::Duration::new(1_700_000_000, 123_456_789))
+        );
+        for other in [
+            "web1-shared.img",
+            "web1-nlxtp.img",
+            "web1-hot-1700000000123456789.img",
+            "web1-nlxtp-nlxtp-1700000000123456789.img",
+            "web10-nlxtp-1700000000123456789.img",
+            "web1-nlxtp-123.img",
+        ] {
+            assert_eq!(leftover_time("web1", other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn permissions_are_copied_from_a_volume_xml() {
+        let xml = "<volume><name>v</name><target><path>/p/v</path><format type='raw'/>\
+                   <permissions><mode>0640</mode><owner>0</owner><group>64055</group>\
+                   <label>x</label></permissions></target></volume>";
+        assert_eq!(
+            permissions_of(xml),
+            "<permissions><mode>0640</mode><owner>0</owner><group>64055</group></permissions>"
+        );
+        assert_eq!(permissions_of("<volume><target/></volume>"), "");
+        assert_eq!(permissions_of("not xml"), "");
     }
 }
