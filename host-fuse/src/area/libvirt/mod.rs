@@ -13,7 +13,8 @@
 //!
 //! **Uploads** are old-or-new: the new image is built in a local temporary file by the
 //! vFAT writer (from the old volume's partition table and boot sector), uploaded as a
-//! new volume of the same pool, the domain's persistent definition is switched to it in
+//! new volume of the same pool (only the ranges the build wrote, where a new volume reads
+//! as zeros: see `send`), the domain's persistent definition is switched to it in
 //! one redefinition, and only then is the old volume deleted. libvirt itself does not
 //! refuse `vol-upload` or `vol-delete` on a running domain's volume, so this backend
 //! refuses while the domain is active, checked before it starts and again before the
@@ -842,7 +843,7 @@ fn xml_escape(s: &str) -> String {
 
 /// Sends the `len` bytes of the file at `path` into `volume`, whole.
 fn upload(conn: &Connect, volume: &StorageVol, path: &Path, len: u64) -> Result<(), AreaError> {
-    send::upload(conn, volume, path, &[0..len])
+    send::upload(conn, volume, path, std::slice::from_ref(&(0..len)))
 }
 
 /// A second handle on a volume (the same volume, looked up again by its key).

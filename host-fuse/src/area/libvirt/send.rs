@@ -121,7 +121,7 @@ pub fn ranges_to_send(pool: &StoragePool, written: &Written<'_>) -> Vec<Range<u6
     if new_volumes_read_as_zeros(pool) {
         written.ranges(MERGE_GAP)
     } else {
-        vec![0..written.len()]
+        std::iter::once(0..written.len()).collect()
     }
 }
 
