@@ -338,6 +338,52 @@ fn uid_of(name: &str) -> u32 {
 /// volume while the domain runs and gives the owner back at shutdown; nlxtp's uploads
 /// keep the old volume's owner and mode, and an upload while the domain runs is refused
 /// without touching either.
+/// An upload into a `dir` pool sends only what the new image holds (the new volume reads
+/// as zeros elsewhere): bytes that the old volume had where the new image has none (its
+/// free clusters, filled with a marker here) must not come back in the new volume.
+#[test]
+fn a_new_volume_keeps_nothing_of_the_old_one() {
+    const MARK: u8 = 0xa5;
+    let daemon = Libvirtd::shared().unwrap();
+    let uri = daemon.tcp_uri().to_owned();
+    let pool = "gaps-zeros";
+    let domain = "gaps-zeros";
+    let (_, disk) = fresh_pool(&daemon, pool, "gaps-zeros-first.img", 32 << 20);
+    // The fresh FAT's free clusters (and anything after them) marked.
+    let mut old = std::fs::read(&disk).unwrap();
+    old[4 << 20..].fill(MARK);
+    std::fs::write(&disk, &old).unwrap();
+    virsh(daemon.uri(), &["pool-refresh", pool]).unwrap();
+    define_idle(daemon.uri(), domain, pool, "gaps-zeros-first.img");
+    let area = LibvirtDomain::open(connect(Some(&uri)).unwrap(), &uri, domain).unwrap();
+    let data = noise(3 << 20, 7);
+    let job = archive(&[
+        ("auto_exec.sh", b"#!/bin/sh\ntrue\n", 0o755),
+        ("data.bin", &data, 0o644),
+    ])
+    .unwrap();
+    ops::upload(&area, &job[..], &UploadOptions::default()).unwrap();
+    let volume = defined_volume(daemon.uri(), domain);
+    assert_ne!(volume, "gaps-zeros-first.img");
+    let work = tempfile::tempdir().unwrap();
+    let new = download(&uri, pool, &volume, &work.path().join("new.img"));
+    assert_eq!(new.len(), old.len());
+    let marked = new
+        .chunks(512)
+        .position(|sector| sector.iter().all(|&b| b == MARK));
+    assert_eq!(marked, None, "a sector of the old volume came back");
+    // What the new image does not use reads as zeros; its files read back whole.
+    let used = new.iter().rposition(|&b| b != 0).unwrap();
+    assert!(used < 16 << 20, "non-zero bytes up to {used}");
+    assert_eq!(
+        area.read_file(&AreaPath::new("data.bin").unwrap(), 4 << 20)
+            .unwrap(),
+        data
+    );
+    let _ = virsh(daemon.uri(), &["undefine", domain]);
+    let _ = virsh(daemon.uri(), &["vol-delete", "--pool", pool, &volume]);
+}
+
 #[test]
 fn ownership_is_restored_after_shutdown() {
     let daemon = Libvirtd::shared().unwrap();

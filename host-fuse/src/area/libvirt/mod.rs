@@ -13,7 +13,8 @@
 //!
 //! **Uploads** are old-or-new: the new image is built in a local temporary file by the
 //! vFAT writer (from the old volume's partition table and boot sector), uploaded as a
-//! new volume of the same pool, the domain's persistent definition is switched to it in
+//! new volume of the same pool (only the ranges the build wrote, where a new volume reads
+//! as zeros: see `send`), the domain's persistent definition is switched to it in
 //! one redefinition, and only then is the old volume deleted. libvirt itself does not
 //! refuse `vol-upload` or `vol-delete` on a running domain's volume, so this backend
 //! refuses while the domain is active, checked before it starts and again before the
@@ -32,18 +33,18 @@
 mod attach;
 mod connections;
 pub mod hot;
+mod send;
 mod source;
 
 pub use self::attach::{attach, detach, Attached};
 pub use self::connections::{connection, open_domain, shared_domains_at};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::storage_vol::StorageVol;
-use virt::stream::Stream;
 
 pub use self::source::VolumeSource;
 use crate::area::vfat::{self, partition, ImageFile};
@@ -558,6 +559,7 @@ impl SharedArea for LibvirtDomain {
         files: Vec<UploadFile>,
         durability: Durability,
     ) -> Result<(), AreaError> {
+        let started = std::time::Instant::now();
         self.refuse_if_active()?;
         let (xml, disk, old, len) = self.volume()?;
         let old_source =
@@ -575,7 +577,8 @@ impl SharedArea for LibvirtDomain {
         file.set_len(len)
             .map_err(|e| AreaError::io("size", temp.path(), e))?;
         let new_disk = ImageFile::with_len(file, len, temp.path());
-        vfat::build_image(&old_source, &new_disk, files, durability)?;
+        let written = send::Written::new(&new_disk);
+        vfat::build_image(&old_source, &written, files, durability)?;
         // Uploaded as a new volume of the same pool.
         let pool = old
             .lookup_storage_pool()
@@ -597,11 +600,20 @@ impl SharedArea for LibvirtDomain {
             0,
         )
         .map_err(self.call("create a new volume for"))?;
-        let uploaded = upload(&self.conn, &new, temp.path(), len);
+        // Only what the build wrote, where the new volume reads as zeros.
+        let ranges = send::ranges_to_send(&pool, &written);
+        let built = started.elapsed();
+        let uploaded = send::upload(&self.conn, &new, temp.path(), &ranges);
         if let Err(e) = uploaded {
             let _ = new.delete(0);
             return Err(e);
         }
+        tracing::debug!(
+            "built the new image in {built:?}; sent {} of its {len} bytes in {} stream(s) in {:?}",
+            ranges.iter().map(|r| r.end - r.start).sum::<u64>(),
+            ranges.len(),
+            started.elapsed() - built
+        );
         // Switched over in one redefinition of the persistent definition.
         let source_xml = match &disk.source {
             DiskSource::Volume { pool, .. } => {
@@ -829,42 +841,9 @@ fn xml_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Sends the `len` bytes of the file at `path` into `volume`.
+/// Sends the `len` bytes of the file at `path` into `volume`, whole.
 fn upload(conn: &Connect, volume: &StorageVol, path: &Path, len: u64) -> Result<(), AreaError> {
-    let call = |e: virt::error::Error| AreaError::io("upload", path, io::Error::other(e));
-    let mut file = std::fs::File::open(path).map_err(|e| AreaError::io("open", path, e))?;
-    let stream = Stream::new(conn, 0).map_err(call)?;
-    volume.upload(&stream, 0, len, 0).map_err(call)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut sent = 0u64;
-    while sent < len {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| AreaError::io("read", path, e))?;
-        if n == 0 {
-            let _ = stream.abort();
-            return Err(AreaError::io(
-                "read",
-                path,
-                io::ErrorKind::UnexpectedEof.into(),
-            ));
-        }
-        let mut at = 0;
-        while at < n {
-            let m = stream.send(&buf[at..n]).map_err(call)?;
-            if m <= 0 {
-                let _ = stream.abort();
-                return Err(AreaError::io(
-                    "upload",
-                    path,
-                    io::ErrorKind::WriteZero.into(),
-                ));
-            }
-            at += m as usize;
-        }
-        sent += n as u64;
-    }
-    stream.finish().map_err(call)
+    send::upload(conn, volume, path, std::slice::from_ref(&(0..len)))
 }
 
 /// A second handle on a volume (the same volume, looked up again by its key).

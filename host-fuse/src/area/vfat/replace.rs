@@ -157,7 +157,7 @@ fn replace_guarded(
 #[cfg_attr(not(feature = "libvirt"), allow(dead_code, reason = "area::libvirt's"))]
 pub(crate) fn build_image(
     old_disk: &dyn BlockSource,
-    new_disk: &ImageFile,
+    new_disk: &dyn BlockSource,
     files: Vec<UploadFile>,
     durability: Durability,
 ) -> Result<(), AreaError> {
@@ -166,7 +166,7 @@ pub(crate) fn build_image(
 
 fn build_into(
     old_disk: &dyn BlockSource,
-    new_disk: &ImageFile,
+    new_disk: &dyn BlockSource,
     plan: Plan,
     durability: Durability,
 ) -> Result<(), AreaError> {
@@ -184,7 +184,7 @@ fn build_into(
 /// new file is sparse.
 fn copy_outside(
     old: &dyn BlockSource,
-    new: &ImageFile,
+    new: &dyn BlockSource,
     place: &VolumePlace,
 ) -> Result<(), AreaError> {
     const CHUNK: u64 = 1 << 20;

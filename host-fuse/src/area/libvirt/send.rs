@@ -1,0 +1,204 @@
+//! Sending a locally built image into a new volume: only what the build wrote, when the
+//! pool gives new volumes that read as zeros.
+//!
+//! The image is built into a sparse temporary file (all zeros where nothing was written)
+//! through [`Written`], which notes the byte ranges written. A new raw volume of a `dir`,
+//! `fs` or `netfs` pool is a file libvirt has just created (truncated to its size, maybe
+//! preallocated): it reads as zeros, so sending the written ranges makes it equal to the
+//! image byte for byte; the rest (the unused part of the volume, mostly) is not sent.
+//! A new volume of any other pool type (an LVM volume, an iSCSI LUN, ...) may hold an
+//! earlier volume's bytes: it gets the whole image.
+
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use virt::connect::Connect;
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+use virt::stream::Stream;
+
+use crate::area::vfat::BlockSource;
+use crate::area::AreaError;
+
+/// Written ranges closer than this are sent as one: a stream costs round trips, a few
+/// hundred KiB of zeros on loopback or a LAN cost less.
+const MERGE_GAP: u64 = 1 << 20;
+
+/// A [`BlockSource`] that notes the ranges written through it.
+#[derive(Debug)]
+pub struct Written<'a> {
+    inner: &'a dyn BlockSource,
+    ranges: Mutex<Vec<Range<u64>>>,
+}
+
+impl<'a> Written<'a> {
+    /// `inner`, nothing written yet.
+    pub fn new(inner: &'a dyn BlockSource) -> Self {
+        Written {
+            inner,
+            ranges: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The ranges written so far, sorted, with those closer than `gap` merged.
+    pub fn ranges(&self, gap: u64) -> Vec<Range<u64>> {
+        let mut ranges = self
+            .ranges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        merge(&mut ranges, gap);
+        ranges
+    }
+}
+
+/// Sorts `ranges` and merges those that overlap or lie less than `gap` apart.
+fn merge(ranges: &mut Vec<Range<u64>>, gap: u64) {
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for r in ranges.drain(..) {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end.saturating_add(gap) => {
+                last.end = last.end.max(r.end);
+            }
+            _ => merged.push(r),
+        }
+    }
+    *ranges = merged;
+}
+
+impl BlockSource for Written<'_> {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), AreaError> {
+        self.inner.read_at(offset, buf)
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), AreaError> {
+        self.inner.write_at(offset, buf)?;
+        if !buf.is_empty() {
+            let mut ranges = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
+            // The builder writes mostly in order: extend the last range when it can.
+            match ranges.last_mut() {
+                Some(last) if last.end == offset => last.end += buf.len() as u64,
+                _ => ranges.push(offset..offset + buf.len() as u64),
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), AreaError> {
+        self.inner.flush()
+    }
+
+    fn name(&self) -> &Path {
+        self.inner.name()
+    }
+}
+
+/// Whether a new raw volume of `pool` reads as zeros (see the module docs). When libvirt
+/// cannot say, no.
+pub fn new_volumes_read_as_zeros(pool: &StoragePool) -> bool {
+    let Ok(xml) = pool.xml_desc(0) else {
+        return false;
+    };
+    roxmltree::Document::parse(&xml).is_ok_and(|doc| {
+        matches!(
+            doc.root_element().attribute("type"),
+            Some("dir" | "fs" | "netfs")
+        )
+    })
+}
+
+/// What of the image to send into a new volume of `pool`: the ranges `written` noted
+/// (merged), or all of it.
+pub fn ranges_to_send(pool: &StoragePool, written: &Written<'_>) -> Vec<Range<u64>> {
+    if new_volumes_read_as_zeros(pool) {
+        written.ranges(MERGE_GAP)
+    } else {
+        std::iter::once(0..written.len()).collect()
+    }
+}
+
+/// Sends the bytes `ranges` of the file at `path` into `volume` at the same offsets, one
+/// stream each.
+pub fn upload(
+    conn: &Connect,
+    volume: &StorageVol,
+    path: &Path,
+    ranges: &[Range<u64>],
+) -> Result<(), AreaError> {
+    let call = |e: virt::error::Error| AreaError::io("upload", path, io::Error::other(e));
+    let file = std::fs::File::open(path).map_err(|e| AreaError::io("open", path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    for range in ranges {
+        let stream = Stream::new(conn, 0).map_err(call)?;
+        volume
+            .upload(&stream, range.start, range.end - range.start, 0)
+            .map_err(call)?;
+        let mut at = range.start;
+        while at < range.end {
+            let n = (range.end - at).min(buf.len() as u64) as usize;
+            if let Err(e) = file.read_exact_at(&mut buf[..n], at) {
+                let _ = stream.abort();
+                return Err(AreaError::io("read", path, e));
+            }
+            let mut sent = 0;
+            while sent < n {
+                let m = stream.send(&buf[sent..n]).map_err(call)?;
+                if m <= 0 {
+                    let _ = stream.abort();
+                    return Err(AreaError::io(
+                        "upload",
+                        path,
+                        io::ErrorKind::WriteZero.into(),
+                    ));
+                }
+                sent += m as usize;
+            }
+            at += n as u64;
+        }
+        stream.finish().map_err(call)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::area::vfat::block::Memory;
+
+    #[test]
+    fn written_ranges_are_sorted_and_merged() {
+        let image = Memory::new(vec![0; 16 << 20]);
+        let written = Written::new(&image);
+        written.write_at(8 << 20, &[1; 512]).unwrap();
+        written.write_at((8 << 20) + 512, &[2; 512]).unwrap();
+        written.write_at(0, &[3; 512]).unwrap();
+        written.write_at(4096, &[4; 10]).unwrap();
+        written.write_at(100, &[]).unwrap();
+        assert_eq!(
+            written.ranges(0),
+            vec![0..512, 4096..4106, (8 << 20)..(8 << 20) + 1024]
+        );
+        assert_eq!(
+            written.ranges(1 << 20),
+            vec![0..4106, (8 << 20)..(8 << 20) + 1024]
+        );
+        let mut bytes = vec![0; 16 << 20];
+        image.read_at(0, &mut bytes).unwrap();
+        assert_eq!(bytes[4096..4106], [4; 10]);
+    }
+
+    #[test]
+    fn overlapping_ranges_merge() {
+        let mut ranges = vec![10..20, 0..5, 15..30, 5..6];
+        merge(&mut ranges, 0);
+        assert_eq!(ranges, vec![0..6, 10..30]);
+    }
+}
