@@ -731,12 +731,23 @@ fn defined_user(
     source: &DiskSource,
     path: &str,
 ) -> Result<Option<String>, virt::error::Error> {
+    use virt::enumutil::Enum;
+    use virt::error::ErrorNumber as N;
     for domain in conn.list_all_domains(0)? {
         let name = domain.name().unwrap_or_else(|_| "?".into());
-        let mut xmls = vec![domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?];
-        if domain.is_active()? {
-            xmls.push(domain.xml_desc(0)?);
-        }
+        let xmls = (|| -> Result<Vec<String>, virt::error::Error> {
+            let mut xmls = vec![domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?];
+            if domain.is_active()? {
+                xmls.push(domain.xml_desc(0)?);
+            }
+            Ok(xmls)
+        })();
+        let xmls = match xmls {
+            Ok(xmls) => xmls,
+            // Undefined since it was listed: it uses nothing.
+            Err(e) if matches!(e.code(), Enum::Known(N::NoDomain)) => continue,
+            Err(e) => return Err(e),
+        };
         for xml in xmls {
             // A definition that does not parse counts as a user, to be safe.
             if roxmltree::Document::parse(&xml)
