@@ -18,10 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nlxtp_core::record::STATUS_SLOT_LEN;
-use nlxtp_core::slots::{StatusWriter, STATUS_FILE_LEN};
 use nlxtp_core::{RunState, StatusRecord};
-use nlxtp_harness::libvirt::{nlxtp_libvirt_binary, virsh, Libvirtd};
+use nlxtp_harness::libvirt::{idle_domain_xml, nlxtp_libvirt_binary, virsh, Libvirtd};
+use nlxtp_harness::vm::status_file;
 use nlxtp_host::area::vfat::{create_image, VfatImage};
 use nlxtp_host::area::{SharedArea, UploadFile};
 
@@ -35,11 +34,7 @@ fn status_bytes() -> Vec<u8> {
         ..Default::default()
     };
     rec.custom.push_str("fleet benchmark").unwrap();
-    let mut file = vec![0u8; STATUS_FILE_LEN];
-    let mut slot = [0u8; STATUS_SLOT_LEN];
-    let at = StatusWriter::new().encode(&mut rec, &mut slot).unwrap();
-    file[at..at + STATUS_SLOT_LEN].copy_from_slice(&slot);
-    file
+    status_file(rec)
 }
 
 /// Copies `template` to `to`, writing only its non-zero 4 KiB blocks (a sparse copy).
@@ -70,13 +65,7 @@ impl Share {
         let mut defines = Vec::new();
         for name in &names {
             sparse_copy(template, &dir.join(format!("{name}.img")));
-            let xml = format!(
-                "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
-                 <os><type arch='x86_64'>hvm</type></os><devices>\
-                 <disk type='volume' device='disk'><driver name='qemu' type='raw'/>\
-                 <source pool='{pool}' volume='{name}.img'/><target dev='vdb' bus='virtio'/>\
-                 <serial>NLXTP</serial></disk></devices></domain>"
-            );
+            let xml = idle_domain_xml(name, pool, &format!("{name}.img"), "vdb");
             let file = xml_dir.path().join(format!("{name}.xml"));
             std::fs::write(&file, xml).unwrap();
             defines.push(format!("define {}", file.display()));

@@ -15,10 +15,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use nlxtp_core::record::STATUS_SLOT_LEN;
-use nlxtp_core::slots::{StatusWriter, STATUS_FILE_LEN};
+use nlxtp_core::slots::STATUS_FILE_LEN;
 use nlxtp_core::{RunState, StatusRecord};
-use nlxtp_harness::libvirt::{virsh, Libvirtd};
+use nlxtp_harness::libvirt::{idle_domain_xml, virsh, Libvirtd};
+use nlxtp_harness::vm::status_file;
 use nlxtp_host::area::libvirt::{connect, LibvirtDomain, VolumeSource};
 use nlxtp_host::area::vfat::{create_image, BlockSource, VfatImage};
 use nlxtp_host::area::{SharedArea, StatusRead, UploadFile};
@@ -47,11 +47,7 @@ fn status_bytes() -> Vec<u8> {
         ..Default::default()
     };
     rec.custom.push_str("benchmark").unwrap();
-    let mut file = vec![0u8; STATUS_FILE_LEN];
-    let mut slot = [0u8; STATUS_SLOT_LEN];
-    let at = StatusWriter::new().encode(&mut rec, &mut slot).unwrap();
-    file[at..at + STATUS_SLOT_LEN].copy_from_slice(&slot);
-    file
+    status_file(rec)
 }
 
 fn main() {
@@ -66,13 +62,7 @@ fn main() {
     files.push(UploadFile::bytes("nlxtp/status.bin", status_bytes()).unwrap());
     VfatImage::new(&img).replace(files).unwrap();
     virsh(daemon.uri(), &["pool-refresh", POOL]).unwrap();
-    let xml = format!(
-        "<domain type='qemu'><name>nlxtp-bench</name><memory unit='MiB'>64</memory>\
-         <os><type arch='x86_64'>hvm</type></os><devices>\
-         <disk type='volume' device='disk'><driver name='qemu' type='raw'/>\
-         <source pool='{POOL}' volume='bench-shared.img'/><target dev='vda' bus='virtio'/>\
-         <serial>NLXTP</serial></disk></devices></domain>"
-    );
+    let xml = idle_domain_xml("nlxtp-bench", POOL, "bench-shared.img", "vda");
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), xml).unwrap();
     let _ = virsh(daemon.uri(), &["undefine", "nlxtp-bench"]);

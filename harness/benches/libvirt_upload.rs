@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nlxtp_harness::libvirt::{nlxtp_libvirt_binary, virsh, Libvirtd};
+use nlxtp_harness::libvirt::{idle_domain_xml, nlxtp_libvirt_binary, virsh, Libvirtd};
 use nlxtp_harness::vm::{archive, noise};
 use nlxtp_host::area::libvirt::{connect, LibvirtDomain};
 use nlxtp_host::area::vfat::{create_disk, DiskOptions};
@@ -71,13 +71,7 @@ fn main() {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         file.path(),
-        format!(
-            "<domain type='qemu'><name>{DOMAIN}</name><memory unit='MiB'>64</memory>\
-             <os><type arch='x86_64'>hvm</type></os><devices>\
-             <disk type='volume' device='disk'><driver name='qemu' type='raw'/>\
-             <source pool='{POOL}' volume='bench-first.img'/><target dev='vdb' bus='virtio'/>\
-             <serial>NLXTP</serial></disk></devices></domain>"
-        ),
+        idle_domain_xml(DOMAIN, POOL, "bench-first.img", "vdb"),
     )
     .unwrap();
     let _ = virsh(daemon.uri(), &["undefine", DOMAIN]);

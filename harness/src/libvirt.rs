@@ -437,3 +437,15 @@ pub fn nlxtp_libvirt_binary() -> Result<PathBuf> {
     }
     Ok(target.join("debug/nlxtp-libvirt"))
 }
+
+/// The definition of a domain that is never booted: only its shared disk, the volume
+/// `volume` of `pool` as `target` (`vda`, `vdb`), marked with `<serial>NLXTP</serial>`.
+pub fn idle_domain_xml(name: &str, pool: &str, volume: &str, target: &str) -> String {
+    format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
+         <os><type arch='x86_64'>hvm</type></os><devices>\
+         <disk type='volume' device='disk'><driver name='qemu' type='raw'/>\
+         <source pool='{pool}' volume='{volume}'/><target dev='{target}' bus='virtio'/>\
+         <serial>NLXTP</serial></disk></devices></domain>"
+    )
+}

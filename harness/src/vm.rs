@@ -189,3 +189,17 @@ pub fn download_files(
     }
     Ok(files)
 }
+
+/// A status file (`nlxtp/status.bin`) holding `record` in its first free slot, as a
+/// guest's monitor would have written it.
+pub fn status_file(mut record: nlxtp_core::StatusRecord) -> Vec<u8> {
+    use nlxtp_core::record::STATUS_SLOT_LEN;
+    use nlxtp_core::slots::{StatusWriter, STATUS_FILE_LEN};
+    let mut file = vec![0u8; STATUS_FILE_LEN];
+    let mut slot = [0u8; STATUS_SLOT_LEN];
+    let at = StatusWriter::new()
+        .encode(&mut record, &mut slot)
+        .expect("a record with its text within bounds");
+    file[at..at + STATUS_SLOT_LEN].copy_from_slice(&slot);
+    file
+}

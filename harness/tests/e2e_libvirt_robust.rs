@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nlxtp_harness::libvirt::{
-    define_domain, nlxtp_libvirt_binary, virsh, wait_shut_off, Libvirtd, BASE,
+    define_domain, idle_domain_xml, nlxtp_libvirt_binary, virsh, wait_shut_off, Libvirtd, BASE,
 };
 use nlxtp_harness::vm::{archive, noise};
 use nlxtp_host::area::libvirt::{connect, find_shared_disk, DiskSource, LibvirtDomain};
@@ -33,17 +33,7 @@ fn define_xml(uri: &str, name: &str, xml: &str) {
 
 /// A domain that is never started, with its shared disk the volume `volume` of `pool`.
 fn define_idle(uri: &str, name: &str, pool: &str, volume: &str) {
-    define_xml(
-        uri,
-        name,
-        &format!(
-            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
-             <os><type arch='x86_64'>hvm</type></os><devices>\
-             <disk type='volume' device='disk'><driver name='qemu' type='raw'/>\
-             <source pool='{pool}' volume='{volume}'/><target dev='vdb' bus='virtio'/>\
-             <serial>NLXTP</serial></disk></devices></domain>"
-        ),
-    );
+    define_xml(uri, name, &idle_domain_xml(name, pool, volume, "vdb"));
 }
 
 /// The volume the persistent definition of `domain` has as its shared disk.

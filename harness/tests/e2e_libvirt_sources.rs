@@ -12,10 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nlxtp_core::record::STATUS_SLOT_LEN;
-use nlxtp_core::slots::{StatusWriter, STATUS_FILE_LEN};
 use nlxtp_core::{RunState, StatusRecord};
-use nlxtp_harness::libvirt::{nlxtp_libvirt_binary, virsh, Libvirtd};
+use nlxtp_harness::libvirt::{idle_domain_xml, nlxtp_libvirt_binary, virsh, Libvirtd};
+use nlxtp_harness::vm::status_file;
 use nlxtp_host::area::vfat::{create_image, VfatImage};
 use nlxtp_host::area::{SharedArea, UploadFile, STATUS_FILE};
 use nlxtp_host::fuse::{collect_vms, parse_vm_arg};
@@ -34,11 +33,7 @@ fn finished_status(custom: &str) -> Vec<u8> {
         ..Default::default()
     };
     rec.custom.push_str(custom).unwrap();
-    let mut file = vec![0u8; STATUS_FILE_LEN];
-    let mut slot = [0u8; STATUS_SLOT_LEN];
-    let at = StatusWriter::new().encode(&mut rec, &mut slot).unwrap();
-    file[at..at + STATUS_SLOT_LEN].copy_from_slice(&slot);
-    file
+    status_file(rec)
 }
 
 /// A shut-off domain `name` on the shared daemon whose shared volume holds a finished
@@ -62,13 +57,7 @@ fn domain_with_a_finished_run(daemon: &Libvirtd, name: &str, text: &str, custom:
         ])
         .unwrap();
     virsh(daemon.uri(), &["pool-refresh", POOL]).unwrap();
-    let xml = format!(
-        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
-         <os><type arch='x86_64'>hvm</type></os><devices>\
-         <disk type='volume' device='disk'><driver name='qemu' type='raw'/>\
-         <source pool='{POOL}' volume='{volume}'/><target dev='vda' bus='virtio'/>\
-         <serial>NLXTP</serial></disk></devices></domain>"
-    );
+    let xml = idle_domain_xml(name, POOL, &volume, "vda");
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), xml).unwrap();
     virsh(daemon.uri(), &["define", file.path().to_str().unwrap()]).unwrap();
