@@ -404,38 +404,7 @@ pub fn wait_shut_off(uri: &str, name: &str, deadline: Duration) -> Result<()> {
 /// # Errors
 /// When cargo fails.
 pub fn nlxtp_libvirt_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/debug/deps/TEST-HASH -> target/debug/nlxtp-libvirt
-    if let Some(beside) = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("nlxtp-libvirt"))
-    {
-        if beside.is_file() {
-            return Ok(beside);
-        }
-    }
-    let target = crate::repo_root().join("target/nlxtp-libvirt-for-tests");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(crate::repo_root())
-        .args([
-            "build",
-            "--quiet",
-            "--locked",
-            "-p",
-            "nlxtp-host",
-            "--features",
-            "libvirt",
-        ])
-        .args(["--bin", "nlxtp-libvirt", "--target-dir"])
-        .arg(&target)
-        .env_remove("CARGO_TARGET_DIR")
-        .status()
-        .context("could not run cargo to build nlxtp-libvirt")?;
-    if !status.success() {
-        bail!("building nlxtp-libvirt failed ({status})");
-    }
-    Ok(target.join("debug/nlxtp-libvirt"))
+    crate::host_binary("nlxtp-libvirt", "libvirt")
 }
 
 /// The definition of a domain that is never booted: only its shared disk, the volume
