@@ -380,6 +380,85 @@ pub fn define_domain(
     Ok(())
 }
 
+/// The local ports of the TCP connections that the process `pid` holds to `port`
+/// (its libvirt connections, to find them among the daemon's clients).
+pub fn tcp_ports_of(pid: u32, port: u16) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    let port_of = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, inode) = (cols.get(1)?, cols.get(2)?, cols.get(9)?);
+            (port_of(remote)? == port && inodes.iter().any(|i| i == inode))
+                .then(|| port_of(local))?
+        })
+        .collect()
+}
+
+impl Libvirtd {
+    /// Waits until this daemon (the first host's) has let go of the clients that
+    /// connected from the local TCP ports `ports`, and none of its workers is busy: a
+    /// request a killed client had sent is then carried out (or dropped), not pending.
+    ///
+    /// # Errors
+    /// When it is still busy at the deadline, or `virt-admin` fails.
+    pub fn wait_done_with(&self, ports: &[u16], deadline: Duration) -> Result<()> {
+        let end = Instant::now() + deadline;
+        let admin = |args: &[&str]| run("virt-admin", args);
+        loop {
+            let mut busy = Vec::new();
+            for line in admin(&["srv-clients-list", "libvirtd"])?.lines() {
+                let mut cols = line.split_whitespace();
+                let (Some(id), Some("tcp")) = (cols.next(), cols.next()) else {
+                    continue;
+                };
+                // A client that left meanwhile has no info any more.
+                let Ok(info) = admin(&["client-info", "libvirtd", id]) else {
+                    continue;
+                };
+                let from = info
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("sock_addr"))
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.trim().parse::<u16>().ok());
+                if from.is_some_and(|p| ports.contains(&p)) {
+                    busy.push(format!("client {id}"));
+                }
+            }
+            if busy.is_empty() {
+                let pool = admin(&["srv-threadpool-info", "libvirtd"])?;
+                let field = |name: &str| {
+                    pool.lines()
+                        .find_map(|l| l.strip_prefix(name)?.trim().strip_prefix(':'))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                };
+                if field("jobQueueDepth") == Some(0) && field("freeWorkers") == field("nWorkers") {
+                    return Ok(());
+                }
+                busy.push(format!("workers: {}", pool.trim().replace('\n', ", ")));
+            }
+            if Instant::now() > end {
+                bail!(
+                    "libvirtd still busy after {deadline:?}: {}",
+                    busy.join("; ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// Waits until the domain `name` is shut off, up to `deadline`.
 ///
 /// # Errors

@@ -14,7 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nlxtp_harness::libvirt::{
-    define_domain, idle_domain_xml, nlxtp_libvirt_binary, virsh, wait_shut_off, Libvirtd, BASE,
+    define_domain, idle_domain_xml, nlxtp_libvirt_binary, tcp_ports_of, virsh, wait_shut_off,
+    Libvirtd, BASE, PORT,
 };
 use nlxtp_harness::vm::{archive, noise};
 use nlxtp_host::area::libvirt::{connect, find_shared_disk, DiskSource, LibvirtDomain};
@@ -210,21 +211,17 @@ fn a_crash_in_the_middle_of_a_remote_upload_leaves_old_or_new() {
             assert!(Instant::now() < deadline, "{point:?} never came");
             std::thread::sleep(Duration::from_micros(500));
         }
+        let ports = tcp_ports_of(child.id(), PORT);
         let _ = child.kill();
         let killed_after = started.elapsed();
         let status = child.wait().unwrap();
 
         // A request the killed client had already sent (the switch) is still carried
-        // out by the daemon: read the definition once it has settled.
-        let mut after = defined_volume(&uri, domain);
-        loop {
-            std::thread::sleep(Duration::from_millis(300));
-            let again = defined_volume(&uri, domain);
-            if again == after {
-                break;
-            }
-            after = again;
-        }
+        // out by the daemon: read the definition once the daemon is done with it.
+        daemon
+            .wait_done_with(&ports, Duration::from_secs(120))
+            .unwrap();
+        let after = defined_volume(&uri, domain);
         let vols: Vec<String> = volumes_in(&dir);
         assert!(
             vols.contains(&after),
@@ -263,7 +260,9 @@ fn a_crash_in_the_middle_of_a_remote_upload_leaves_old_or_new() {
                 );
             }
         }
-        eprintln!("{point:?}: killed after {killed_after:?} ({status}): {outcome}, pool {vols:?}");
+        eprintln!(
+            "{point:?}: killed after {killed_after:?} ({status}; its connections from ports {ports:?}): {outcome}, pool {vols:?}"
+        );
     }
     eprintln!("{olds} left the old volume, {killed_news} killed ones the new one");
     assert!(
