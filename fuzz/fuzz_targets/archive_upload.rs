@@ -51,7 +51,7 @@ fn places() -> &'static Places {
 
 /// What an accepted upload must read back as: each file's bytes.
 fn expected(data: &[u8]) -> Option<BTreeMap<String, Vec<u8>>> {
-    let parsed = read_upload(data, &LIMITS, false, None).ok()?;
+    let parsed = read_upload(data, &LIMITS, false, None, None).ok()?;
     let mut files = BTreeMap::new();
     for file in parsed.files {
         match file.data {
@@ -92,7 +92,7 @@ fuzz_target!(|data: &[u8]| {
     // The vFAT image: accepted and read back, or refused and untouched.
     let before = std::fs::read(&places.image).expect("the image reads");
     let image = open_target(&places.image).expect("the image opens");
-    let parsed = read_upload(data, &LIMITS, false, None).expect("the same bytes parse again");
+    let parsed = read_upload(data, &LIMITS, false, None, None).expect("the same bytes parse again");
     match image.replace(parsed.files) {
         Ok(()) => check_area(image.as_ref(), &want),
         Err(_) => assert!(
@@ -103,7 +103,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The container directory: accepted and read back; nothing written beside it.
     let dir = open_target(&places.area).expect("the area opens");
-    let parsed = read_upload(data, &LIMITS, false, None).expect("the same bytes parse again");
+    let parsed = read_upload(data, &LIMITS, false, None, None).expect("the same bytes parse again");
     if dir.replace(parsed.files).is_ok() {
         check_area(dir.as_ref(), &want);
     }

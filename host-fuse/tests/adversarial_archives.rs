@@ -996,9 +996,14 @@ fn extension_header_bombs_stop_at_once_in_bounded_memory() {
 #[test]
 fn a_million_members_stop_at_the_entry_bound() {
     // The generator makes valid members.
-    let few =
-        ops::archive::read_upload(ManyMembers::new(12), &ArchiveLimits::default(), false, None)
-            .unwrap();
+    let few = ops::archive::read_upload(
+        ManyMembers::new(12),
+        &ArchiveLimits::default(),
+        false,
+        None,
+        None,
+    )
+    .unwrap();
     let names: Vec<&str> = few.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(names, (0..12).map(|i| format!("f{i}")).collect::<Vec<_>>());
     let fx = Fixture::new();

@@ -476,10 +476,13 @@ fn cut_off_oversized_invalid_and_concurrent_uploads_change_nothing() {
         "PUT /api/v1/vms/vm1/archive HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
+    // A whole valid archive first, then more than the limit: the archive is read and
+    // checked while the rest still comes, yet nothing is written before the body ends.
+    let valid = job("new");
     let chunk = vec![0u8; 64 * 1024];
-    for _ in 0..17 {
+    for chunk in std::iter::once(&valid).chain(std::iter::repeat_n(&chunk, 17)) {
         if write!(stream, "{:x}\r\n", chunk.len()).is_err()
-            || stream.write_all(&chunk).is_err()
+            || stream.write_all(chunk).is_err()
             || stream.write_all(b"\r\n").is_err()
         {
             break; // the server answered and closed
@@ -489,6 +492,7 @@ fn cut_off_oversized_invalid_and_concurrent_uploads_change_nothing() {
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
     assert_eq!(parse(&raw).status, 413);
+    assert!(std::fs::read(&setup.image).unwrap() == before);
 
     // Not an archive; an archive without the start script.
     let reply = request(

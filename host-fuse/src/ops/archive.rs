@@ -216,6 +216,9 @@ impl<R: Read> Read for Budget<R> {
 /// members of an uncompressed archive larger than 1 MiB are later read from
 /// it at their offsets (a file that shrinks meanwhile makes the upload fail, see
 /// [`AreaError::ShortSource`]).
+/// `spool_dir`: where members larger than 1 MiB that are not read in place are kept,
+/// in unnamed temporary files, until the area is written (the system's temporary
+/// directory if `None`).
 ///
 /// # Errors
 /// See [`ArchiveError`]: the first problem found, naming the member.
@@ -224,6 +227,7 @@ pub fn read_upload(
     limits: &ArchiveLimits,
     require_script: bool,
     archive_file: Option<&Arc<File>>,
+    spool_dir: Option<&Path>,
 ) -> Result<ParsedUpload, ArchiveError> {
     let mut buffered = BufReader::with_capacity(64 * 1024, source);
     let head = buffered
@@ -238,6 +242,7 @@ pub fn read_upload(
     let mut members = Members {
         limits,
         in_place: archive_file.filter(|_| compression == Compression::None),
+        spool_dir,
         budget: &budget,
         seen: HashSet::new(),
         parsed: ParsedUpload {
@@ -303,6 +308,7 @@ struct Members<'a> {
     limits: &'a ArchiveLimits,
     /// The archive's own file, when large members are to be read from it where they lie.
     in_place: Option<&'a Arc<File>>,
+    spool_dir: Option<&'a Path>,
     /// What the tar reader may read before the next member.
     budget: &'a Cell<u64>,
     /// Paths taken, to refuse a second member with the same one.
@@ -372,7 +378,8 @@ impl Members<'_> {
                 }),
                 len: size,
             },
-            _ => read_member(&mut entry, size).map_err(|source| ArchiveError::Read { source })?,
+            _ => read_member(&mut entry, size, self.spool_dir)
+                .map_err(|source| ArchiveError::Read { source })?,
         };
         self.parsed.files.push(UploadFile { path, data, mode });
         Ok(())
@@ -450,7 +457,11 @@ impl Read for FileRange {
     }
 }
 
-fn read_member(entry: &mut impl Read, size: u64) -> io::Result<UploadData> {
+fn read_member(
+    entry: &mut impl Read,
+    size: u64,
+    spool_dir: Option<&Path>,
+) -> io::Result<UploadData> {
     if size <= SPOOL_ABOVE {
         let mut bytes = Vec::with_capacity(size as usize);
         entry.take(size).read_to_end(&mut bytes)?;
@@ -459,7 +470,10 @@ fn read_member(entry: &mut impl Read, size: u64) -> io::Result<UploadData> {
         }
         return Ok(UploadData::Bytes(bytes));
     }
-    let mut spool: File = tempfile::tempfile()?;
+    let mut spool: File = match spool_dir {
+        Some(dir) => tempfile::tempfile_in(dir)?,
+        None => tempfile::tempfile()?,
+    };
     // Through a large buffer: io::copy alone makes a write call per 8 KiB.
     let mut out = io::BufWriter::with_capacity(256 * 1024, &mut spool);
     let copied = io::copy(&mut entry.take(size), &mut out)?;

@@ -109,6 +109,9 @@ pub struct UploadOptions {
     /// large members of an uncompressed archive are then read from it where they lie,
     /// instead of being copied to a temporary file first.
     pub archive_file: Option<std::sync::Arc<std::fs::File>>,
+    /// Where large members that are not read in place wait, in unnamed temporary files,
+    /// until the area is written: the system's temporary directory if `None`.
+    pub spool_dir: Option<std::path::PathBuf>,
     /// Whether the upload waits until the new content is on the disk.
     pub durability: Durability,
     /// Run an archive that holds the status of an earlier run (a download uploaded
@@ -235,6 +238,7 @@ pub fn prepare_upload<'a>(
         &options.limits,
         !options.files_only,
         options.archive_file.as_ref(),
+        options.spool_dir.as_deref(),
     )?;
     let mut parsed = parsed;
     refuse_earlier_run(&mut parsed, options.run_again)?;
@@ -426,7 +430,8 @@ mod tests {
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("$(reboot)"), "'$(reboot)'");
         let tar = exec_archive(&["echo".into(), "a b".into()]);
-        let parsed = archive::read_upload(&tar[..], &ArchiveLimits::default(), true, None).unwrap();
+        let parsed =
+            archive::read_upload(&tar[..], &ArchiveLimits::default(), true, None, None).unwrap();
         let crate::area::UploadData::Bytes(script) = &parsed.files[0].data else {
             panic!("a small script stays in memory")
         };

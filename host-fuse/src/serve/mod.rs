@@ -9,8 +9,8 @@
 //!   except an upload or download that carries a valid grant (`?grant=...`, see
 //!   [`grant`]), which allows that one operation on that one VM;
 //! - a VM is named by its name in the configuration, never by a path;
-//! - request bodies are streamed to a temporary file under a size limit, with an idle
-//!   and a total deadline; requests without bodies have a deadline; live output has a
+//! - request bodies are unpacked while they arrive, under a size limit, with an idle
+//!   and a total deadline, and written to the area only once whole; requests without bodies have a deadline; live output has a
 //!   limit on concurrent followers; downloads stream through a bounded channel.
 
 mod api;
@@ -203,6 +203,7 @@ struct State {
     followers: Arc<Semaphore>,
     downloads: Arc<Semaphore>,
     list: ListCache,
+    /// Where large members of uploads wait until the area is written.
     upload_dir: PathBuf,
 }
 

@@ -557,6 +557,7 @@ impl UploadArgs {
             heartbeat_ms: self.heartbeat_ms,
             output_cap: self.output_cap,
             archive_file,
+            spool_dir: None,
             durability: if self.no_sync {
                 Durability::Unsynced
             } else {

@@ -1,7 +1,6 @@
-//! The archive routes: an upload received into a temporary file, then unpacked on the
-//! blocking pool; a download packed on the blocking pool and streamed to the client.
+//! The archive routes: an upload unpacked on the blocking pool while its body arrives; a download packed on the blocking pool and streamed to the client.
 
-use std::io::{self, Seek, Write};
+use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +10,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use super::{access, blocking, spend, vm, Access, Result};
@@ -67,6 +65,7 @@ pub(super) async fn upload(
         force: flag(query.force.as_deref())?,
         run_again: flag(query.run_again.as_deref())?,
         timeout_secs: query.timeout_secs,
+        spool_dir: Some(state.upload_dir.clone()),
         ..UploadOptions::default()
     };
     let declared = headers
@@ -84,24 +83,54 @@ pub(super) async fn upload(
         ));
     };
     spend(&state, access).await?;
-    let file = receive(&state, body).await?;
+    // The body flows to the unpacking thread through a bounded channel while it
+    // arrives: the archive is read and checked (large members spooled) as the bytes
+    // come, and the area is written only once the whole body has come in good order.
+    let (tx, rx) = mpsc::channel(BODY_CHANNEL_CHUNKS);
     let spec = vm.spec.clone();
-    let report = blocking(move || {
+    let unpack = blocking(move || {
         let area = spec.open()?;
-        let again = file.try_clone().map_err(ApiError::internal)?;
-        let options = UploadOptions {
-            archive_file: Some(Arc::new(again)),
-            ..options
+        let mut body = ChannelReader {
+            rx,
+            chunk: Bytes::new(),
         };
-        Ok(ops::upload(
-            area.as_ref(),
-            io::BufReader::new(file),
-            &options,
-        )?)
-    })
-    .await?;
+        let prepared = ops::prepare_upload(area.as_ref(), &mut body, &options)?;
+        // Up to the body's end: bytes after the archive's own end, and a cut-off
+        // there, count as for the rest of the body.
+        io::copy(&mut body, &mut io::sink()).map_err(ApiError::internal)?;
+        Ok(prepared.write()?)
+    });
+    let (received, unpacked) = tokio::join!(receive(&state, body, tx), unpack);
     drop(guard);
-    Ok(Json(report).into_response())
+    // The body's own fault (cut off, too large, too slow) explains a failed unpack.
+    received?;
+    Ok(Json(unpacked?).into_response())
+}
+
+/// Chunks of the request body in flight between the connection and the unpacking
+/// thread (hyper's chunks are at most some hundreds of KiB).
+const BODY_CHANNEL_CHUNKS: usize = 16;
+
+/// The request body as a blocking reader: chunks from [`receive`], an error when the
+/// body failed, the end when it ended.
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    chunk: Bytes,
+}
+
+impl io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.chunk = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
 }
 
 fn too_large(max: u64) -> ApiError {
@@ -112,55 +141,54 @@ fn too_large(max: u64) -> ApiError {
     )
 }
 
-/// The request body, in an unnamed temporary file read from its start: within the size
-/// limit, with no pause longer than the idle timeout and within the upload deadline.
-async fn receive(state: &Arc<State>, body: Body) -> Result<std::fs::File> {
+/// Passes the request body to `tx`: within the size limit, with no pause longer than
+/// the idle timeout and within the upload deadline. On a breach the reader gets an
+/// error (so nothing is written) and the caller this one. The reader going away early
+/// (a bad archive) ends the passing; its own error then tells.
+async fn receive(
+    state: &Arc<State>,
+    body: Body,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+) -> Result<()> {
     let limits = &state.limits;
-    let dir = state.upload_dir.clone();
-    let file = blocking(move || tempfile::tempfile_in(&dir).map_err(ApiError::internal)).await?;
-    let mut out = tokio::fs::File::from_std(file.try_clone().map_err(ApiError::internal)?);
     let deadline = Instant::now() + limits.upload_timeout;
     let mut stream = body.into_data_stream();
     let mut total = 0u64;
-    loop {
+    let failed = loop {
         let wait = limits
             .body_idle_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
-        let next = tokio::time::timeout(wait, stream.next())
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "upload_timeout",
-                    "the upload body stalled or took too long: nothing was changed",
-                )
-            })?;
-        match next {
-            None => break,
+        let Ok(next) = tokio::time::timeout(wait, stream.next()).await else {
+            break ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "upload_timeout",
+                "the upload body stalled or took too long: nothing was changed",
+            );
+        };
+        let chunk = match next {
+            None => return Ok(()),
             Some(Err(e)) => {
-                return Err(ApiError::new(
+                break ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "upload_cut_off",
                     format!(
                         "the upload body was cut off ({}): nothing was changed",
                         chain(&e)
                     ),
-                ))
+                )
             }
-            Some(Ok(chunk)) => {
-                total += chunk.len() as u64;
-                if total > limits.max_upload_bytes {
-                    return Err(too_large(limits.max_upload_bytes));
-                }
-                out.write_all(&chunk).await.map_err(ApiError::internal)?;
-            }
+            Some(Ok(chunk)) => chunk,
+        };
+        total += chunk.len() as u64;
+        if total > limits.max_upload_bytes {
+            break too_large(limits.max_upload_bytes);
         }
-    }
-    out.flush().await.map_err(ApiError::internal)?;
-    drop(out);
-    let mut file = file;
-    file.rewind().map_err(ApiError::internal)?;
-    Ok(file)
+        if tx.send(Ok(chunk)).await.is_err() {
+            return Ok(());
+        }
+    };
+    let _ = tx.send(Err(io::Error::other(failed.message.clone()))).await;
+    Err(failed)
 }
 
 #[derive(Debug, serde::Deserialize)]
