@@ -1,7 +1,7 @@
 //! libvirt domains as VMs of the front ends that take a list of VMs, against a real
 //! libvirtd (`nlxtp_harness::libvirt`) over its TCP connection: `nlxtp-serve` with the
 //! domains of a connection (`--libvirt URI`) beside an image VM, serving a domain's
-//! status and a download over HTTP; and the FUSE view (`nlxtp-libvirt mount` from a
+//! status and a download over HTTP, and a domain defined (then undefined) while it runs; and the FUSE view (`nlxtp-libvirt mount` from a
 //! config file naming a domain) showing a domain's files and `.nlxtp/status.json`. The
 //! domains stay shut off: their shared volumes are written beforehand with a finished
 //! run's files and status record, as the guest leaves them.
@@ -18,7 +18,7 @@ use nlxtp_harness::vm::status_file;
 use nlxtp_host::area::vfat::{create_image, VfatImage};
 use nlxtp_host::area::{SharedArea, UploadFile, STATUS_FILE};
 use nlxtp_host::fuse::{collect_vms, parse_vm_arg};
-use nlxtp_host::serve::{Limits, ServeConfig, Server};
+use nlxtp_host::serve::{Limits, Rescan, ServeConfig, Server};
 use serde_json::Value;
 
 const POOL: &str = "nlxtp-sources";
@@ -156,12 +156,27 @@ fn nlxtp_serve_lists_the_domains_of_a_connection_beside_an_image() {
     // The front ends see it through the trait only.
     assert_eq!(spec.open().unwrap().kind().name(), "libvirt-volume");
 
+    // Read again every 200 ms, as `nlxtp-serve --rescan` does from the same arguments.
+    let image_arg = format!("img1={}", image.display());
+    let source_uri = uri.clone();
+    let rescan = Rescan {
+        every: Duration::from_millis(200),
+        source: std::sync::Arc::new(move || {
+            collect_vms(
+                &[parse_vm_arg(&image_arg).map_err(|e| e.to_string())?],
+                std::slice::from_ref(&source_uri),
+                None,
+            )
+            .map_err(|e| e.to_string())
+        }),
+    };
     let server = Server::new(ServeConfig {
         vms,
         state_dir: work.path().join("state"),
         operator_token: Some(TOKEN.into()),
         limits: Limits::default(),
         public_url: None,
+        rescan: Some(rescan),
     })
     .unwrap()
     .spawn(TcpListener::bind("127.0.0.1:0").unwrap(), None)
@@ -202,6 +217,44 @@ fn nlxtp_serve_lists_the_domains_of_a_connection_beside_an_image() {
             )
         });
     assert_eq!(out.1, b"served by libvirt\n");
+
+    // A domain defined while the server runs is served within a rescan or two; once
+    // undefined it is gone (404), and the list follows.
+    let late = "nlxtp-src-late";
+    assert_eq!(request(addr, &format!("/api/v1/vms/{late}")).0, 404);
+    domain_with_a_finished_run(&daemon, late, "defined later\n", "late");
+    let listed = |name: &str| {
+        let (_, body) = request(addr, "/api/v1/vms");
+        json(&body)["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == name)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let report = loop {
+        let (status, body) = request(addr, &format!("/api/v1/vms/{late}"));
+        if status == 200 {
+            break json(&body);
+        }
+        assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+        assert!(Instant::now() < deadline, "{late} was never served");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(report["status"]["record"]["custom"], "late", "{report}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !listed(late) {
+        assert!(Instant::now() < deadline, "{late} never came into the list");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    virsh(daemon.uri(), &["undefine", late]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while request(addr, &format!("/api/v1/vms/{late}")).0 != 404 || listed(late) {
+        assert!(Instant::now() < deadline, "{late} is still served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The VMs that stayed are served as before.
+    assert_eq!(request(addr, "/api/v1/vms/nlxtp-src-serve").0, 200);
 }
 
 /// A FUSE mount made by `nlxtp-libvirt mount --daemon`; dropping it unmounts.

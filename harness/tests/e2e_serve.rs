@@ -34,6 +34,7 @@ fn start(vms: &[(&str, PathBuf)], state: &std::path::Path) -> Running {
             ..Limits::default()
         },
         public_url: None,
+        rescan: None,
     })
     .unwrap();
     server

@@ -200,6 +200,7 @@ fn main() {
         operator_token: Some(TOKEN.into()),
         limits: Limits::default(),
         public_url: None,
+        rescan: None,
     })
     .unwrap();
     let running = server

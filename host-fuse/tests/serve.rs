@@ -169,6 +169,7 @@ impl Setup {
             operator_token: Some(TOKEN.into()),
             limits,
             public_url: None,
+            rescan: None,
         })
         .unwrap()
     }

@@ -121,10 +121,13 @@ fn access(
     )?))
 }
 
-pub(super) fn vm<'a>(state: &'a State, name: &str) -> Result<&'a Vm> {
+pub(super) fn vm(state: &State, name: &str) -> Result<Arc<Vm>> {
     state
         .vms
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
         .get(name)
+        .cloned()
         .ok_or_else(|| ApiError::unknown_vm(name))
 }
 
@@ -170,8 +173,15 @@ fn vm_view(vm: &Vm) -> VmView {
     }
 }
 
+/// Reads the list now and caches it (after the VMs changed).
+pub(super) fn refresh_list(state: &State) {
+    let body = render_list(state);
+    *state.list.value.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), body));
+}
+
 fn render_list(state: &State) -> Bytes {
-    let vms: Vec<VmView> = state.vms.values().map(vm_view).collect();
+    let served = state.vms.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let vms: Vec<VmView> = served.values().map(|vm| vm_view(vm)).collect();
     let body = serde_json::json!({
         "vms": vms,
         "read_unix_ms": std::time::SystemTime::now()

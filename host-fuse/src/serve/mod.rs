@@ -95,7 +95,33 @@ pub struct ServeConfig {
     /// The URL clients reach the server at, for the grant URLs it hands out (without
     /// it they are relative).
     pub public_url: Option<String>,
+    /// Where the VM list comes from again while the server runs (libvirt domains are
+    /// defined and undefined meanwhile); `None`: `vms` for good.
+    pub rescan: Option<Rescan>,
 }
+
+/// The VM list read again every so often: VMs that appeared are served from then on,
+/// VMs that went away answer 404 (an upload already under way to one ends as it would
+/// have).
+#[derive(Clone)]
+pub struct Rescan {
+    /// How often.
+    pub every: Duration,
+    /// The whole list, as at start (`--vm`, `--libvirt`, `--config`); an error keeps the
+    /// list served so far.
+    pub source: Arc<dyn Fn() -> Result<Vec<VmSpec>, String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Rescan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rescan")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The served VMs by name; replaced whole by a rescan.
+type VmMap = Arc<BTreeMap<String, Arc<Vm>>>;
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +219,8 @@ pub struct Server {
 
 #[derive(Debug)]
 struct State {
-    vms: BTreeMap<String, Vm>,
+    vms: std::sync::RwLock<VmMap>,
+    rescan: Option<Rescan>,
     key: GrantKey,
     used: UsedGrants,
     token: String,
@@ -221,6 +248,42 @@ struct ListCache {
     refreshing: Arc<tokio::sync::Mutex<()>>,
 }
 
+impl ListCache {
+    /// Makes the next request read the list again (in the background, as when it is
+    /// old): the VMs changed.
+    fn expire(&self) {
+        let mut value = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, _)) = value.as_mut() {
+            match at.checked_sub(Duration::from_secs(3600)) {
+                Some(long_ago) => *at = long_ago,
+                None => *value = None,
+            }
+        }
+    }
+}
+
+/// The VMs `specs` by name, reusing the entries of `served` whose spec is the same.
+fn vm_map(
+    specs: Vec<VmSpec>,
+    served: &BTreeMap<String, Arc<Vm>>,
+) -> Result<BTreeMap<String, Arc<Vm>>, ServeError> {
+    let mut vms = BTreeMap::new();
+    for spec in specs {
+        let name = spec.name.clone();
+        let vm = match served.get(&name) {
+            Some(vm) if vm.spec == spec => vm.clone(),
+            _ => Arc::new(Vm {
+                spec,
+                uploading: Arc::default(),
+            }),
+        };
+        if vms.insert(name.clone(), vm).is_some() {
+            return Err(ServeError::DuplicateVm { name });
+        }
+    }
+    Ok(vms)
+}
+
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).into()
@@ -245,21 +308,12 @@ impl Server {
         }
         let upload_dir = config.state_dir.join("uploads");
         create_state_dir(&upload_dir)?;
-        let mut vms = BTreeMap::new();
-        for spec in config.vms {
-            let name = spec.name.clone();
-            let vm = Vm {
-                spec,
-                uploading: Arc::default(),
-            };
-            if vms.insert(name.clone(), vm).is_some() {
-                return Err(ServeError::DuplicateVm { name });
-            }
-        }
+        let vms = vm_map(config.vms, &BTreeMap::new())?;
         let limits = config.limits;
         Ok(Server {
             state: Arc::new(State {
-                vms,
+                vms: std::sync::RwLock::new(Arc::new(vms)),
+                rescan: config.rescan,
                 key,
                 used,
                 token_hash: sha256(token.as_bytes()),
@@ -274,6 +328,84 @@ impl Server {
                 upload_dir,
             }),
         })
+    }
+
+    /// Serves `vms` from now on: VMs that stay keep their state (an upload under way
+    /// still holds off a second one), the others come and go. Returns the names added
+    /// and the names removed.
+    ///
+    /// # Errors
+    /// [`ServeError::DuplicateVm`]; the list served so far stays.
+    pub fn set_vms(&self, vms: Vec<VmSpec>) -> Result<(Vec<String>, Vec<String>), ServeError> {
+        let mut served = self.state.vms.write().unwrap_or_else(|e| e.into_inner());
+        let next = vm_map(vms, &served)?;
+        let added: Vec<String> = next
+            .keys()
+            .filter(|n| !served.contains_key(*n))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = served
+            .keys()
+            .filter(|n| !next.contains_key(*n))
+            .cloned()
+            .collect();
+        let changed = !added.is_empty()
+            || !removed.is_empty()
+            || next.iter().any(|(n, vm)| !Arc::ptr_eq(vm, &served[n]));
+        if changed {
+            *served = Arc::new(next);
+            drop(served);
+            self.state.list.expire();
+        }
+        Ok((added, removed))
+    }
+
+    /// Reads the VM list again every [`Rescan::every`], for as long as the runtime runs.
+    fn spawn_rescan(&self) {
+        let Some(rescan) = self.state.rescan.clone() else {
+            return;
+        };
+        let server = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(rescan.every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            // The last failure, told once (not at every tick) until it changes.
+            let mut failing = String::new();
+            loop {
+                tick.tick().await;
+                let source = rescan.source.clone();
+                let server = server.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let vms = source()?;
+                    let (added, removed) = server.set_vms(vms).map_err(|e| e.to_string())?;
+                    if !added.is_empty() || !removed.is_empty() {
+                        api::refresh_list(&server.state);
+                    }
+                    Ok::<_, String>((added, removed))
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+                match outcome {
+                    Ok((added, removed)) => {
+                        failing.clear();
+                        for name in added {
+                            eprintln!("nlxtp-serve: now serving the VM {name}");
+                        }
+                        for name in removed {
+                            eprintln!("nlxtp-serve: the VM {name} is gone: no longer served");
+                        }
+                    }
+                    Err(e) if e != failing => {
+                        eprintln!(
+                            "nlxtp-serve: could not read the VM list again (serving the one read before): {e}"
+                        );
+                        failing = e;
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
     }
 
     /// The operator token.
@@ -310,6 +442,7 @@ impl Server {
             source,
         };
         listener.set_nonblocking(true).map_err(listen_error)?;
+        self.spawn_rescan();
         let handle = axum_server::Handle::<SocketAddr>::new();
         let stopper = handle.clone();
         tokio::spawn(async move {

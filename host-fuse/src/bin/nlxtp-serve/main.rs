@@ -62,6 +62,11 @@ struct ServeArgs {
     /// The VMs of a config file, as `nlxtp mount --config` reads it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// How often the VM list of --libvirt and --config is read again, so that domains
+    /// defined or undefined (and config edits) show up without a restart: seconds, or
+    /// 30s, 10m; 0 never.
+    #[arg(long, default_value = "30s", value_parser = parse_interval, value_name = "EVERY")]
+    rescan: Duration,
     #[command(flatten)]
     state: StateArgs,
     /// A file holding the operator token (else $NLXTP_SERVE_TOKEN, else the state
@@ -109,6 +114,13 @@ fn parse_vm(arg: &str) -> Result<VmSpec, String> {
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     serve::parse_ttl(text)
         .ok_or_else(|| format!("{text:?} is not a duration like 90, 30s, 10m, 2h or 1d"))
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_ttl(text)
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -180,6 +192,21 @@ fn grant(args: &GrantArgs) -> Fallible<()> {
     Ok(())
 }
 
+/// The list read again from `--libvirt` and `--config`, unless there are none or
+/// `--rescan 0`.
+fn rescan(args: &ServeArgs) -> Option<serve::Rescan> {
+    if args.rescan.is_zero() || (args.libvirt.is_empty() && args.config.is_none()) {
+        return None;
+    }
+    let (vms, libvirt, file) = (args.vms.clone(), args.libvirt.clone(), args.config.clone());
+    Some(serve::Rescan {
+        every: args.rescan,
+        source: std::sync::Arc::new(move || {
+            config::collect_vms(&vms, &libvirt, file.as_deref()).map_err(|e| chain(&e))
+        }),
+    })
+}
+
 fn run(args: ServeArgs) -> Fallible<()> {
     let vms = config::collect_vms(&args.vms, &args.libvirt, args.config.as_deref())?;
     if vms.is_empty() {
@@ -195,6 +222,7 @@ fn run(args: ServeArgs) -> Fallible<()> {
         None => std::env::var("NLXTP_SERVE_TOKEN").ok(),
     };
     let state_dir = args.state.dir();
+    let rescan = rescan(&args);
     let tls = args.tls_cert.zip(args.tls_key);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let url = args
@@ -211,6 +239,7 @@ fn run(args: ServeArgs) -> Fallible<()> {
             ..Limits::default()
         },
         public_url: Some(url.clone()),
+        rescan,
     })?;
     let listener = std::net::TcpListener::bind(args.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
