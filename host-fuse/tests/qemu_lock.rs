@@ -215,3 +215,127 @@ fn a_running_record_is_cut_off_only_when_no_qemu_holds_the_image() {
     assert!(!off.vm_running);
     assert_eq!(off.monitor, Monitor::CutOff);
 }
+
+/// An archive that never ends: a member of 3 GiB whose bytes keep coming; counts what
+/// was read.
+struct Endless {
+    header: Vec<u8>,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Endless {
+    fn new(read: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Endless {
+        let mut header = tar::Header::new_gnu();
+        header.set_path("big.bin").unwrap();
+        header.set_size(3 << 30);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        Endless {
+            header: header.as_bytes().to_vec(),
+            read,
+        }
+    }
+}
+
+impl Read for Endless {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let at = self.read.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        let n = buf.len().min(64 << 10);
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = self.header.get(at + i).copied().unwrap_or(b'x');
+        }
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// `ops::prepare_upload_opening`, as the CLI uploads (the archive read while the area
+/// is opened and checked): an image a running QEMU holds is refused as soon as that is
+/// seen, and reading the archive stops there; so does a failure to open; a free image
+/// takes the upload.
+#[test]
+fn an_upload_read_beside_the_checks_stops_reading_when_they_refuse() {
+    use nlxtp_host::ops::{self, UploadOptions};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("vm.img");
+    create_image(&img, 16 << 20, None, None).unwrap();
+    let options = UploadOptions::default();
+    let open = || Ok::<_, AreaError>(Box::new(VfatImage::new(&img)) as Box<dyn SharedArea>);
+
+    // Opening fails (after a while, as a remote connection would): that error, and the
+    // reading has stopped far short of the archive's 3 GiB.
+    let read = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let Err(err) = ops::prepare_upload_opening(
+        || {
+            sleep(Duration::from_millis(100));
+            Err::<Box<dyn SharedArea>, _>("no such domain")
+        },
+        Endless::new(read.clone()),
+        &options,
+    ) else {
+        panic!("opening failed, the upload went on");
+    };
+    assert_eq!(err, "no such domain");
+    let seen = read.load(Ordering::Relaxed);
+    assert!(
+        seen > 0 && seen < 1 << 30,
+        "read {seen} bytes of an upload called off"
+    );
+    eprintln!(
+        "called off after {:?}, {seen} bytes read",
+        started.elapsed()
+    );
+
+    // A running VM: Busy, reading stopped, the image unchanged.
+    let mut qemu = Qemu::start(&img);
+    wait_for("QEMU locks the image", Duration::from_secs(20), || {
+        if let Some(status) = qemu.child.try_wait().unwrap() {
+            panic!("QEMU exited early: {status}");
+        }
+        qemu_holds_image(&img).unwrap()
+    });
+    let before = std::fs::read(&img).unwrap();
+    let read = Arc::new(AtomicU64::new(0));
+    let (_, prepared) =
+        ops::prepare_upload_opening(open, Endless::new(read.clone()), &options).unwrap();
+    let err = prepared.unwrap_err();
+    assert!(
+        matches!(err, ops::UploadError::Area(AreaError::Busy { .. })),
+        "{err:?}"
+    );
+    let seen = read.load(Ordering::Relaxed);
+    assert!(seen < 1 << 30, "read {seen} bytes of a refused upload");
+    assert!(std::fs::read(&img).unwrap() == before);
+    qemu.stop();
+    wait_for("QEMU's locks go away", Duration::from_secs(5), || {
+        !qemu_holds_image(&img).unwrap()
+    });
+
+    // Free: the upload goes in.
+    let mut job = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(18);
+    header.set_mode(0o755);
+    header.set_entry_type(tar::EntryType::Regular);
+    job.append_data(&mut header, "auto_exec.sh", &b"#!/bin/sh\necho hi\n"[..])
+        .unwrap();
+    let job = job.into_inner().unwrap();
+    let (area, prepared) = ops::prepare_upload_opening(open, &job[..], &options).unwrap();
+    let report = prepared.unwrap().write(area.as_ref()).unwrap();
+    assert_eq!(report.entries, 2, "{report:?}");
+    assert_eq!(
+        area.read_file(
+            &nlxtp_host::area::AreaPath::new("auto_exec.sh").unwrap(),
+            64
+        )
+        .unwrap(),
+        b"#!/bin/sh\necho hi\n"
+    );
+}

@@ -214,6 +214,127 @@ pub fn prepare_upload<'a>(
     options: &UploadOptions,
 ) -> Result<PreparedUpload<'a>, UploadError> {
     // Refuse early, before reading a large archive, when the VM holds its disk.
+    let checked = check_upload(area, options)?;
+    let archive = read_archive(source, options)?;
+    checked.with(archive, options)
+}
+
+/// [`prepare_upload`] with the archive read while the area is opened and checked (in a
+/// thread of its own): for areas whose opening and checks take round trips, such as a
+/// libvirt domain on another host. When opening or a check fails, reading stops at
+/// once and that error is returned; nothing is written.
+///
+/// # Errors
+/// See [`UploadError`]; `E` from `open`.
+#[allow(clippy::type_complexity, reason = "the area, and the upload into it")]
+pub fn prepare_upload_opening<E>(
+    open: impl FnOnce() -> Result<Box<dyn SharedArea>, E>,
+    source: impl Read + Send,
+    options: &UploadOptions,
+) -> Result<(Box<dyn SharedArea>, Result<PreparedArchive, UploadError>), E> {
+    let cancelled = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let reading = scope.spawn(|| {
+            read_archive(
+                Cancellable {
+                    inner: source,
+                    cancelled: &cancelled,
+                },
+                options,
+            )
+        });
+        // The scope waits for the reading thread, which stops at its next read; its
+        // result is moot: the caller gets why the upload cannot go on.
+        let stop = || cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+        let area = match open() {
+            Ok(area) => area,
+            Err(e) => {
+                stop();
+                return Err(e);
+            }
+        };
+        let checked = match check_upload(area.as_ref(), options) {
+            Ok(checked) => checked,
+            Err(e) => {
+                stop();
+                return Ok((area, Err(e)));
+            }
+        };
+        let archive = match reading.join() {
+            Ok(archive) => archive,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        let prepared = archive.and_then(|archive| {
+            let PreparedUpload {
+                files,
+                durability,
+                report,
+                ..
+            } = checked.with(archive, options)?;
+            Ok(PreparedArchive {
+                files,
+                durability,
+                report,
+            })
+        });
+        Ok((area, prepared))
+    })
+}
+
+/// An upload read and checked for an area opened beside it
+/// ([`prepare_upload_opening`]): [`PreparedUpload`] without the borrow of the area.
+#[derive(Debug)]
+pub struct PreparedArchive {
+    files: Vec<UploadFile>,
+    durability: Durability,
+    report: UploadReport,
+}
+
+impl PreparedArchive {
+    /// Bytes of file content to write.
+    pub fn bytes(&self) -> u64 {
+        self.report.bytes
+    }
+
+    /// Writes the upload into `area`, the one it was checked against.
+    ///
+    /// # Errors
+    /// [`UploadError::Area`]; nothing is changed on error.
+    pub fn write(self, area: &dyn SharedArea) -> Result<UploadReport, UploadError> {
+        area.replace_with(self.files, self.durability)?;
+        Ok(self.report)
+    }
+}
+
+/// A reader that fails once `cancelled` is set: reading stops soon after.
+struct Cancellable<'a, R> {
+    inner: R,
+    cancelled: &'a std::sync::atomic::AtomicBool,
+}
+
+impl<R: Read> Read for Cancellable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("the upload was called off"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// What [`check_upload`] found: the area may be replaced.
+#[derive(Debug)]
+struct CheckedArea<'a> {
+    area: &'a dyn SharedArea,
+    /// A run that was cut off, which the upload replaces.
+    cut_off_run: Option<String>,
+}
+
+/// Checks that `area` may be replaced now: the guest does not hold it, and no run is
+/// going on in it (unless `force`).
+fn check_upload<'a>(
+    area: &'a dyn SharedArea,
+    options: &UploadOptions,
+) -> Result<CheckedArea<'a>, UploadError> {
     if area.is_busy()? {
         return Err(AreaError::Busy {
             image: area.location().to_path_buf(),
@@ -233,14 +354,19 @@ pub fn prepare_upload<'a>(
         (Some(record), Monitor::CutOff) => Some(record.run_id.clone()),
         _ => None,
     };
-    let parsed = archive::read_upload(
+    Ok(CheckedArea { area, cut_off_run })
+}
+
+/// Reads and checks the archive from `source`: its members, what an earlier run left in
+/// it, a start script where none may be.
+fn read_archive(source: impl Read, options: &UploadOptions) -> Result<ParsedUpload, UploadError> {
+    let mut parsed = archive::read_upload(
         source,
         &options.limits,
         !options.files_only,
         options.archive_file.as_ref(),
         options.spool_dir.as_deref(),
     )?;
-    let mut parsed = parsed;
     refuse_earlier_run(&mut parsed, options.run_again)?;
     if options.files_only {
         // A guest's vFAT ignores case: `AUTO_EXEC.SH` would run.
@@ -254,35 +380,47 @@ pub fn prepare_upload<'a>(
             .into());
         }
     }
-    let (run_id, bytes) = fresh_manifest(RunSettings {
-        timeout_secs: options.timeout_secs,
-        heartbeat_interval_ms: options.heartbeat_ms,
-        output_cap_bytes: options.output_cap,
-    })?;
-    let ParsedUpload {
-        mut files,
-        dropped,
-        stripped_mode_bits,
-        total_bytes,
-        compression,
-    } = parsed;
-    files
-        .push(UploadFile::bytes(layout::MANIFEST_FILE, bytes).expect("the manifest path is valid"));
-    let report = UploadReport {
-        run_id: run_id.to_string(),
-        entries: files.len(),
-        bytes: total_bytes,
-        compression,
-        dropped,
-        stripped_mode_bits,
-        cut_off_run,
-    };
-    Ok(PreparedUpload {
-        area,
-        files,
-        durability: options.durability,
-        report,
-    })
+    Ok(parsed)
+}
+
+impl<'a> CheckedArea<'a> {
+    /// The upload of `parsed` into the checked area, with a fresh manifest.
+    fn with(
+        self,
+        parsed: ParsedUpload,
+        options: &UploadOptions,
+    ) -> Result<PreparedUpload<'a>, UploadError> {
+        let (run_id, bytes) = fresh_manifest(RunSettings {
+            timeout_secs: options.timeout_secs,
+            heartbeat_interval_ms: options.heartbeat_ms,
+            output_cap_bytes: options.output_cap,
+        })?;
+        let ParsedUpload {
+            mut files,
+            dropped,
+            stripped_mode_bits,
+            total_bytes,
+            compression,
+        } = parsed;
+        files.push(
+            UploadFile::bytes(layout::MANIFEST_FILE, bytes).expect("the manifest path is valid"),
+        );
+        let report = UploadReport {
+            run_id: run_id.to_string(),
+            entries: files.len(),
+            bytes: total_bytes,
+            compression,
+            dropped,
+            stripped_mode_bits,
+            cut_off_run: self.cut_off_run,
+        };
+        Ok(PreparedUpload {
+            area: self.area,
+            files,
+            durability: options.durability,
+            report,
+        })
+    }
 }
 
 /// Refuses an archive that holds an earlier run's status (nlxtp's `nlxtp/status.bin`,

@@ -48,13 +48,13 @@ impl Progress {
 
 /// Counts bytes read, for the progress line.
 pub struct CountingReader<'a> {
-    inner: Box<dyn Read>,
+    inner: Box<dyn Read + Send>,
     read: u64,
     progress: &'a Progress,
 }
 
 impl<'a> CountingReader<'a> {
-    pub fn new(inner: Box<dyn Read>, progress: &'a Progress) -> Self {
+    pub fn new(inner: Box<dyn Read + Send>, progress: &'a Progress) -> Self {
         CountingReader {
             inner,
             read: 0,

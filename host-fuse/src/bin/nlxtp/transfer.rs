@@ -38,10 +38,10 @@ pub fn upload(
 /// second handle on it (read again where large members lie).
 pub fn with_archive(
     archive: &Path,
-    into: impl FnOnce(Box<dyn Read>, Option<Arc<File>>) -> Result<(), Failure>,
+    into: impl FnOnce(Box<dyn Read + Send>, Option<Arc<File>>) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
     if archive == Path::new("-") {
-        return into(Box::new(io::stdin().lock()), None);
+        return into(Box::new(io::stdin()), None);
     }
     let file = File::open(archive).map_err(|e| Failure {
         error: format!("cannot open the archive {}: {e}", archive.display()).into(),
@@ -74,12 +74,38 @@ pub fn exec(
 
 fn upload_from(
     target: &Target,
-    source: Box<dyn Read>,
+    source: Box<dyn Read + Send>,
     archive_file: Option<Arc<File>>,
     args: &UploadArgs,
 ) -> Result<(), Failure> {
-    let area = target.open()?;
-    let report = write_upload(area.as_ref(), &target.path, source, archive_file, args)?;
+    let (area, report) = match archive_file {
+        // A file is read while the area is opened and checked: for a libvirt domain on
+        // another host those are round trips.
+        Some(file) => {
+            let progress = Progress::new("reading the archive");
+            let (area, prepared) = ops::prepare_upload_opening(
+                || target.open(),
+                CountingReader::new(source, &progress),
+                &args.options(Some(file)),
+            )?;
+            let prepared = prepared?;
+            progress.phase(format!(
+                "writing {} into {}",
+                indicatif::HumanBytes(prepared.bytes()),
+                target.path.display()
+            ));
+            let report = prepared.write(area.as_ref())?;
+            progress.finish();
+            upload_notes(&report);
+            (area, report)
+        }
+        // A pipe may stall: the checks come first, so that a refusal comes at once.
+        None => {
+            let area = target.open()?;
+            let report = write_upload(area.as_ref(), &target.path, source, None, args)?;
+            (area, report)
+        }
+    };
     if args.json {
         out::json(&report)?;
     } else {
@@ -102,7 +128,7 @@ fn upload_from(
 /// be reached), then the disk made or checked, written, and plugged in.
 fn upload_hot(
     target: &Target,
-    source: Box<dyn Read>,
+    source: Box<dyn Read + Send>,
     archive_file: Option<Arc<File>>,
     args: &UploadArgs,
     hot: &HotArgs,
@@ -231,7 +257,7 @@ pub fn detach_outcome(
 pub fn write_upload(
     area: &dyn SharedArea,
     shown: &Path,
-    source: Box<dyn Read>,
+    source: Box<dyn Read + Send>,
     archive_file: Option<Arc<File>>,
     args: &UploadArgs,
 ) -> Result<UploadReport, UploadError> {
@@ -248,6 +274,12 @@ pub fn write_upload(
     ));
     let report = prepared.write()?;
     progress.finish();
+    upload_notes(&report);
+    Ok(report)
+}
+
+/// Notes on what an upload left out or changed.
+fn upload_notes(report: &UploadReport) {
     for name in &report.dropped {
         note!("nlxtp: note: left out {name} from the archive: it belongs to an earlier run");
     }
@@ -259,7 +291,6 @@ pub fn write_upload(
             "nlxtp: note: replaced run {run}, which was cut off (the VM went off before it ended)"
         );
     }
-    Ok(report)
 }
 
 /// `nlxtp download`: into `output`, or to stdout for `-`.

@@ -61,7 +61,7 @@ fn tree_size(path: &Path) -> Result<u64, Failure> {
 }
 
 /// The job as an archive to upload.
-fn job_archive(job: &Job) -> Result<Box<dyn Read>, Failure> {
+fn job_archive(job: &Job) -> Result<Box<dyn Read + Send>, Failure> {
     if let Some(archive) = &job.archive {
         let file = fs::File::open(archive).map_err(|e| Failure {
             error: format!("cannot open the archive {}: {e}", archive.display()).into(),
