@@ -668,3 +668,77 @@ fn request_raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let _ = stream.read_to_end(&mut raw);
     String::from_utf8_lossy(&raw).into_owned()
 }
+
+/// The next `list` event of a `?watch=true` stream, as JSON (chunked transfer framing
+/// and comments skipped).
+fn next_list_event(reader: &mut std::io::BufReader<TcpStream>) -> serde_json::Value {
+    use std::io::BufRead;
+    let mut event = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
+        let line = line.trim_end();
+        if let Some(name) = line.strip_prefix("event: ") {
+            event = name.to_owned();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            if event == "list" {
+                return serde_json::from_str(data).unwrap();
+            }
+        }
+    }
+}
+
+/// `GET /api/v1/vms?watch=true`: the list at once, then again when it changes (an upload
+/// shows in a next event); without the token, 401; a bad value, 400.
+#[test]
+fn the_list_is_pushed_as_it_changes() {
+    let setup = Setup::new();
+    let server = setup.start(Limits::default());
+    let addr = server.addr();
+    assert_eq!(
+        request(addr, "GET", "/api/v1/vms?watch=true", false, b"").status,
+        401
+    );
+    assert_eq!(
+        request(addr, "GET", "/api/v1/vms?watch=maybe", true, b"").status,
+        400
+    );
+
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/v1/vms?watch=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let first = next_list_event(&mut reader);
+    let uploaded = |list: &serde_json::Value, vm: &str| {
+        list["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == vm)
+            .map(|v| v["status"]["upload_present"].clone())
+            .unwrap_or_else(|| panic!("{vm} not in {list}"))
+    };
+    assert_eq!(uploaded(&first, "vm1"), false, "{first}");
+
+    let reply = request(addr, "PUT", "/api/v1/vms/vm1/archive", true, &job("pushed"));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = next_list_event(&mut reader);
+        if uploaded(&list, "vm1") == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the upload never showed: {list}");
+    }
+}

@@ -232,14 +232,76 @@ async fn list_json(state: &Arc<State>) -> Result<Bytes> {
     }
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct ListQuery {
+    access_token: Option<String>,
+    watch: Option<String>,
+}
+
 async fn list(
     Shared(state): Shared<Arc<State>>,
     headers: HeaderMap,
-    query: Query<TokenQuery>,
+    query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response> {
+    let Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
     operator(&state, &headers, query.access_token.as_deref())?;
+    match query.watch.as_deref() {
+        None | Some("false" | "0" | "no") => {}
+        Some("" | "true" | "1" | "yes") => return watch_list(state),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                format!("watch is true or false, not {other:?}"),
+            ))
+        }
+    }
     let body = list_json(&state).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /api/v1/vms?watch=true`: Server-Sent Events, a `list` event with the list's JSON
+/// at once and again each time it changes (it is read again every
+/// [`Limits::list_max_age`](super::Limits::list_max_age)). A watcher counts as a
+/// follower of live output does.
+fn watch_list(state: Arc<State>) -> Result<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let Ok(permit) = state.followers.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_followers",
+            "too many clients follow the list or output now: try again later",
+        ));
+    };
+    let every = state.limits.list_max_age.max(Duration::from_millis(100));
+    let events = futures_util::stream::unfold(
+        (state, None::<Bytes>, permit),
+        move |(state, last, permit)| async move {
+            loop {
+                if last.is_some() {
+                    tokio::time::sleep(every).await;
+                }
+                let Ok(body) = list_json(&state).await else {
+                    tokio::time::sleep(every).await;
+                    continue;
+                };
+                if last.as_ref() == Some(&body) {
+                    continue;
+                }
+                let event = Event::default()
+                    .event("list")
+                    .data(String::from_utf8_lossy(&body));
+                return Some((
+                    Ok::<_, std::convert::Infallible>(event),
+                    (state, Some(body), permit),
+                ));
+            }
+        },
+    );
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn status(
