@@ -55,6 +55,23 @@ fn wait_started(area: &dyn SharedArea) -> Instant {
     jobs::wait_started(area, RUN_DEADLINE).unwrap()
 }
 
+/// Waits until the run's custom status reads `text`: the script has got that far (a
+/// started run's record comes before the script's first line).
+fn wait_custom(area: &dyn SharedArea, text: &str) {
+    let deadline = Instant::now() + RUN_DEADLINE;
+    loop {
+        let report = ops::status(area).unwrap();
+        if report.record.as_ref().is_some_and(|r| r.custom == text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the custom status never read {text:?}: {report:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn files(area: &dyn SharedArea) -> BTreeMap<String, Vec<u8>> {
     download_files(area).unwrap()
 }
@@ -150,12 +167,18 @@ fn held_disk_refuses_uploads_and_a_forced_detach_is_recorded() {
     hot::attach(
         &mut qmp,
         &image,
-        &job("never", 0, "echo started; sleep 300")[..],
+        // runs.txt synced before the status says so: the forced detach below comes
+        // after it, so the line is on the disk the host takes.
+        &job(
+            "never",
+            0,
+            "echo started; sync; archive_setstatus synced; sleep 300",
+        )[..],
         &options(),
     )
     .unwrap();
     let disk = HotDisk::open(&image).unwrap();
-    wait_started(disk.area());
+    wait_custom(disk.area(), "synced");
     let before = std::fs::read(&image).unwrap();
 
     let refused = hot::attach(&mut qmp, &image, &job("second", 0, "")[..], &options());
@@ -216,13 +239,13 @@ fn a_killed_vm_leaves_an_aborted_run_that_never_runs_again() {
         &mut qmp,
         &image,
         // Synced, so that the kill cannot take the line with it: one line after the
-        // next boot is "not run again".
-        &job("crash", 0, "sync; sleep 300")[..],
+        // next boot is "not run again". The kill waits until the status says so.
+        &job("crash", 0, "sync; archive_setstatus synced; sleep 300")[..],
         &options(),
     )
     .unwrap();
     let disk = HotDisk::open(&image).unwrap();
-    wait_started(disk.area());
+    wait_custom(disk.area(), "synced");
     vm.kill();
     drop(qmp);
     let report = ops::status(disk.area()).unwrap();
