@@ -519,7 +519,22 @@ fn cut_off_oversized_invalid_and_concurrent_uploads_change_nothing() {
     )
     .unwrap();
     slow.write_all(&body[..100]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the server has taken the first one, an invalid body gets 422 and changes
+    // nothing; once it holds the VM, 409.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = request(addr, "PUT", "/api/v1/vms/vm1/archive", true, b"not a tar");
+        match (probe.status, probe.code().as_str()) {
+            (409, "upload_in_progress") => break,
+            (422, "archive_refused") => {}
+            other => panic!("while the first upload starts: {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first upload never held the VM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let loser = request(addr, "PUT", "/api/v1/vms/vm1/archive", true, &job("loser"));
     assert_eq!(
         (loser.status, loser.code().as_str()),
