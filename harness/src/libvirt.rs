@@ -263,26 +263,63 @@ exec libvirtd --listen -f {} -p /run/libvirt/libvirtd.pid",
     }
 }
 
+/// Whether the process `pid` has ended: gone, or a zombie (a daemon's parent is init,
+/// which may not reap it at once).
+fn exited(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+/// Sends SIGTERM to the daemons whose pid files are `pidfiles` and waits (up to 30 s,
+/// then SIGKILL) until each has exited, so that the next daemon started in their place
+/// meets none of them still going away.
+fn stop_daemons(pidfiles: &[&Path]) {
+    let pids: Vec<String> = pidfiles
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|pid| pid.trim().to_owned())
+        .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    for pid in &pids {
+        let _ = Command::new("kill").arg(pid).status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for pid in &pids {
+        while !exited(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !exited(pid) {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+            let killed = Instant::now() + Duration::from_secs(5);
+            while !exited(pid) && Instant::now() < killed {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
 impl Drop for Libvirtd {
     fn drop(&mut self) {
         if self.started_here {
-            for pidfile in ["/run/libvirtd.pid", "/run/virtlogd.pid"] {
-                if let Ok(pid) = std::fs::read_to_string(pidfile) {
-                    let _ = Command::new("kill").arg(pid.trim()).status();
-                }
-            }
+            stop_daemons(&[
+                Path::new("/run/libvirtd.pid"),
+                Path::new("/run/virtlogd.pid"),
+            ]);
         }
         if let Some((child, virtlogd_pid)) = &mut self.isolated {
             let _ = Command::new("kill").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(30);
             while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
             let _ = child.kill();
             let _ = child.wait();
-            if let Ok(pid) = std::fs::read_to_string(&*virtlogd_pid) {
-                let _ = Command::new("kill").arg(pid.trim()).status();
-            }
+            stop_daemons(&[virtlogd_pid.as_path()]);
         }
     }
 }
