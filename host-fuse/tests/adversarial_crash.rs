@@ -31,6 +31,30 @@ fn rounds() -> u64 {
         .unwrap_or(24)
 }
 
+/// Rounds at most while the kills have not yet hit both sides (the window was timed
+/// once, on a host whose speed varies).
+const MAX_ROUNDS: u64 = 200;
+
+/// Whether to go on after `round` rounds: the rounds asked for, then more (up to
+/// [`MAX_ROUNDS`]) until both sides were hit.
+fn more_rounds(round: u64, both_sides: bool) -> bool {
+    round < rounds() || (!both_sides && round < MAX_ROUNDS)
+}
+
+/// The kill window (µs) for the next extra round, from the counts so far of kills that
+/// left the old content (`before`) and the new one (`after`): wider (up to `widest`)
+/// while every kill came before the switch (uploads take longer now than the timed
+/// one), narrower while every upload got past it (they are faster now).
+fn next_window(window: u64, widest: u64, before: usize, after: usize) -> u64 {
+    if after == 0 {
+        (window * 3 / 2).min(widest)
+    } else if before == 0 {
+        (window * 2 / 3).max(1_000)
+    } else {
+        window
+    }
+}
+
 /// The new upload: 160 files of 96 KiB (15 MB), each with its own bytes, and a script.
 fn new_files() -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
@@ -157,8 +181,10 @@ fn a_killed_image_upload_leaves_the_old_image_or_the_new_one() {
 
     let mut rng = Rng(0x00C0_FFEE_1234_5678);
     let (mut old, mut newer, mut finished, mut stray) = (0, 0, 0, 0);
-    let window = whole.as_micros() as u64 * 12 / 10;
-    for round in 0..rounds() {
+    let mut window = whole.as_micros() as u64 * 12 / 10;
+    let widest = window * 16;
+    let mut round = 0;
+    while more_rounds(round, old > 0 && newer > 0) {
         fs::copy(&pristine, &img).unwrap();
         let delay = Duration::from_micros(rng.next() % window.max(1));
         finished += usize::from(upload_killed_after(&img, &archive_path, delay));
@@ -174,9 +200,13 @@ fn a_killed_image_upload_leaves_the_old_image_or_the_new_one() {
             );
             newer += 1;
         }
+        round += 1;
+        if round >= rounds() {
+            window = next_window(window, widest, old, newer);
+        }
     }
     eprintln!(
-        "killed image uploads (a whole upload takes {whole:?}): {old} old, {newer} new \
+        "{round} killed image uploads (a whole upload takes {whole:?}): {old} old, {newer} new \
          ({finished} had finished), {stray} stray temporary images removed; 0 broken"
     );
     assert!(old > 0 && newer > 0, "the kills all landed on one side");
@@ -196,8 +226,10 @@ fn a_killed_directory_upload_leaves_no_script_or_a_complete_upload() {
 
     let mut rng = Rng(0x0BAD_5EED_8765_4321);
     let (mut without, mut complete, mut finished) = (0, 0, 0);
-    let window = whole.as_micros() as u64 * 12 / 10;
-    for round in 0..rounds() {
+    let mut window = whole.as_micros() as u64 * 12 / 10;
+    let widest = window * 16;
+    let mut round = 0;
+    while more_rounds(round, without > 0 && complete > 0) {
         let delay = Duration::from_micros(rng.next() % window.max(1));
         finished += usize::from(upload_killed_after(&area, &archive_path, delay));
         let opened = ops::open_target(&area).unwrap();
@@ -220,9 +252,13 @@ fn a_killed_directory_upload_leaves_no_script_or_a_complete_upload() {
             .map(|e| e.unwrap().path())
             .collect();
         assert_eq!(beside, std::slice::from_ref(&area));
+        round += 1;
+        if round >= rounds() {
+            window = next_window(window, widest, without, complete);
+        }
     }
     eprintln!(
-        "killed directory uploads (a whole upload takes {whole:?}): {without} without a \
+        "{round} killed directory uploads (a whole upload takes {whole:?}): {without} without a \
          script, {complete} complete ({finished} had finished); 0 with a script and \
          missing files"
     );
