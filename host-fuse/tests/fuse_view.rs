@@ -711,10 +711,22 @@ fn sigterm_commits_pending_changes_then_unmounts() {
     // Changes without an open file wait for a quiet moment before they are committed.
     fs::create_dir(vm.join("made")).unwrap();
     fs::rename(vm.join("old"), vm.join("made/renamed")).unwrap();
-    assert_eq!(
-        json(&vm.join(".nlxtp/view.json"))["uncommitted_changes"],
-        true
-    );
+    // Mostly still pending here. On a slow host the quiet-moment commit may have come
+    // first: then a change back and forth, for SIGTERM to find one pending. Either way,
+    // after SIGTERM everything is in the image.
+    let pending = || {
+        let flag = json(&vm.join(".nlxtp/view.json"))["uncommitted_changes"].clone();
+        assert!(flag.is_boolean(), "{flag}");
+        flag == true
+    };
+    for _ in 0..5 {
+        if pending() {
+            break;
+        }
+        eprintln!("the quiet-moment commit came first: one more change");
+        fs::rename(vm.join("made/renamed"), vm.join("made/moved")).unwrap();
+        fs::rename(vm.join("made/moved"), vm.join("made/renamed")).unwrap();
+    }
     m.signal(Signal::SIGTERM);
     assert!(m.wait_exit(Duration::from_secs(10)).success());
     assert!(!is_mounted(&m.mountpoint));
