@@ -116,7 +116,7 @@ fn container_live_output_resumes_and_a_run_in_progress_refuses_uploads() {
     let state = tempfile::tempdir().unwrap();
     let server = start(&[("ct", container.shared())], state.path());
     let addr = server.addr();
-    let script = "for i in 1 2 3 4 5 6; do echo \"tick $i\"; echo \"err $i\" >&2; sleep 0.3; done\narchive_setstatus finished\n";
+    let script = "for i in 1 2 3 4 5 6; do echo \"tick $i\"; echo \"err $i\" >&2; sleep 1; done\narchive_setstatus finished\n";
     let job = archive(&[("auto_exec.sh", script.as_bytes(), 0o755)]).unwrap();
     let (status, report) = request(addr, "PUT", "/api/v1/vms/ct/archive", &job);
     assert_eq!(status, 200, "{report}");
