@@ -40,7 +40,7 @@ fn upload_runs_at_once_and_download_never_follows_a_planted_symlink() {
     let started = Instant::now();
     let rec = run(&container, &[("auto_exec.sh", script.as_bytes(), 0o755)]);
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(20),
         "ran at once: {:?}",
         started.elapsed()
     );
