@@ -24,6 +24,9 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 /// The web page, served from the binary.
 const PAGE: &str = include_str!("page.html");
 
+/// The OpenAPI 3.1 description of this API (`docs/openapi.json`), served from the binary.
+const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
 pub(super) fn router(state: Arc<State>) -> Router {
     let quick = Router::new()
         .route("/api/v1/vms", get(list))
@@ -46,6 +49,10 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::disable());
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .merge(quick)
         .merge(streamed)
         .fallback(|| async {
