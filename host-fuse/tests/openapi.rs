@@ -6,16 +6,17 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nlxtp_host::area::vfat::create_image;
-use nlxtp_host::fuse::parse_vm_arg;
-use nlxtp_host::serve::{Limits, Running, ServeConfig, Server};
+use nlxtp_host::serve::Limits;
 use serde_json::Value;
 
-const TOKEN: &str = "test-operator-token-0123456789";
+#[path = "common/serve.rs"]
+mod server;
+
+use server::{dechunk, job, Setup, TOKEN};
 
 /// The router's paths. axum cannot list a router's routes, so they are kept here; the
 /// test checks this list against the `.route("...")` calls in `src/serve/api.rs` (where
@@ -62,24 +63,6 @@ impl Reply {
             .as_str()
             .unwrap_or("")
             .to_owned()
-    }
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line");
-        let size = std::str::from_utf8(&data[..line_end]).unwrap();
-        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
     }
 }
 
@@ -156,59 +139,6 @@ fn request(addr: SocketAddr, method: &str, path: &str, headers: &[String], body:
 
 fn bearer() -> String {
     format!("Authorization: Bearer {TOKEN}")
-}
-
-/// A tar with an `auto_exec.sh` and one more file.
-fn job() -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, data, mode) in [
-        ("auto_exec.sh", "#!/bin/sh\necho openapi\n", 0o755),
-        ("data.txt", "openapi", 0o644),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(mode);
-        header.set_entry_type(tar::EntryType::Regular);
-        builder
-            .append_data(&mut header, name, data.as_bytes())
-            .unwrap();
-    }
-    builder.into_inner().unwrap()
-}
-
-/// An image VM `vm1` and a directory VM `ct1`.
-struct Setup {
-    dir: tempfile::TempDir,
-    image: PathBuf,
-    ctdir: PathBuf,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("vm1.img");
-        create_image(&image, 16 << 20, None, None).unwrap();
-        let ctdir = dir.path().join("ct1");
-        std::fs::create_dir(&ctdir).unwrap();
-        Setup { dir, image, ctdir }
-    }
-
-    fn start(&self) -> Running {
-        let server = Server::new(ServeConfig {
-            vms: vec![
-                parse_vm_arg(&format!("vm1={}", self.image.display())).unwrap(),
-                parse_vm_arg(&format!("ct1={}", self.ctdir.display())).unwrap(),
-            ],
-            state_dir: self.dir.path().join("state"),
-            operator_token: Some(TOKEN.into()),
-            limits: Limits::default(),
-            public_url: None,
-            rescan: None,
-        })
-        .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        server.spawn(listener, None).unwrap()
-    }
 }
 
 /// What `value` refers to with `$ref` (in this document), else `value`.
@@ -304,7 +234,7 @@ fn body_for(operation: &Value) -> (Vec<u8>, Option<&'static str>) {
             Some("application/json"),
         )
     } else if content.get("application/octet-stream").is_some() {
-        (job(), Some("application/octet-stream"))
+        (job("openapi"), Some("application/octet-stream"))
     } else {
         assert!(content.is_null(), "a body the test cannot make: {content}");
         (Vec::new(), None)
@@ -338,7 +268,7 @@ fn check_declared(spec: &Value, operation: &Value, method: &str, path: &str, rep
 #[test]
 fn the_description_lists_exactly_the_servers_endpoints() {
     let setup = Setup::new();
-    let server = setup.start();
+    let server = setup.start(Limits::default());
     let addr = server.addr();
 
     // Served without a token, and it is the file in docs/.

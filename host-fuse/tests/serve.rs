@@ -6,14 +6,15 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nlxtp_host::area::vfat::create_image;
-use nlxtp_host::fuse::parse_vm_arg;
-use nlxtp_host::serve::{GrantKey, Limits, Operation, Running, ServeConfig, Server};
+use nlxtp_host::serve::{GrantKey, Limits, Operation};
 
-const TOKEN: &str = "test-operator-token-0123456789";
+#[path = "common/serve.rs"]
+mod server;
+
+use server::{dechunk, job, Setup, TOKEN};
 
 /// An HTTP answer.
 #[derive(Debug)]
@@ -34,33 +35,6 @@ impl Reply {
             .as_str()
             .unwrap_or("")
             .to_owned()
-    }
-}
-
-/// Decodes a chunked body.
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line");
-        let size = usize::from_str_radix(
-            std::str::from_utf8(&data[..line_end])
-                .unwrap()
-                .split(';')
-                .next()
-                .unwrap()
-                .trim(),
-            16,
-        )
-        .unwrap();
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
     }
 }
 
@@ -123,65 +97,6 @@ fn request(addr: SocketAddr, method: &str, path: &str, auth: bool, body: &[u8]) 
 
 fn get(addr: SocketAddr, path: &str) -> Reply {
     request(addr, "GET", path, true, b"")
-}
-
-/// A tar with an `auto_exec.sh` and one more file.
-fn job(marker: &str) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, data, mode) in [
-        ("auto_exec.sh", format!("#!/bin/sh\necho {marker}\n"), 0o755),
-        ("data.txt", marker.to_owned(), 0o644),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(mode);
-        header.set_entry_type(tar::EntryType::Regular);
-        builder
-            .append_data(&mut header, name, data.as_bytes())
-            .unwrap();
-    }
-    builder.into_inner().unwrap()
-}
-
-struct Setup {
-    dir: tempfile::TempDir,
-    image: PathBuf,
-    ctdir: PathBuf,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("vm1.img");
-        create_image(&image, 16 << 20, None, None).unwrap();
-        let ctdir = dir.path().join("ct1");
-        std::fs::create_dir(&ctdir).unwrap();
-        Setup { dir, image, ctdir }
-    }
-
-    fn server(&self, limits: Limits) -> Server {
-        Server::new(ServeConfig {
-            vms: vec![
-                parse_vm_arg(&format!("vm1={}", self.image.display())).unwrap(),
-                parse_vm_arg(&format!("ct1={}", self.ctdir.display())).unwrap(),
-            ],
-            state_dir: self.dir.path().join("state"),
-            operator_token: Some(TOKEN.into()),
-            limits,
-            public_url: None,
-            rescan: None,
-        })
-        .unwrap()
-    }
-
-    fn start(&self, limits: Limits) -> Running {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        self.server(limits).spawn(listener, None).unwrap()
-    }
-
-    fn key(&self) -> GrantKey {
-        GrantKey::load_or_create(&self.dir.path().join("state")).unwrap()
-    }
 }
 
 fn grant(addr: SocketAddr, vm: &str, operation: &str) -> String {
@@ -511,16 +426,22 @@ fn cut_off_oversized_invalid_and_concurrent_uploads_change_nothing() {
 
     // Two at once: the first holds the VM while its body comes; the second gets 409.
     let body = job("winner");
-    let mut slow = TcpStream::connect(addr).unwrap();
-    write!(
-        slow,
-        "PUT /api/v1/vms/vm1/archive HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    slow.write_all(&body[..100]).unwrap();
+    let start_slow = || {
+        let mut slow = TcpStream::connect(addr).unwrap();
+        write!(
+            slow,
+            "PUT /api/v1/vms/vm1/archive HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        slow.write_all(&body[..100]).unwrap();
+        slow
+    };
+    let mut slow = start_slow();
     // Until the server has taken the first one, an invalid body gets 422 and changes
-    // nothing; once it holds the VM, 409.
+    // nothing; once it holds the VM, 409. A probe holds the VM for a moment itself: when
+    // the first upload came in that moment, it was the one refused (it has its answer
+    // already), and it is sent again.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let probe = request(addr, "PUT", "/api/v1/vms/vm1/archive", true, b"not a tar");
@@ -528,6 +449,15 @@ fn cut_off_oversized_invalid_and_concurrent_uploads_change_nothing() {
             (409, "upload_in_progress") => break,
             (422, "archive_refused") => {}
             other => panic!("while the first upload starts: {other:?}"),
+        }
+        slow.set_nonblocking(true).unwrap();
+        let answered = !matches!(
+            slow.peek(&mut [0u8; 1]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+        );
+        slow.set_nonblocking(false).unwrap();
+        if answered {
+            slow = start_slow();
         }
         assert!(
             Instant::now() < deadline,
