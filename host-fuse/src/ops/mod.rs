@@ -182,15 +182,13 @@ pub fn upload(
 #[derive(Debug)]
 pub struct PreparedUpload<'a> {
     area: &'a dyn SharedArea,
-    files: Vec<UploadFile>,
-    durability: Durability,
-    report: UploadReport,
+    archive: PreparedArchive,
 }
 
 impl PreparedUpload<'_> {
     /// Bytes of file content to write.
     pub fn bytes(&self) -> u64 {
-        self.report.bytes
+        self.archive.bytes()
     }
 
     /// Writes the upload into the area.
@@ -198,8 +196,7 @@ impl PreparedUpload<'_> {
     /// # Errors
     /// [`UploadError::Area`]; nothing is changed on error.
     pub fn write(self) -> Result<UploadReport, UploadError> {
-        self.area.replace_with(self.files, self.durability)?;
-        Ok(self.report)
+        self.archive.write(self.area)
     }
 }
 
@@ -264,19 +261,7 @@ pub fn prepare_upload_opening<E>(
             Ok(archive) => archive,
             Err(panic) => std::panic::resume_unwind(panic),
         };
-        let prepared = archive.and_then(|archive| {
-            let PreparedUpload {
-                files,
-                durability,
-                report,
-                ..
-            } = checked.with(archive, options)?;
-            Ok(PreparedArchive {
-                files,
-                durability,
-                report,
-            })
-        });
+        let prepared = archive.and_then(|archive| Ok(checked.with(archive, options)?.archive));
         Ok((area, prepared))
     })
 }
@@ -416,9 +401,11 @@ impl<'a> CheckedArea<'a> {
         };
         Ok(PreparedUpload {
             area: self.area,
-            files,
-            durability: options.durability,
-            report,
+            archive: PreparedArchive {
+                files,
+                durability: options.durability,
+                report,
+            },
         })
     }
 }

@@ -10,8 +10,9 @@
 //!   [`grant`]), which allows that one operation on that one VM;
 //! - a VM is named by its name in the configuration, never by a path;
 //! - request bodies are unpacked while they arrive, under a size limit, with an idle
-//!   and a total deadline, and written to the area only once whole; requests without bodies have a deadline; live output has a
-//!   limit on concurrent followers; downloads stream through a bounded channel.
+//!   and a total deadline, and written to the area only once whole; requests without
+//!   bodies have a deadline; live output and list watchers have a limit on concurrent
+//!   followers; downloads stream through a bounded channel.
 
 mod api;
 pub mod error;

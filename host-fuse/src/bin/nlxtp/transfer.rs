@@ -89,14 +89,9 @@ fn upload_from(
                 &args.options(Some(file)),
             )?;
             let prepared = prepared?;
-            progress.phase(format!(
-                "writing {} into {}",
-                indicatif::HumanBytes(prepared.bytes()),
-                target.path.display()
-            ));
-            let report = prepared.write(area.as_ref())?;
-            progress.finish();
-            upload_notes(&report);
+            let report = write_phase(&progress, &target.path, prepared.bytes(), || {
+                prepared.write(area.as_ref())
+            })?;
             (area, report)
         }
         // A pipe may stall: the checks come first, so that a refusal comes at once.
@@ -267,12 +262,23 @@ pub fn write_upload(
         CountingReader::new(source, &progress),
         &args.options(archive_file),
     )?;
+    write_phase(&progress, shown, prepared.bytes(), || prepared.write())
+}
+
+/// The second phase of an upload: `write` `bytes` into `shown`, on the progress line,
+/// then the notes on what was left out or changed.
+fn write_phase(
+    progress: &Progress,
+    shown: &Path,
+    bytes: u64,
+    write: impl FnOnce() -> Result<UploadReport, UploadError>,
+) -> Result<UploadReport, UploadError> {
     progress.phase(format!(
         "writing {} into {}",
-        indicatif::HumanBytes(prepared.bytes()),
+        indicatif::HumanBytes(bytes),
         shown.display()
     ));
-    let report = prepared.write()?;
+    let report = write()?;
     progress.finish();
     upload_notes(&report);
     Ok(report)

@@ -1,4 +1,5 @@
-//! The archive routes: an upload unpacked on the blocking pool while its body arrives; a download packed on the blocking pool and streamed to the client.
+//! The archive routes: an upload unpacked on the blocking pool while its body arrives;
+//! a download packed on the blocking pool and streamed to the client.
 
 use std::io::{self, Write};
 use std::sync::Arc;
