@@ -42,6 +42,19 @@ impl Qemu {
         Qemu { child }
     }
 
+    /// Starts QEMU on `image` and waits until it holds the image's locks (failing if it
+    /// exits first).
+    fn start_holding(image: &Path) -> Qemu {
+        let mut qemu = Qemu::start(image);
+        wait_for("QEMU locks the image", Duration::from_secs(20), || {
+            if let Some(status) = qemu.child.try_wait().unwrap() {
+                panic!("QEMU exited before it locked {}: {status}", image.display());
+            }
+            qemu_holds_image(image).unwrap()
+        });
+        qemu
+    }
+
     /// Waits for QEMU to exit by itself; its status and standard error.
     fn wait_exit(&mut self, deadline: Duration) -> (std::process::ExitStatus, String) {
         let start = Instant::now();
@@ -121,13 +134,7 @@ fn running_qemu_is_detected_and_blocks_uploads_and_the_guard_blocks_qemu() {
     assert!(!qemu_holds_image(&img).unwrap());
 
     // A running VM: detected, reads still work, uploads are refused and change nothing.
-    let mut qemu = Qemu::start(&img);
-    wait_for("QEMU locks the image", Duration::from_secs(20), || {
-        if let Some(status) = qemu.child.try_wait().unwrap() {
-            panic!("QEMU exited early: {status}");
-        }
-        qemu_holds_image(&img).unwrap()
-    });
+    let mut qemu = Qemu::start_holding(&img);
     assert!(area.is_busy().unwrap());
     assert_eq!(area.list(&WalkLimits::default()).unwrap().len(), 1);
     let before = std::fs::read(&img).unwrap();
@@ -172,13 +179,7 @@ fn running_qemu_is_detected_and_blocks_uploads_and_the_guard_blocks_qemu() {
         UploadFile::bytes("auto_exec.sh", b"second".to_vec()).unwrap()
     ])
     .unwrap();
-    let mut again = Qemu::start(&img);
-    wait_for("QEMU locks the new image", Duration::from_secs(20), || {
-        if let Some(status) = again.child.try_wait().unwrap() {
-            panic!("QEMU exited on the new image: {status}");
-        }
-        qemu_holds_image(&img).unwrap()
-    });
+    let mut again = Qemu::start_holding(&img);
     again.stop();
 }
 
@@ -196,10 +197,7 @@ fn a_running_record_is_cut_off_only_when_no_qemu_holds_the_image() {
     common::mcopy(&img, "nlxtp/status.bin", &common::status_file(3, &rec));
     let area = VfatImage::new(&img);
 
-    let mut qemu = Qemu::start(&img);
-    wait_for("QEMU locks the image", Duration::from_secs(20), || {
-        qemu_holds_image(&img).unwrap()
-    });
+    let mut qemu = Qemu::start_holding(&img);
     let held = ops::status(&area).unwrap();
     assert!(held.vm_running);
     assert!(
@@ -294,13 +292,7 @@ fn an_upload_read_beside_the_checks_stops_reading_when_they_refuse() {
     );
 
     // A running VM: Busy, reading stopped, the image unchanged.
-    let mut qemu = Qemu::start(&img);
-    wait_for("QEMU locks the image", Duration::from_secs(20), || {
-        if let Some(status) = qemu.child.try_wait().unwrap() {
-            panic!("QEMU exited early: {status}");
-        }
-        qemu_holds_image(&img).unwrap()
-    });
+    let mut qemu = Qemu::start_holding(&img);
     let before = std::fs::read(&img).unwrap();
     let read = Arc::new(AtomicU64::new(0));
     let (_, prepared) =
