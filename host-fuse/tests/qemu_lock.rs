@@ -249,7 +249,7 @@ impl Read for Endless {
     }
 }
 
-/// `ops::prepare_upload_opening`, as the CLI uploads (the archive read while the area
+/// `ops::upload_opening`, as the CLI uploads (the archive read while the area
 /// is opened and checked): an image a running QEMU holds is refused as soon as that is
 /// seen, and reading the archive stops there; so does a failure to open; a free image
 /// takes the upload.
@@ -270,7 +270,7 @@ fn an_upload_read_beside_the_checks_stops_reading_when_they_refuse() {
     // reading has stopped far short of the archive's 3 GiB.
     let read = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let Err(err) = ops::prepare_upload_opening(
+    let Err(err) = ops::upload_opening(
         || {
             sleep(Duration::from_millis(100));
             Err::<Box<dyn SharedArea>, _>("no such domain")
@@ -295,8 +295,7 @@ fn an_upload_read_beside_the_checks_stops_reading_when_they_refuse() {
     let mut qemu = Qemu::start_holding(&img);
     let before = std::fs::read(&img).unwrap();
     let read = Arc::new(AtomicU64::new(0));
-    let (_, prepared) =
-        ops::prepare_upload_opening(open, Endless::new(read.clone()), &options).unwrap();
+    let (_, prepared) = ops::upload_opening(open, Endless::new(read.clone()), &options).unwrap();
     let err = prepared.unwrap_err();
     assert!(
         matches!(err, ops::UploadError::Area(AreaError::Busy { .. })),
@@ -319,8 +318,8 @@ fn an_upload_read_beside_the_checks_stops_reading_when_they_refuse() {
     job.append_data(&mut header, "auto_exec.sh", &b"#!/bin/sh\necho hi\n"[..])
         .unwrap();
     let job = job.into_inner().unwrap();
-    let (area, prepared) = ops::prepare_upload_opening(open, &job[..], &options).unwrap();
-    let report = prepared.unwrap().write(area.as_ref()).unwrap();
+    let (area, uploaded) = ops::upload_opening(open, &job[..], &options).unwrap();
+    let report = uploaded.unwrap();
     assert_eq!(report.entries, 2, "{report:?}");
     assert_eq!(
         area.read_file(

@@ -42,7 +42,10 @@ pub use kind::{AreaHold, AreaKind, Capabilities, ChangeKey};
 pub use path::{AreaPath, PathError};
 pub use snapshot::{snapshot_by_parts, AreaSnapshot, LegacyFiles, LEGACY_FILE_MAX};
 pub use status::{read_status, read_status_from, Patience, StatusRead};
-pub use upload::{Durability, UploadData, UploadFile};
+pub use upload::{
+    add_upload_file, read_member, Collect, Durability, ReplaceStream, UploadData, UploadFile,
+    SPOOL_ABOVE,
+};
 pub use walk::{Entry, EntryKind, Visitor, WalkBudget, WalkLimits};
 
 /// A shared area: a VM's disk image or a container's directory.
@@ -131,6 +134,25 @@ pub trait SharedArea: Send + Sync + fmt::Debug {
     /// As [`SharedArea::replace`].
     fn replace_with(&self, files: Vec<UploadFile>, durability: Durability)
         -> Result<(), AreaError>;
+
+    /// Starts an upload written while its files arrive (an archive read or received):
+    /// the area keeps its old content until [`ReplaceStream::commit`], which does what
+    /// [`SharedArea::replace_with`] does. Backends that build a new copy of the area (a
+    /// vFAT image) write each file as it comes; the default collects them (files over
+    /// [`SPOOL_ABOVE`] in unnamed temporary files in `spool_dir`, the system's
+    /// temporary directory if `None`) and replaces at the commit.
+    ///
+    /// # Errors
+    /// As [`SharedArea::replace`].
+    fn begin_replace<'a>(
+        &'a self,
+        durability: Durability,
+        spool_dir: Option<&Path>,
+    ) -> Result<Box<dyn ReplaceStream + 'a>, AreaError> {
+        Ok(Box::new(Collect::new(spool_dir, move |files| {
+            self.replace_with(files, durability)
+        })))
+    }
 
     /// Holds the area against the guest (see [`AreaHold`]) until the hold is dropped: a
     /// VM cannot start on a held image. An area that cannot be held

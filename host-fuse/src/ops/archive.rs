@@ -7,15 +7,17 @@
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Component, Path};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use nlxtp_core::layout;
 
+use super::UploadError;
 use crate::area::{
-    AreaError, AreaPath, Entry, EntryKind, SharedArea, UploadData, UploadFile, WalkLimits,
+    read_member, AreaError, AreaPath, Entry, EntryKind, SharedArea, UploadData, UploadFile,
+    WalkLimits, SPOOL_ABOVE,
 };
 
 /// How an archive's bytes are compressed.
@@ -167,14 +169,70 @@ pub struct ParsedUpload {
     pub dropped: Vec<String>,
     /// Members whose setuid, setgid or sticky bits were cleared.
     pub stripped_mode_bits: Vec<String>,
-    /// Bytes of file content.
+    /// Bytes of file content taken.
     pub total_bytes: u64,
     /// The compression found.
     pub compression: Compression,
 }
 
-/// Files larger than this are spooled to an unnamed temporary file instead of memory.
-const SPOOL_ABOVE: u64 = 1 << 20;
+/// What reading an archive found, besides its members ([`read_members`]).
+#[derive(Debug, Default)]
+pub struct ArchiveSummary {
+    /// Protocol files the archive brought and that were left out (a downloaded
+    /// archive uploaded again carries the old run's status and output).
+    pub dropped: Vec<String>,
+    /// Members whose setuid, setgid or sticky bits were cleared.
+    pub stripped_mode_bits: Vec<String>,
+    /// Bytes of file content taken.
+    pub total_bytes: u64,
+    /// Files and directories taken.
+    pub entries: usize,
+}
+
+/// Which members an upload may hold, checked as they are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadRules {
+    /// Refuse an archive without `auto_exec.sh` at its root.
+    pub require_script: bool,
+    /// Refuse an archive that holds the start script under any spelling (nothing may
+    /// run).
+    pub files_only: bool,
+    /// What to do with an earlier run's status (nlxtp's `nlxtp/status.bin`, or the
+    /// original implementation's `exec_status/`): `None` leaves the original's in,
+    /// `Some(false)` refuses the archive, `Some(true)` leaves them out (run again).
+    pub earlier_run: Option<bool>,
+}
+
+/// One member of an upload, checked, as it is read.
+#[allow(missing_debug_implementations, reason = "it holds a reader")]
+pub enum MemberData<'a> {
+    /// A directory.
+    Dir,
+    /// A file of `len` bytes.
+    File {
+        /// Exactly its bytes.
+        data: &'a mut dyn Read,
+        /// How many.
+        len: u64,
+        /// Where they lie in the archive's own file, for a plain tar read from one
+        /// (see [`read_upload`]).
+        in_file: Option<u64>,
+    },
+}
+
+/// Where the members of an upload go as they are read ([`read_members`]).
+pub trait MemberSink {
+    /// Takes one member at `path` with permission bits `mode`.
+    ///
+    /// # Errors
+    /// Why the upload cannot go on.
+    fn member(
+        &mut self,
+        path: AreaPath,
+        mode: u32,
+        data: MemberData<'_>,
+    ) -> Result<(), UploadError>;
+}
 
 /// Bytes the tar reader may take beyond a member's declared data before the next member:
 /// padding, the next header and its extension headers (GNU long names, PAX). The `tar`
@@ -209,49 +267,81 @@ impl<R: Read> Read for Budget<R> {
     }
 }
 
-/// Reads and checks an upload archive from `source`.
+/// An archive's bytes: as they come (compressed or not), or already decompressed by
+/// [`Decoded::spawn_in`].
+#[derive(Debug)]
+pub enum ArchiveInput<R> {
+    /// The archive as it is stored or sent.
+    Raw(R),
+    /// The tar stream, decompressed from an archive compressed with the given kind.
+    Decoded(R, Compression),
+}
+
+/// Reads and checks an upload archive from `source`, handing each member to `sink` as
+/// it comes, under `rules`.
 ///
-/// `require_script`: refuse an archive without `auto_exec.sh` at its root.
-/// `archive_file`: the regular file `source` reads from its start, if it is one; then
-/// members of an uncompressed archive larger than 1 MiB are later read from
-/// it at their offsets (a file that shrinks meanwhile makes the upload fail, see
-/// [`AreaError::ShortSource`]).
-/// `spool_dir`: where members larger than 1 MiB that are not read in place are kept,
-/// in unnamed temporary files, until the area is written (the system's temporary
-/// directory if `None`).
+/// `archive_file`: whether the source reads a regular file from its start; members of
+/// a plain tar then come with where they lie in it.
 ///
 /// # Errors
-/// See [`ArchiveError`]: the first problem found, naming the member.
-pub fn read_upload(
-    source: impl Read,
+/// See [`ArchiveError`] (the first problem found, naming the member), and the sink's
+/// errors.
+pub fn read_members<R: Read + Send>(
+    source: ArchiveInput<R>,
     limits: &ArchiveLimits,
-    require_script: bool,
-    archive_file: Option<&Arc<File>>,
-    spool_dir: Option<&Path>,
-) -> Result<ParsedUpload, ArchiveError> {
-    let mut buffered = BufReader::with_capacity(64 * 1024, source);
-    let head = buffered
-        .fill_buf()
-        .map_err(|source| ArchiveError::Read { source })?;
-    let compression = Compression::sniff(head);
+    rules: &UploadRules,
+    archive_file: bool,
+    sink: &mut dyn MemberSink,
+) -> Result<(ArchiveSummary, Compression), UploadError> {
+    match source {
+        ArchiveInput::Decoded(tar, compression) => {
+            let summary = read_tar(tar, compression, limits, rules, false, sink)?;
+            Ok((summary, compression))
+        }
+        ArchiveInput::Raw(source) => {
+            let mut buffered = BufReader::with_capacity(64 * 1024, source);
+            let head = buffered
+                .fill_buf()
+                .map_err(|source| ArchiveError::Read { source })?;
+            let compression = Compression::sniff(head);
+            if compression == Compression::None {
+                let summary = read_tar(buffered, compression, limits, rules, archive_file, sink)?;
+                return Ok((summary, compression));
+            }
+            // Decompression in a thread of its own, beside the writing.
+            std::thread::scope(|scope| {
+                let decoded = Decoded::spawn_in(scope, buffered, compression);
+                let summary = read_tar(decoded, compression, limits, rules, false, sink)?;
+                Ok((summary, compression))
+            })
+        }
+    }
+}
+
+/// The tar stream `tar` (decompressed from `compression`), member by member.
+fn read_tar(
+    tar: impl Read,
+    compression: Compression,
+    limits: &ArchiveLimits,
+    rules: &UploadRules,
+    in_file: bool,
+    sink: &mut dyn MemberSink,
+) -> Result<ArchiveSummary, UploadError> {
     let budget = Rc::new(Cell::new(HEADER_BUDGET));
     let mut archive = tar::Archive::new(Budget {
-        inner: decoder(buffered, compression)?,
+        inner: tar,
         left: Rc::clone(&budget),
     });
     let mut members = Members {
         limits,
-        in_place: archive_file.filter(|_| compression == Compression::None),
-        spool_dir,
+        rules,
+        in_file,
         budget: &budget,
         seen: HashSet::new(),
-        parsed: ParsedUpload {
-            files: Vec::new(),
-            dropped: Vec::new(),
-            stripped_mode_bits: Vec::new(),
-            total_bytes: 0,
-            compression,
-        },
+        read_bytes: 0,
+        has_script: false,
+        summary: ArchiveSummary::default(),
+        sink,
     };
     let entries = archive
         .entries()
@@ -267,11 +357,12 @@ pub fn read_upload(
         if index >= limits.max_entries {
             return Err(ArchiveError::TooManyEntries {
                 limit: limits.max_entries,
-            });
+            }
+            .into());
         }
         members.add(entry)?;
     }
-    let parsed = members.parsed;
+    let (summary, has_script) = (members.summary, members.has_script);
     // The compressed stream's own check (gzip CRC, zstd checksum) comes after the end
     // blocks: read on to it, so a truncated or damaged archive is refused.
     if compression != Compression::None {
@@ -279,57 +370,246 @@ pub fn read_upload(
         io::copy(&mut archive.into_inner(), &mut io::sink())
             .map_err(|source| ArchiveError::Read { source })?;
     }
-    let has_script = parsed
-        .files
-        .iter()
-        .any(|f| f.path.as_str() == layout::START_SCRIPT);
-    if require_script && !has_script {
-        return Err(ArchiveError::NoScript);
+    if rules.require_script && !has_script {
+        return Err(ArchiveError::NoScript.into());
     }
-    Ok(parsed)
+    Ok(summary)
+}
+
+/// Reads and checks an upload archive from `source`, keeping its members.
+///
+/// `require_script`: refuse an archive without `auto_exec.sh` at its root.
+/// `archive_file`: the regular file `source` reads from its start, if it is one; then
+/// members of an uncompressed archive larger than 1 MiB are later read from
+/// it at their offsets (a file that shrinks meanwhile makes the upload fail, see
+/// [`AreaError::ShortSource`]).
+/// `spool_dir`: where members larger than 1 MiB that are not read in place are kept,
+/// in unnamed temporary files (the system's temporary directory if `None`).
+///
+/// # Errors
+/// See [`ArchiveError`]: the first problem found, naming the member.
+pub fn read_upload(
+    source: impl Read + Send,
+    limits: &ArchiveLimits,
+    require_script: bool,
+    archive_file: Option<&Arc<File>>,
+    spool_dir: Option<&Path>,
+) -> Result<ParsedUpload, ArchiveError> {
+    let rules = UploadRules {
+        require_script,
+        ..UploadRules::default()
+    };
+    let mut keep = Keep {
+        files: Vec::new(),
+        archive_file,
+        spool_dir,
+    };
+    let read = read_members(
+        ArchiveInput::Raw(source),
+        limits,
+        &rules,
+        archive_file.is_some(),
+        &mut keep,
+    );
+    let (summary, compression) = read.map_err(|e| match e {
+        UploadError::Archive(e) => e,
+        other => ArchiveError::Read {
+            source: io::Error::other(other),
+        },
+    })?;
+    Ok(ParsedUpload {
+        files: keep.files,
+        dropped: summary.dropped,
+        stripped_mode_bits: summary.stripped_mode_bits,
+        total_bytes: summary.total_bytes,
+        compression,
+    })
+}
+
+/// The sink of [`read_upload`]: members kept in memory, large ones spooled or read
+/// later where they lie in the archive's file.
+struct Keep<'a> {
+    files: Vec<UploadFile>,
+    archive_file: Option<&'a Arc<File>>,
+    spool_dir: Option<&'a Path>,
+}
+
+impl MemberSink for Keep<'_> {
+    fn member(
+        &mut self,
+        path: AreaPath,
+        mode: u32,
+        data: MemberData<'_>,
+    ) -> Result<(), UploadError> {
+        let data = match (data, self.archive_file) {
+            (MemberData::Dir, _) => UploadData::Dir,
+            // The tar crate reads through the data it was not asked for.
+            (
+                MemberData::File {
+                    len,
+                    in_file: Some(at),
+                    ..
+                },
+                Some(file),
+            ) if len > SPOOL_ABOVE => UploadData::Reader {
+                reader: Box::new(FileRange {
+                    file: Arc::clone(file),
+                    at,
+                    left: len,
+                }),
+                len,
+            },
+            (MemberData::File { data, len, .. }, _) => {
+                read_member(data, len, self.spool_dir, &path).map_err(|e| match e {
+                    AreaError::ShortSource { .. } => ArchiveError::Read {
+                        source: io::ErrorKind::UnexpectedEof.into(),
+                    }
+                    .into(),
+                    AreaError::Sink { source } => ArchiveError::Read { source }.into(),
+                    other => UploadError::Area(other),
+                })?
+            }
+        };
+        self.files.push(UploadFile { path, data, mode });
+        Ok(())
+    }
+}
+
+/// A decompressed tar stream, decompressed in a thread of its own a bounded way ahead
+/// of its reader: [`DECODE_AHEAD`] chunks of [`DECODE_CHUNK`] bytes. The thread stops
+/// at the end of the compressed stream, at its first error (passed on to the reader),
+/// or when the reader is dropped.
+#[derive(Debug)]
+pub struct Decoded {
+    chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+/// Bytes in one chunk of a [`Decoded`] stream.
+const DECODE_CHUNK: usize = 256 << 10;
+/// Chunks a [`Decoded`] stream's thread may run ahead (32 MiB).
+const DECODE_AHEAD: usize = 128;
+
+impl Decoded {
+    /// Decompresses `source` (compressed as `compression`) in a thread of `scope`.
+    pub fn spawn_in<'scope, R: BufRead + Send + 'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        source: R,
+        compression: Compression,
+    ) -> Decoded {
+        let (tx, chunks) = std::sync::mpsc::sync_channel(DECODE_AHEAD);
+        scope.spawn(move || {
+            let mut decoder = match decoder(source, compression) {
+                Ok(decoder) => decoder,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            loop {
+                let mut chunk = vec![0u8; DECODE_CHUNK];
+                let mut filled = 0;
+                // Whole chunks, but for the last: fewer messages than reads.
+                let end = loop {
+                    match decoder.read(&mut chunk[filled..]) {
+                        Ok(0) => break true,
+                        Ok(n) => {
+                            filled += n;
+                            if filled == chunk.len() {
+                                break false;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            // What came before the error first, as a reader in this
+                            // thread would have seen it.
+                            chunk.truncate(filled);
+                            if filled == 0 || tx.send(Ok(chunk)).is_ok() {
+                                let _ = tx.send(Err(e));
+                            }
+                            return;
+                        }
+                    }
+                };
+                chunk.truncate(filled);
+                if (filled > 0 && tx.send(Ok(chunk)).is_err()) || end {
+                    return;
+                }
+            }
+        });
+        Decoded {
+            chunks,
+            chunk: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for Decoded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.chunks.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The thread ended: the stream's end.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 /// The archive's bytes, decompressed.
 fn decoder<'a>(
     buffered: impl BufRead + 'a,
     compression: Compression,
-) -> Result<Box<dyn Read + 'a>, ArchiveError> {
+) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match compression {
         Compression::None => Box::new(buffered),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => Box::new(
-            zstd::Decoder::with_buffer(buffered).map_err(|source| ArchiveError::Read { source })?,
-        ),
+        Compression::Zstd => Box::new(zstd::Decoder::with_buffer(buffered)?),
     })
 }
 
 /// The members of an upload read so far, and the checks each next one must pass.
 struct Members<'a> {
     limits: &'a ArchiveLimits,
-    /// The archive's own file, when large members are to be read from it where they lie.
-    in_place: Option<&'a Arc<File>>,
-    spool_dir: Option<&'a Path>,
+    rules: &'a UploadRules,
+    /// Whether the tar stream is the archive's own file, read from its start.
+    in_file: bool,
     /// What the tar reader may read before the next member.
     budget: &'a Cell<u64>,
     /// Paths taken, to refuse a second member with the same one.
     seen: HashSet<String>,
-    parsed: ParsedUpload,
+    /// Bytes of every member's data, also of those left out.
+    read_bytes: u64,
+    has_script: bool,
+    summary: ArchiveSummary,
+    sink: &'a mut dyn MemberSink,
 }
 
 impl Members<'_> {
-    /// Checks one member and takes it, or leaves it out (extension headers, the
+    /// Checks one member and hands it on, or leaves it out (extension headers, the
     /// archive's root, protocol files of an earlier run).
-    fn add(&mut self, mut entry: tar::Entry<'_, impl Read>) -> Result<(), ArchiveError> {
+    fn add(&mut self, mut entry: tar::Entry<'_, impl Read>) -> Result<(), UploadError> {
         // Every member's data counts, also of members skipped below: the next member is
         // reached by reading through it. The size is the one the tar crate reads (a PAX
         // size overrides the header's).
         let size = entry.size();
-        if self.parsed.total_bytes.saturating_add(size) > self.limits.max_total_bytes {
+        if self.read_bytes.saturating_add(size) > self.limits.max_total_bytes {
             return Err(ArchiveError::TooLarge {
                 limit: self.limits.max_total_bytes,
-            });
+            }
+            .into());
         }
-        self.parsed.total_bytes += size;
+        self.read_bytes += size;
         self.budget.set(size.saturating_add(HEADER_BUDGET));
         let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
@@ -340,49 +620,108 @@ impl Members<'_> {
             return Ok(());
         };
         if !self.seen.insert(path.as_str().to_owned()) {
-            return Err(ArchiveError::Duplicate { name: raw_name });
+            return Err(ArchiveError::Duplicate { name: raw_name }.into());
+        }
+        let is_dir = kind == tar::EntryType::Directory;
+        if is_dir && path.as_str() == layout::START_SCRIPT {
+            return Err(ArchiveError::ScriptNotFile.into());
+        }
+        if self.left_out(&path, is_dir)? {
+            return Ok(());
         }
         let mode = entry.header().mode().unwrap_or(0o644);
         if mode & 0o7000 != 0 {
-            self.parsed
+            self.summary
                 .stripped_mode_bits
                 .push(path.as_str().to_owned());
         }
         let mode = mode & 0o777;
-        if kind == tar::EntryType::Directory {
-            if path.as_str() == layout::START_SCRIPT {
-                return Err(ArchiveError::ScriptNotFile);
-            }
-            self.parsed.files.push(UploadFile {
-                path,
-                data: UploadData::Dir,
-                mode,
-            });
-            return Ok(());
+        self.summary.entries += 1;
+        if is_dir {
+            return self.sink.member(path, mode, MemberData::Dir);
         }
-        // In any case: on vFAT, nlxtp/STATUS.BIN is the status file a host reads.
-        if layout::RUN_FILES
-            .iter()
-            .any(|run_file| run_file.eq_ignore_ascii_case(path.as_str()))
-        {
-            self.parsed.dropped.push(path.as_str().to_owned());
-            return Ok(());
-        }
-        let data = match self.in_place {
-            // The tar crate reads through the data it was not asked for.
-            Some(file) if size > SPOOL_ABOVE => UploadData::Reader {
-                reader: Box::new(FileRange {
-                    file: Arc::clone(file),
-                    at: entry.raw_file_position(),
-                    left: size,
-                }),
-                len: size,
-            },
-            _ => read_member(&mut entry, size, self.spool_dir)
-                .map_err(|source| ArchiveError::Read { source })?,
+        self.has_script |= path.as_str() == layout::START_SCRIPT;
+        self.summary.total_bytes += size;
+        let in_file = self.in_file.then(|| entry.raw_file_position());
+        let mut data = Watched {
+            inner: &mut entry,
+            failed: None,
         };
-        self.parsed.files.push(UploadFile { path, data, mode });
-        Ok(())
+        let taken = self.sink.member(
+            path,
+            mode,
+            MemberData::File {
+                data: &mut data,
+                len: size,
+                in_file,
+            },
+        );
+        match (taken, data.failed) {
+            // The archive's fault, not the area's: it could not be read to the end.
+            (Err(UploadError::Area(AreaError::ShortSource { .. })), None) => {
+                Err(ArchiveError::Read {
+                    source: io::ErrorKind::UnexpectedEof.into(),
+                }
+                .into())
+            }
+            (Err(_), Some(source)) => Err(ArchiveError::Read { source }.into()),
+            (taken, _) => taken,
+        }
+    }
+
+    /// Whether `path` is left out under the rules, or refused.
+    fn left_out(&mut self, path: &AreaPath, is_dir: bool) -> Result<bool, UploadError> {
+        let name = path.as_str();
+        // An earlier run's status: nlxtp's in any case (on vFAT, nlxtp/STATUS.BIN is the
+        // status file a host reads), the original implementation's on request.
+        let ours = !is_dir
+            && layout::RUN_FILES
+                .iter()
+                .any(|run_file| run_file.eq_ignore_ascii_case(name));
+        let legacy_dir = layout::legacy::EXEC_STATUS_DIR;
+        let theirs = self.rules.earlier_run.is_some()
+            && name
+                .split('/')
+                .next()
+                .is_some_and(|top| top.eq_ignore_ascii_case(legacy_dir));
+        if ours || theirs {
+            let evidence = if theirs {
+                Some(format!("{legacy_dir}/"))
+            } else {
+                name.eq_ignore_ascii_case(layout::STATUS_FILE)
+                    .then(|| name.to_owned())
+            };
+            if let (Some(false), Some(evidence)) = (self.rules.earlier_run, evidence) {
+                return Err(ArchiveError::EarlierRun { evidence }.into());
+            }
+            self.summary.dropped.push(name.to_owned());
+            return Ok(true);
+        }
+        // A guest's vFAT ignores case: `AUTO_EXEC.SH` would run.
+        if self.rules.files_only && !is_dir && name.eq_ignore_ascii_case(layout::START_SCRIPT) {
+            return Err(ArchiveError::ScriptInFilesOnly {
+                name: name.to_owned(),
+            }
+            .into());
+        }
+        Ok(false)
+    }
+}
+
+/// A member's reader that keeps its first error, so that a failed write can be told
+/// apart: the archive's fault (it could not be read) or the area's.
+struct Watched<R> {
+    inner: R,
+    failed: Option<io::Error>,
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if self.failed.is_none() && e.kind() != io::ErrorKind::Interrupted {
+                self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+            }
+        })
     }
 }
 
@@ -455,38 +794,6 @@ impl Read for FileRange {
         self.left -= n as u64;
         Ok(n)
     }
-}
-
-fn read_member(
-    entry: &mut impl Read,
-    size: u64,
-    spool_dir: Option<&Path>,
-) -> io::Result<UploadData> {
-    if size <= SPOOL_ABOVE {
-        let mut bytes = Vec::with_capacity(size as usize);
-        entry.take(size).read_to_end(&mut bytes)?;
-        if bytes.len() as u64 != size {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        return Ok(UploadData::Bytes(bytes));
-    }
-    let mut spool: File = match spool_dir {
-        Some(dir) => tempfile::tempfile_in(dir)?,
-        None => tempfile::tempfile()?,
-    };
-    // Through a large buffer: io::copy alone makes a write call per 8 KiB.
-    let mut out = io::BufWriter::with_capacity(256 * 1024, &mut spool);
-    let copied = io::copy(&mut entry.take(size), &mut out)?;
-    out.flush()?;
-    drop(out);
-    if copied != size {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    spool.rewind()?;
-    Ok(UploadData::Reader {
-        reader: Box::new(spool),
-        len: size,
-    })
 }
 
 /// What a download packed.

@@ -28,7 +28,7 @@ use nlxtp_core::slots::{read_status, STATUS_FILE_LEN};
 use nlxtp_core::{RunState, StatusWriter};
 use serde_json::json;
 
-use super::{open_target, prepare_upload, UploadError, UploadOptions, UploadReport};
+use super::{open_target, upload, UploadError, UploadOptions, UploadReport};
 use crate::area::vfat::{create_disk, BootSector, CreateError, DiskOptions};
 use crate::area::{AreaError, SharedArea, StatusRead};
 use crate::vm::{Qmp, QmpError};
@@ -367,12 +367,12 @@ impl Default for AttachOptions {
 pub fn attach(
     qmp: &mut Qmp,
     image: &Path,
-    source: impl Read,
+    source: impl Read + Send,
     options: &AttachOptions,
 ) -> Result<AttachReport, HotError> {
     let disk = HotDisk::open_or_create(image, options.size)?;
     // A VM that holds the disk refuses the upload as `Busy`: StillAttached, here.
-    let upload = prepare_upload(disk.area(), source, &options.upload)?.write()?;
+    let upload = upload(disk.area(), source, &options.upload)?;
     disk.attach(qmp, Some(upload))
 }
 

@@ -14,13 +14,16 @@ use std::path::{Path, PathBuf};
 use nlxtp_core::record::MANIFEST_LEN;
 use nlxtp_core::{layout, Manifest, RunId};
 
-pub use archive::{ArchiveError, ArchiveLimits, Compression, DownloadReport, ParsedUpload};
+pub use archive::{
+    ArchiveError, ArchiveInput, ArchiveLimits, ArchiveSummary, Compression, DownloadReport,
+    MemberData, MemberSink, ParsedUpload, UploadRules,
+};
 pub use download::{prepare_download, DownloadError, DownloadOptions, PreparedDownload};
 pub use status::{status, wait, Monitor, StatusReport, WaitOutcome};
 
 use crate::area::dir::ContainerDir;
 use crate::area::vfat::VfatImage;
-use crate::area::{AreaError, Durability, SharedArea, UploadData, UploadFile, START_SCRIPT};
+use crate::area::{AreaError, AreaPath, Durability, ReplaceStream, SharedArea};
 
 /// `f` applied to every item, by up to `threads` threads at once (at least one), the
 /// results in the items' order: for many independent reads that each wait on a round
@@ -171,77 +174,182 @@ pub enum UploadError {
 /// See [`UploadError`]; nothing is changed on error.
 pub fn upload(
     area: &dyn SharedArea,
-    source: impl Read,
+    source: impl Read + Send,
     options: &UploadOptions,
 ) -> Result<UploadReport, UploadError> {
-    prepare_upload(area, source, options)?.write()
+    let mut upload = begin_upload(area, options)?;
+    upload.read(ArchiveInput::Raw(source))?;
+    upload.commit()
 }
 
-/// An upload whose archive is read and checked, not yet written: [`upload`] in two steps,
-/// for callers that report progress (reading the archive, then writing the area).
-#[derive(Debug)]
-pub struct PreparedUpload<'a> {
-    area: &'a dyn SharedArea,
-    archive: PreparedArchive,
+/// An upload under way: the area checked, its new content being written while the
+/// archive is read ([`Upload::read`]); the area holds its old content until
+/// [`Upload::commit`], and keeps it if the upload is dropped.
+pub struct Upload<'a> {
+    stream: Box<dyn ReplaceStream + 'a>,
+    limits: ArchiveLimits,
+    rules: UploadRules,
+    archive_file: bool,
+    settings: RunSettings,
+    cut_off_run: Option<String>,
+    read: Option<(ArchiveSummary, Compression)>,
 }
 
-impl PreparedUpload<'_> {
-    /// Bytes of file content to write.
-    pub fn bytes(&self) -> u64 {
-        self.archive.bytes()
+impl std::fmt::Debug for Upload<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload")
+            .field("rules", &self.rules)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
     }
-
-    /// Writes the upload into the area.
-    ///
-    /// # Errors
-    /// [`UploadError::Area`]; nothing is changed on error.
-    pub fn write(self) -> Result<UploadReport, UploadError> {
-        self.archive.write(self.area)
-    }
 }
 
-/// The first step of [`upload`]: checks that the area may be replaced, reads and checks
-/// the archive and adds a fresh manifest. Nothing is written.
+/// Checks that `area` may be replaced now (the guest does not hold it, no run is going
+/// on in it unless `options.force`) and starts the upload. Refuses before any of the
+/// archive is read.
 ///
 /// # Errors
 /// See [`UploadError`].
-pub fn prepare_upload<'a>(
+pub fn begin_upload<'a>(
     area: &'a dyn SharedArea,
-    source: impl Read,
     options: &UploadOptions,
-) -> Result<PreparedUpload<'a>, UploadError> {
-    // Refuse early, before reading a large archive, when the VM holds its disk.
-    let checked = check_upload(area, options)?;
-    let archive = read_archive(source, options)?;
-    checked.with(archive, options)
+) -> Result<Upload<'a>, UploadError> {
+    let cut_off_run = check_upload(area, options)?;
+    let stream = area.begin_replace(options.durability, options.spool_dir.as_deref())?;
+    Ok(Upload {
+        stream,
+        limits: options.limits,
+        rules: UploadRules {
+            require_script: !options.files_only,
+            files_only: options.files_only,
+            earlier_run: Some(options.run_again),
+        },
+        archive_file: options.archive_file.is_some(),
+        settings: RunSettings {
+            timeout_secs: options.timeout_secs,
+            heartbeat_interval_ms: options.heartbeat_ms,
+            output_cap_bytes: options.output_cap,
+        },
+        cut_off_run,
+        read: None,
+    })
 }
 
-/// [`prepare_upload`] with the archive read while the area is opened and checked (in a
-/// thread of its own): for areas whose opening and checks take round trips, such as a
-/// libvirt domain on another host. When opening or a check fails, reading stops at
-/// once and that error is returned; nothing is written.
+impl Upload<'_> {
+    /// Reads and checks the archive from `source`, writing its members as they come.
+    /// A second call is refused.
+    ///
+    /// # Errors
+    /// See [`UploadError`]; the area keeps its old content.
+    pub fn read<R: Read + Send>(&mut self, source: ArchiveInput<R>) -> Result<(), UploadError> {
+        if self.read.is_some() {
+            return Err(ArchiveError::Read {
+                source: std::io::Error::other("an upload takes one archive, and it has one"),
+            }
+            .into());
+        }
+        let mut sink = AreaSink(self.stream.as_mut());
+        let read = archive::read_members(
+            source,
+            &self.limits,
+            &self.rules,
+            self.archive_file,
+            &mut sink,
+        )?;
+        self.read = Some(read);
+        Ok(())
+    }
+
+    /// Adds a fresh manifest and makes the upload the area's content.
+    ///
+    /// # Errors
+    /// See [`UploadError`]; the area keeps its old content.
+    pub fn commit(mut self) -> Result<UploadReport, UploadError> {
+        let Some((summary, compression)) = self.read.take() else {
+            return Err(ArchiveError::Read {
+                source: std::io::Error::other(
+                    "the upload was committed before its archive was read",
+                ),
+            }
+            .into());
+        };
+        let (run_id, manifest) = fresh_manifest(self.settings)?;
+        let len = manifest.len() as u64;
+        self.stream.file(
+            AreaPath::new(layout::MANIFEST_FILE).expect("the manifest path is valid"),
+            0o644,
+            len,
+            &mut &manifest[..],
+        )?;
+        self.stream.commit()?;
+        Ok(UploadReport {
+            run_id: run_id.to_string(),
+            entries: summary.entries + 1,
+            bytes: summary.total_bytes,
+            compression,
+            dropped: summary.dropped,
+            stripped_mode_bits: summary.stripped_mode_bits,
+            cut_off_run: self.cut_off_run,
+        })
+    }
+}
+
+/// Members of an archive written into an area's [`ReplaceStream`] as they are read.
+struct AreaSink<'s, 'a>(&'s mut (dyn ReplaceStream + 'a));
+
+impl MemberSink for AreaSink<'_, '_> {
+    fn member(
+        &mut self,
+        path: AreaPath,
+        mode: u32,
+        data: MemberData<'_>,
+    ) -> Result<(), UploadError> {
+        match data {
+            MemberData::Dir => self.0.dir(path, mode)?,
+            MemberData::File { data, len, .. } => self.0.file(path, mode, len, data)?,
+        }
+        Ok(())
+    }
+}
+
+/// [`upload`] with the archive read and decompressed while the area is opened and
+/// checked (in a thread of its own, a bounded way ahead): for areas whose opening and
+/// checks take round trips, such as a libvirt domain on another host. When opening or
+/// a check fails, reading stops at once and that error is returned; nothing is written.
 ///
 /// # Errors
 /// See [`UploadError`]; `E` from `open`.
 #[allow(clippy::type_complexity, reason = "the area, and the upload into it")]
-pub fn prepare_upload_opening<E>(
+pub fn upload_opening<E>(
     open: impl FnOnce() -> Result<Box<dyn SharedArea>, E>,
     source: impl Read + Send,
     options: &UploadOptions,
-) -> Result<(Box<dyn SharedArea>, Result<PreparedArchive, UploadError>), E> {
+) -> Result<(Box<dyn SharedArea>, Result<UploadReport, UploadError>), E> {
     let cancelled = std::sync::atomic::AtomicBool::new(false);
+    let mut source = std::io::BufReader::with_capacity(
+        64 * 1024,
+        Cancellable {
+            inner: source,
+            cancelled: &cancelled,
+        },
+    );
+    let compression = match std::io::BufRead::fill_buf(&mut source) {
+        Ok(head) => Compression::sniff(head),
+        Err(e) => {
+            let area = open()?;
+            return Ok((area, Err(ArchiveError::Read { source: e }.into())));
+        }
+    };
     std::thread::scope(|scope| {
-        let reading = scope.spawn(|| {
-            read_archive(
-                Cancellable {
-                    inner: source,
-                    cancelled: &cancelled,
-                },
-                options,
-            )
-        });
-        // The scope waits for the reading thread, which stops at its next read; its
-        // result is moot: the caller gets why the upload cannot go on.
+        let (mut decoded, mut plain) = (None, None);
+        if compression == Compression::None {
+            plain = Some(source);
+        } else {
+            decoded = Some(archive::Decoded::spawn_in(scope, source, compression));
+        }
+        // The decoding thread stops at its next read, and at its next chunk once its
+        // reader is dropped; its result is moot: the caller gets why the upload cannot
+        // go on.
         let stop = || cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
         let area = match open() {
             Ok(area) => area,
@@ -250,45 +358,21 @@ pub fn prepare_upload_opening<E>(
                 return Err(e);
             }
         };
-        let checked = match check_upload(area.as_ref(), options) {
-            Ok(checked) => checked,
-            Err(e) => {
-                stop();
-                return Ok((area, Err(e)));
+        let uploaded = (|| {
+            let mut upload = begin_upload(area.as_ref(), options)?;
+            match (decoded.take(), plain.take()) {
+                (Some(decoded), _) => upload.read(ArchiveInput::Decoded(decoded, compression))?,
+                (_, Some(plain)) => upload.read(ArchiveInput::Raw(plain))?,
+                (None, None) => unreachable!("one of the two is set"),
             }
-        };
-        let archive = match reading.join() {
-            Ok(archive) => archive,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
-        let prepared = archive.and_then(|archive| Ok(checked.with(archive, options)?.archive));
-        Ok((area, prepared))
+            upload.commit()
+        })();
+        if uploaded.is_err() {
+            stop();
+        }
+        drop(decoded);
+        Ok((area, uploaded))
     })
-}
-
-/// An upload read and checked for an area opened beside it
-/// ([`prepare_upload_opening`]): [`PreparedUpload`] without the borrow of the area.
-#[derive(Debug)]
-pub struct PreparedArchive {
-    files: Vec<UploadFile>,
-    durability: Durability,
-    report: UploadReport,
-}
-
-impl PreparedArchive {
-    /// Bytes of file content to write.
-    pub fn bytes(&self) -> u64 {
-        self.report.bytes
-    }
-
-    /// Writes the upload into `area`, the one it was checked against.
-    ///
-    /// # Errors
-    /// [`UploadError::Area`]; nothing is changed on error.
-    pub fn write(self, area: &dyn SharedArea) -> Result<UploadReport, UploadError> {
-        area.replace_with(self.files, self.durability)?;
-        Ok(self.report)
-    }
 }
 
 /// A reader that fails once `cancelled` is set: reading stops soon after.
@@ -306,20 +390,13 @@ impl<R: Read> Read for Cancellable<'_, R> {
     }
 }
 
-/// What [`check_upload`] found: the area may be replaced.
-#[derive(Debug)]
-struct CheckedArea<'a> {
-    area: &'a dyn SharedArea,
-    /// A run that was cut off, which the upload replaces.
-    cut_off_run: Option<String>,
-}
-
 /// Checks that `area` may be replaced now: the guest does not hold it, and no run is
-/// going on in it (unless `force`).
-fn check_upload<'a>(
-    area: &'a dyn SharedArea,
+/// going on in it (unless `force`). Returns the run that was cut off (the VM went off in
+/// the middle of it), which the upload replaces.
+fn check_upload(
+    area: &dyn SharedArea,
     options: &UploadOptions,
-) -> Result<CheckedArea<'a>, UploadError> {
+) -> Result<Option<String>, UploadError> {
     if area.is_busy()? {
         return Err(AreaError::Busy {
             image: area.location().to_path_buf(),
@@ -330,123 +407,15 @@ fn check_upload<'a>(
     // VM's image that no QEMU holds runs nothing: a "running" record there belongs to a
     // run that was cut off, which the upload replaces.
     let report = status(area)?;
-    let cut_off_run = match (&report.record, &report.monitor) {
+    match (&report.record, &report.monitor) {
         (Some(record), Monitor::Alive { .. }) if !options.force => {
-            return Err(UploadError::RunInProgress {
+            Err(UploadError::RunInProgress {
                 run_id: record.run_id.clone(),
-            });
+            })
         }
-        (Some(record), Monitor::CutOff) => Some(record.run_id.clone()),
-        _ => None,
-    };
-    Ok(CheckedArea { area, cut_off_run })
-}
-
-/// Reads and checks the archive from `source`: its members, what an earlier run left in
-/// it, a start script where none may be.
-fn read_archive(source: impl Read, options: &UploadOptions) -> Result<ParsedUpload, UploadError> {
-    let mut parsed = archive::read_upload(
-        source,
-        &options.limits,
-        !options.files_only,
-        options.archive_file.as_ref(),
-        options.spool_dir.as_deref(),
-    )?;
-    refuse_earlier_run(&mut parsed, options.run_again)?;
-    if options.files_only {
-        // A guest's vFAT ignores case: `AUTO_EXEC.SH` would run.
-        let script = parsed.files.iter().find(|f| {
-            !matches!(f.data, UploadData::Dir) && f.path.as_str().eq_ignore_ascii_case(START_SCRIPT)
-        });
-        if let Some(script) = script {
-            return Err(ArchiveError::ScriptInFilesOnly {
-                name: script.path.as_str().to_owned(),
-            }
-            .into());
-        }
+        (Some(record), Monitor::CutOff) => Ok(Some(record.run_id.clone())),
+        _ => Ok(None),
     }
-    Ok(parsed)
-}
-
-impl<'a> CheckedArea<'a> {
-    /// The upload of `parsed` into the checked area, with a fresh manifest.
-    fn with(
-        self,
-        parsed: ParsedUpload,
-        options: &UploadOptions,
-    ) -> Result<PreparedUpload<'a>, UploadError> {
-        let (run_id, bytes) = fresh_manifest(RunSettings {
-            timeout_secs: options.timeout_secs,
-            heartbeat_interval_ms: options.heartbeat_ms,
-            output_cap_bytes: options.output_cap,
-        })?;
-        let ParsedUpload {
-            mut files,
-            dropped,
-            stripped_mode_bits,
-            total_bytes,
-            compression,
-        } = parsed;
-        files.push(
-            UploadFile::bytes(layout::MANIFEST_FILE, bytes).expect("the manifest path is valid"),
-        );
-        let report = UploadReport {
-            run_id: run_id.to_string(),
-            entries: files.len(),
-            bytes: total_bytes,
-            compression,
-            dropped,
-            stripped_mode_bits,
-            cut_off_run: self.cut_off_run,
-        };
-        Ok(PreparedUpload {
-            area: self.area,
-            archive: PreparedArchive {
-                files,
-                durability: options.durability,
-                report,
-            },
-        })
-    }
-}
-
-/// Refuses an archive that holds an earlier run's status (nlxtp's `nlxtp/status.bin`,
-/// which the archive reader has already left out, or the original implementation's
-/// `exec_status/`), unless `run_again`: then the original's status files are left out too.
-fn refuse_earlier_run(parsed: &mut ParsedUpload, run_again: bool) -> Result<(), UploadError> {
-    let legacy_dir = layout::legacy::EXEC_STATUS_DIR;
-    let is_legacy = |path: &str| {
-        let top = path.split('/').next().unwrap_or(path);
-        top.eq_ignore_ascii_case(legacy_dir)
-    };
-    let evidence = parsed
-        .dropped
-        .iter()
-        .find(|p| p.eq_ignore_ascii_case(layout::STATUS_FILE))
-        .cloned()
-        .or_else(|| {
-            parsed
-                .files
-                .iter()
-                .map(|f| f.path.as_str())
-                .find(|p| is_legacy(p))
-                .map(|_| format!("{legacy_dir}/"))
-        });
-    let Some(evidence) = evidence else {
-        return Ok(());
-    };
-    if !run_again {
-        return Err(ArchiveError::EarlierRun { evidence }.into());
-    }
-    let (old, kept): (Vec<UploadFile>, Vec<UploadFile>) = std::mem::take(&mut parsed.files)
-        .into_iter()
-        .partition(|f| is_legacy(f.path.as_str()));
-    parsed.files = kept;
-    parsed.total_bytes -= old.iter().map(|f| f.data.len()).sum::<u64>();
-    parsed
-        .dropped
-        .extend(old.into_iter().map(|f| f.path.as_str().to_owned()));
-    Ok(())
 }
 
 /// What a run asks of the guest's monitor; its manifest carries it.

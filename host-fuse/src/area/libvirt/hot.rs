@@ -716,7 +716,7 @@ impl HotJob {
         })
     }
 
-    /// The local image's area: upload the job into it (as [`ops::prepare_upload`] does).
+    /// The local image's area: upload the job into it (as [`ops::upload`] does).
     pub fn area(&self) -> &dyn SharedArea {
         self.staged.area.as_ref()
     }
@@ -834,11 +834,11 @@ pub fn attach(
     conn: Arc<Connect>,
     uri: &str,
     name: &str,
-    source: impl Read,
+    source: impl Read + Send,
     options: &HotOptions,
 ) -> Result<HotAttachReport, HotVolumeError> {
     let job = HotJob::prepare(conn, uri, name, options)?;
-    let upload = ops::prepare_upload(job.area(), source, &options.upload)?.write()?;
+    let upload = ops::upload(job.area(), source, &options.upload)?;
     job.attach(Some(upload))
 }
 

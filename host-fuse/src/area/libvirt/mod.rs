@@ -47,10 +47,10 @@ use virt::domain::Domain;
 use virt::storage_vol::StorageVol;
 
 pub use self::source::VolumeSource;
-use crate::area::vfat::{self, partition, ImageFile};
+use crate::area::vfat::{self, partition, ImageFile, Window};
 use crate::area::{
-    AreaError, AreaKind, AreaPath, Capabilities, Durability, SharedArea, StatusRead, UploadFile,
-    Visitor, WalkLimits,
+    add_upload_file, AreaError, AreaKind, AreaPath, Capabilities, Durability, ReplaceStream,
+    SharedArea, StatusRead, UploadFile, Visitor, WalkLimits,
 };
 
 /// The `<serial>` that marks a domain's shared disk.
@@ -559,6 +559,19 @@ impl SharedArea for LibvirtDomain {
         files: Vec<UploadFile>,
         durability: Durability,
     ) -> Result<(), AreaError> {
+        let mut upload = self.begin_replace(durability, None)?;
+        for file in files {
+            add_upload_file(upload.as_mut(), file)?;
+        }
+        upload.commit()
+    }
+
+    /// The new image is built locally as the files come ([`VolumeUpload`]).
+    fn begin_replace<'a>(
+        &'a self,
+        durability: Durability,
+        _spool_dir: Option<&Path>,
+    ) -> Result<Box<dyn ReplaceStream + 'a>, AreaError> {
         let started = std::time::Instant::now();
         self.refuse_if_active()?;
         let (xml, disk, old, len) = self.volume()?;
@@ -577,8 +590,81 @@ impl SharedArea for LibvirtDomain {
         file.set_len(len)
             .map_err(|e| AreaError::io("size", temp.path(), e))?;
         let new_disk = ImageFile::with_len(file, len, temp.path());
-        let written = send::Written::new(&new_disk);
-        vfat::build_image(&old_source, &written, files, durability)?;
+        let builder = vfat::start_build(&old_source, send::Written::new(new_disk), durability)?;
+        Ok(Box::new(VolumeUpload {
+            domain: self,
+            started,
+            xml,
+            disk,
+            old,
+            len,
+            temp,
+            builder,
+        }))
+    }
+}
+
+/// An upload into a domain's shared volume ([`SharedArea::begin_replace`]): the new
+/// image is built in a local temporary file as the files come; the commit sends it into
+/// a new volume and switches the domain to it (see the module docs).
+struct VolumeUpload<'a> {
+    domain: &'a LibvirtDomain,
+    started: std::time::Instant,
+    /// The domain's persistent definition, as read at the start.
+    xml: String,
+    disk: SharedDisk,
+    old: StorageVol,
+    len: u64,
+    temp: tempfile::NamedTempFile,
+    builder: vfat::Builder<Window<send::Written<ImageFile>>>,
+}
+
+impl ReplaceStream for VolumeUpload<'_> {
+    fn dir(&mut self, path: AreaPath, _mode: u32) -> Result<(), AreaError> {
+        self.builder.dir(&path)
+    }
+
+    fn file(
+        &mut self,
+        path: AreaPath,
+        _mode: u32,
+        len: u64,
+        data: &mut dyn std::io::Read,
+    ) -> Result<(), AreaError> {
+        self.builder.file(path, len, data)
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), AreaError> {
+        let VolumeUpload {
+            domain,
+            started,
+            xml,
+            disk,
+            old,
+            len,
+            temp,
+            builder,
+        } = *self;
+        let written = builder.finish()?.into_inner();
+        domain.switch_to_new_volume(started, &xml, &disk, &old, len, temp.path(), &written)
+    }
+}
+
+impl LibvirtDomain {
+    /// The end of an upload: `written` (the new image, at `image`) goes into a new
+    /// volume beside `old`, the domain's definition `xml` switches its `disk` to it, and
+    /// `old` is deleted when no running domain uses it.
+    #[allow(clippy::too_many_arguments, reason = "the parts of one upload")]
+    fn switch_to_new_volume(
+        &self,
+        started: std::time::Instant,
+        xml: &str,
+        disk: &SharedDisk,
+        old: &StorageVol,
+        len: u64,
+        image: &Path,
+        written: &send::Written<ImageFile>,
+    ) -> Result<(), AreaError> {
         // Uploaded as a new volume of the same pool.
         let pool = old
             .lookup_storage_pool()
@@ -601,9 +687,9 @@ impl SharedArea for LibvirtDomain {
         )
         .map_err(self.call("create a new volume for"))?;
         // Only what the build wrote, where the new volume reads as zeros.
-        let ranges = send::ranges_to_send(&pool, &written);
+        let ranges = send::ranges_to_send(&pool, written);
         let built = started.elapsed();
-        let uploaded = send::upload(&self.conn, &new, temp.path(), &ranges);
+        let uploaded = send::upload(&self.conn, &new, image, &ranges);
         if let Err(e) = uploaded {
             let _ = new.delete(0);
             return Err(e);
@@ -627,7 +713,7 @@ impl SharedArea for LibvirtDomain {
                 )
             ),
         };
-        let mut defined = xml.clone();
+        let mut defined = xml.to_owned();
         defined.replace_range(disk.source_range.clone(), &source_xml);
         if let Err(e) = self.refuse_if_active() {
             let _ = new.delete(0);

@@ -29,14 +29,14 @@ const MERGE_GAP: u64 = 1 << 20;
 
 /// A [`BlockSource`] that notes the ranges written through it.
 #[derive(Debug)]
-pub struct Written<'a> {
-    inner: &'a dyn BlockSource,
+pub struct Written<S> {
+    inner: S,
     ranges: Mutex<Vec<Range<u64>>>,
 }
 
-impl<'a> Written<'a> {
+impl<S: BlockSource> Written<S> {
     /// `inner`, nothing written yet.
-    pub fn new(inner: &'a dyn BlockSource) -> Self {
+    pub fn new(inner: S) -> Self {
         Written {
             inner,
             ranges: Mutex::new(Vec::new()),
@@ -70,7 +70,7 @@ fn merge(ranges: &mut Vec<Range<u64>>, gap: u64) {
     *ranges = merged;
 }
 
-impl BlockSource for Written<'_> {
+impl<S: BlockSource> BlockSource for Written<S> {
     fn len(&self) -> u64 {
         self.inner.len()
     }
@@ -117,7 +117,7 @@ pub fn new_volumes_read_as_zeros(pool: &StoragePool) -> bool {
 
 /// What of the image to send into a new volume of `pool`: the ranges `written` noted
 /// (merged), or all of it.
-pub fn ranges_to_send(pool: &StoragePool, written: &Written<'_>) -> Vec<Range<u64>> {
+pub fn ranges_to_send<S: BlockSource>(pool: &StoragePool, written: &Written<S>) -> Vec<Range<u64>> {
     if new_volumes_read_as_zeros(pool) {
         written.ranges(MERGE_GAP)
     } else {

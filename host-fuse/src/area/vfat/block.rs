@@ -126,6 +126,11 @@ impl ImageFile {
     pub fn file(&self) -> &File {
         &self.file
     }
+
+    /// The open file, unwrapped.
+    pub fn into_file(self) -> File {
+        self.file
+    }
 }
 
 impl BlockSource for ImageFile {
@@ -195,6 +200,11 @@ impl<S: BlockSource> Window<S> {
     /// The source the window looks into.
     pub fn inner(&self) -> &S {
         &self.inner
+    }
+
+    /// The source the window looked into.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
 

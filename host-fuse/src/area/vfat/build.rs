@@ -1,8 +1,11 @@
-//! Writes a whole upload into a volume the host has just formatted, in one pass, through
-//! its [`BlockSource`].
+//! Writes a whole upload into a volume the host has just formatted, as its files
+//! arrive, through its [`BlockSource`].
 //!
-//! Where everything goes is decided first (`layout.rs`). Then every directory is written
-//! once, the file data as one sequential stream, the used part of each FAT copy once,
+//! File data goes first: each file, as it comes, at the next free clusters, contiguous,
+//! so all of it is one sequential stream (with disk writes started early, see
+//! [`Stream`]) and an upload can be written while its archive is still being read or
+//! received. Once the last file is in, the directories are laid out after the data
+//! (`layout.rs`) and each is written once, then the used part of each FAT copy once,
 //! and on FAT32 the FSInfo counts. A general FAT library instead searches the directory
 //! for a free slot and a clashing short name for every file it creates, which is
 //! quadratic in the files per directory (2,000 small files in one directory took fatfs
@@ -14,91 +17,209 @@
 
 use std::io::{self, Read};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::thread::{Scope, ScopedJoinHandle};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use super::block::BlockSource;
 use super::entry::{encode_short, DosTime, ATTR_ARCHIVE, ATTR_DIR, ENTRY_LEN};
 use super::fat::END_OF_CHAIN;
 use super::geometry::Geometry;
-use super::layout::{allocate, directories, Allocation, DirNode, Target};
-use super::plan::Plan;
-use crate::area::{AreaError, AreaPath, Durability, UploadData};
+use super::layout::{allocate_dirs, directories, first_free, DirNode, Target, MAX_FILE_LEN};
+use super::plan::Names;
+use crate::area::{AreaError, AreaPath, Durability};
 
-/// Writes `plan` into the fresh volume `geometry` describes, in `volume`.
-///
-/// # Errors
-/// [`AreaError::NoSpace`] before anything is written when the volume is too small;
-/// [`AreaError::TooLarge`] for a directory of more than 65,536 entries, a file of 4 GiB
-/// or more, or a top-level directory larger than a FAT12/16 root holds;
-/// [`AreaError::ShortSource`] and [`AreaError::Sink`] when a file's source ends early or
-/// fails; [`AreaError::Io`] when the image cannot be written.
-pub fn write_plan(
-    volume: &dyn BlockSource,
-    geometry: &Geometry,
-    plan: Plan,
-    durability: Durability,
-) -> Result<(), AreaError> {
-    let mut dirs = directories(&plan)?;
-    // What the fresh root already holds (the volume label's entry) stays in front.
-    let (root_at, root_len) = match geometry.root_region {
-        Some(region) => region,
-        None => (
-            geometry.cluster_offset(geometry.root_cluster),
-            u64::from(geometry.cluster_size),
-        ),
-    };
-    let mut root_head = vec![0u8; root_len as usize];
-    volume.read_at(root_at, &mut root_head)?;
-    let kept = root_head
-        .chunks_exact(ENTRY_LEN)
-        .take_while(|e| e[0] != 0)
-        .count();
-    root_head.truncate(kept * ENTRY_LEN);
-    let alloc = allocate(&mut dirs, &plan, geometry, kept)?;
+/// A file whose data is in place.
+#[derive(Debug)]
+struct Placed {
+    path: AreaPath,
+    len: u64,
+    /// Its first cluster; 0 for an empty file.
+    first: u32,
+    clusters: u32,
+}
 
-    let sizes: Vec<u64> = plan.files.iter().map(|(_, d)| d.len()).collect();
-    write_directories(volume, geometry, &dirs, &alloc, &sizes, root_head)?;
-    write_files(volume, geometry, plan.files, alloc.files_start, durability)?;
-    write_fat(volume, geometry, alloc.end, |fat| {
-        for dir in &dirs {
-            for pair in dir.chain.windows(2) {
-                fat.set(pair[0], pair[1]);
+/// An upload being written into the fresh volume `V`: files and directories in any
+/// order, then [`Builder::finish`].
+#[derive(Debug)]
+pub struct Builder<V: BlockSource + 'static> {
+    geometry: Geometry,
+    /// What the fresh root already holds (the volume label's entry), kept in front.
+    root_head: Vec<u8>,
+    names: Names,
+    files: Vec<Placed>,
+    first_free: u64,
+    /// The next free cluster.
+    next: u64,
+    /// One past the volume's last cluster.
+    end: u64,
+    out: Stream<V>,
+    /// A file did not fit: from then on clusters are only counted, for the message.
+    overflowed: bool,
+    chunk: Vec<u8>,
+}
+
+impl<V: BlockSource + 'static> Builder<V> {
+    /// Starts writing into `volume`, freshly formatted; flushes early when `durability`
+    /// asks for the upload on the disk.
+    ///
+    /// # Errors
+    /// [`AreaError::Corrupt`] if `volume` is not a FAT volume, [`AreaError::Io`].
+    pub fn start(volume: V, durability: Durability) -> Result<Self, AreaError> {
+        let geometry = Geometry::read(&volume)?;
+        let (root_at, root_len) = match geometry.root_region {
+            Some(region) => region,
+            None => (
+                geometry.cluster_offset(geometry.root_cluster),
+                u64::from(geometry.cluster_size),
+            ),
+        };
+        let mut root_head = vec![0u8; root_len as usize];
+        volume.read_at(root_at, &mut root_head)?;
+        let kept = root_head
+            .chunks_exact(ENTRY_LEN)
+            .take_while(|e| e[0] != 0)
+            .count();
+        root_head.truncate(kept * ENTRY_LEN);
+        let first_free = first_free(&geometry);
+        let at = geometry.cluster_offset(first_free as u32);
+        let out = Stream::start(Arc::new(volume), at, durability == Durability::Synced)?;
+        Ok(Builder {
+            end: u64::from(geometry.max_cluster()) + 1,
+            geometry,
+            root_head,
+            names: Names::default(),
+            files: Vec::new(),
+            first_free,
+            next: first_free,
+            out,
+            overflowed: false,
+            chunk: vec![0u8; 256 * 1024],
+        })
+    }
+
+    /// Adds the directory `path` (directories holding files are made anyway; this makes
+    /// empty ones).
+    ///
+    /// # Errors
+    /// [`AreaError::BadName`], [`AreaError::NameCollision`].
+    pub fn dir(&mut self, path: &AreaPath) -> Result<(), AreaError> {
+        self.names.add(path, true)
+    }
+
+    /// Adds the file `path` with exactly `len` bytes from `data`.
+    ///
+    /// # Errors
+    /// [`AreaError::BadName`], [`AreaError::NameCollision`], [`AreaError::TooLarge`] for
+    /// 4 GiB or more, [`AreaError::ShortSource`] and [`AreaError::Sink`] when `data` ends
+    /// early or fails, [`AreaError::Io`] when the volume cannot be written.
+    pub fn file(&mut self, path: AreaPath, len: u64, data: &mut dyn Read) -> Result<(), AreaError> {
+        if len > MAX_FILE_LEN {
+            return Err(AreaError::TooLarge {
+                what: format!("{path} ({len} bytes), as FAT holds files"),
+                limit: MAX_FILE_LEN,
+            });
+        }
+        self.names.add(&path, false)?;
+        let cluster_size = u64::from(self.geometry.cluster_size);
+        let clusters = len.div_ceil(cluster_size);
+        let first = if clusters == 0 { 0 } else { self.next as u32 };
+        self.overflowed |= self.next + clusters > self.end;
+        self.next += clusters;
+        if !self.overflowed {
+            let copied = copy(data.take(len), &mut self.out, &mut self.chunk, &path)?;
+            if copied < len {
+                return Err(AreaError::ShortSource {
+                    path,
+                    got: copied,
+                    len,
+                });
             }
-            if let Some(&last) = dir.chain.last() {
+            let pad = (clusters * cluster_size - len) as usize;
+            self.chunk[..pad].fill(0);
+            self.out.write(&self.chunk[..pad])?;
+        }
+        self.files.push(Placed {
+            path,
+            len,
+            first,
+            clusters: clusters as u32,
+        });
+        Ok(())
+    }
+
+    /// Lays out and writes the directories, the FATs and FSInfo; gives the volume back.
+    ///
+    /// # Errors
+    /// [`AreaError::NoSpace`] when the upload did not fit; [`AreaError::TooLarge`] for a
+    /// directory of more than 65,536 entries or a top-level directory larger than a
+    /// FAT12/16 root holds; [`AreaError::Io`].
+    pub fn finish(self) -> Result<V, AreaError> {
+        let Builder {
+            geometry,
+            root_head,
+            names,
+            files,
+            first_free,
+            next,
+            end,
+            out,
+            ..
+        } = self;
+        let volume = out.finish()?;
+        let paths: Vec<AreaPath> = files.iter().map(|f| f.path.clone()).collect();
+        let mut dirs = directories(&names.dirs, &paths)?;
+        let kept = root_head.len() / ENTRY_LEN;
+        let used_end = allocate_dirs(&mut dirs, &geometry, kept, next)?;
+        let cluster_size = u64::from(geometry.cluster_size);
+        if used_end > end {
+            return Err(AreaError::NoSpace {
+                needed: (used_end - first_free) * cluster_size,
+                available: end.saturating_sub(first_free) * cluster_size,
+            });
+        }
+        write_directories(&*volume, &geometry, &dirs, &files, root_head)?;
+        write_fat(&*volume, &geometry, used_end, |fat| {
+            for dir in &dirs {
+                for pair in dir.chain.windows(2) {
+                    fat.set(pair[0], pair[1]);
+                }
+                if let Some(&last) = dir.chain.last() {
+                    fat.set(last, END_OF_CHAIN);
+                }
+            }
+            for file in files.iter().filter(|f| f.clusters > 0) {
+                let last = file.first + file.clusters - 1;
+                for c in file.first..last {
+                    fat.set(c, c + 1);
+                }
                 fat.set(last, END_OF_CHAIN);
             }
+        })?;
+        if let Some(at) = geometry.fs_info_offset {
+            // In use: the root's first cluster and everything handed out after it.
+            let used = 1 + (used_end - first_free);
+            let free = u64::from(geometry.clusters) - used;
+            // Where the next free cluster is; "unknown" when none is left.
+            let next_free = if used_end > u64::from(geometry.max_cluster()) {
+                u32::MAX
+            } else {
+                used_end as u32
+            };
+            update_fs_info(&*volume, at, free as u32, next_free)?;
         }
-        for &(first, count) in alloc.file_runs.iter().filter(|r| r.1 > 0) {
-            let last = first + count - 1;
-            for c in first..last {
-                fat.set(c, c + 1);
-            }
-            fat.set(last, END_OF_CHAIN);
-        }
-    })?;
-    if let Some(at) = geometry.fs_info_offset {
-        // In use: the root's first cluster and everything handed out after it.
-        let used = 1 + (alloc.end - alloc.first_free);
-        let free = u64::from(geometry.clusters) - used;
-        // Where the next free cluster is; "unknown" when none is left.
-        let next = if alloc.end > u64::from(geometry.max_cluster()) {
-            u32::MAX
-        } else {
-            alloc.end as u32
-        };
-        update_fs_info(volume, at, free as u32, next)?;
+        Arc::try_unwrap(volume).map_err(|_| AreaError::Corrupt {
+            what: "the image is still in use after its upload was written".into(),
+        })
     }
-    Ok(())
 }
 
 /// Writes every directory once: the root (after `root_head`) and each subdirectory with
-/// its `.` and `..`. `sizes` are the files' lengths.
+/// its `.` and `..`.
 fn write_directories(
     volume: &dyn BlockSource,
     geometry: &Geometry,
     dirs: &[DirNode],
-    alloc: &Allocation,
-    sizes: &[u64],
+    files: &[Placed],
     root_head: Vec<u8>,
 ) -> Result<(), AreaError> {
     let at = DosTime::now();
@@ -122,8 +243,8 @@ fn write_directories(
             match entry.target {
                 Target::Dir(d) => entry.encode(&mut buf, ATTR_DIR, dirs[d].chain[0], 0, at),
                 Target::File(f) => {
-                    let first = alloc.file_runs[f].0;
-                    entry.encode(&mut buf, ATTR_ARCHIVE, first, sizes[f] as u32, at);
+                    let file = &files[f];
+                    entry.encode(&mut buf, ATTR_ARCHIVE, file.first, file.len as u32, at);
                 }
             }
         }
@@ -140,47 +261,6 @@ fn write_directories(
     Ok(())
 }
 
-/// Writes the files' data as one sequential stream from cluster `start` on, each file
-/// padded with zeros to whole clusters.
-fn write_files(
-    volume: &dyn BlockSource,
-    geometry: &Geometry,
-    files: Vec<(AreaPath, UploadData)>,
-    start: u64,
-    durability: Durability,
-) -> Result<(), AreaError> {
-    let cluster_size = u64::from(geometry.cluster_size);
-    if files.iter().all(|(_, d)| d.is_empty()) {
-        return Ok(());
-    }
-    let at = geometry.cluster_offset(start as u32);
-    std::thread::scope(|scope| {
-        let mut out = Stream::start(scope, volume, at, durability == Durability::Synced)?;
-        let mut chunk = vec![0u8; 256 * 1024];
-        for (path, data) in files {
-            let len = data.len();
-            match data {
-                UploadData::Dir => {}
-                UploadData::Bytes(bytes) => out.write(&bytes)?,
-                UploadData::Reader { reader, len } => {
-                    let copied = copy(reader.take(len), &mut out, &mut chunk, &path)?;
-                    if copied < len {
-                        return Err(AreaError::ShortSource {
-                            path,
-                            got: copied,
-                            len,
-                        });
-                    }
-                }
-            }
-            let pad = (len.div_ceil(cluster_size) * cluster_size - len) as usize;
-            chunk[..pad].fill(0);
-            out.write(&chunk[..pad])?;
-        }
-        out.finish()
-    })
-}
-
 /// Bytes written between two early flushes.
 const WRITEBACK_STEP: u64 = 16 << 20;
 
@@ -191,23 +271,19 @@ const STREAM_BUFFER: usize = 1 << 20;
 /// thread flushes the volume each time another [`WRITEBACK_STEP`] bytes are written, so
 /// the disk works while the upload is still being produced and the final fsync waits
 /// only for the tail.
-struct Stream<'scope> {
-    volume: &'scope dyn BlockSource,
+#[derive(Debug)]
+struct Stream<V: BlockSource + 'static> {
+    volume: Arc<V>,
     at: u64,
     buf: Vec<u8>,
     unflushed: u64,
     kick: Option<SyncSender<()>>,
-    flusher: Option<ScopedJoinHandle<'scope, Result<(), AreaError>>>,
+    flusher: Option<JoinHandle<Result<(), AreaError>>>,
 }
 
-impl<'scope> Stream<'scope> {
+impl<V: BlockSource + 'static> Stream<V> {
     /// Writes to `volume` from `at` on, with the flushing thread only if `flush`.
-    fn start<'env>(
-        scope: &'scope Scope<'scope, 'env>,
-        volume: &'scope dyn BlockSource,
-        at: u64,
-        flush: bool,
-    ) -> Result<Self, AreaError> {
+    fn start(volume: Arc<V>, at: u64, flush: bool) -> Result<Self, AreaError> {
         let mut stream = Stream {
             volume,
             at,
@@ -218,15 +294,18 @@ impl<'scope> Stream<'scope> {
         };
         if flush {
             let (kick, kicked) = sync_channel::<()>(1);
+            let volume = Arc::clone(&stream.volume);
             let flusher = std::thread::Builder::new()
                 .name("nlxtp-writeback".into())
-                .spawn_scoped(scope, move || {
+                .spawn(move || {
                     while kicked.recv().is_ok() {
                         volume.flush()?;
                     }
                     Ok(())
                 })
-                .map_err(|e| AreaError::io("start a writeback thread for", volume.name(), e))?;
+                .map_err(|e| {
+                    AreaError::io("start a writeback thread for", stream.volume.name(), e)
+                })?;
             stream.kick = Some(kick);
             stream.flusher = Some(flusher);
         }
@@ -269,27 +348,30 @@ impl<'scope> Stream<'scope> {
 
     /// Writes what is left and stops the thread; an error of its flushes is the write's
     /// (the kernel reports a writeback error once per open file, so the final fsync
-    /// would not see it again).
-    fn finish(mut self) -> Result<(), AreaError> {
+    /// would not see it again). Gives the volume back.
+    fn finish(mut self) -> Result<Arc<V>, AreaError> {
         self.drain()?;
         drop(self.kick.take());
-        match self.flusher.take().map(ScopedJoinHandle::join) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(AreaError::io(
-                "flush",
-                self.volume.name(),
-                io::Error::other("the writeback thread failed"),
-            )),
-            None => Ok(()),
+        match self.flusher.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result?,
+            Some(Err(_)) => {
+                return Err(AreaError::io(
+                    "flush",
+                    self.volume.name(),
+                    io::Error::other("the writeback thread failed"),
+                ))
+            }
+            None => {}
         }
+        Ok(self.volume)
     }
 }
 
 /// Copies `source` into the image stream; errors reading are the upload's, errors
 /// writing are the image's.
-fn copy(
+fn copy<V: BlockSource>(
     mut source: impl Read,
-    out: &mut Stream<'_>,
+    out: &mut Stream<V>,
     chunk: &mut [u8],
     path: &AreaPath,
 ) -> Result<u64, AreaError> {

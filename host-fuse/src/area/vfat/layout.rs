@@ -1,20 +1,20 @@
-//! Where an upload goes in a fresh volume, decided before a byte is written: each
-//! directory's entries (long names, and short names unique in their directory), then the
-//! clusters, in one sweep over the free space: directories first, then files in the
-//! upload's order, each contiguous.
+//! Where an upload's directories go in a fresh volume: each directory's entries (long
+//! names, and short names unique in their directory), then their clusters, after the
+//! file data (which `build.rs` lays down as it arrives, each file contiguous).
 
 use std::collections::HashMap;
+
+use nlxtp_core::layout::START_SCRIPT;
 
 use super::entry::{encode_long, encode_short, long_entries, DosTime, ENTRY_LEN};
 use super::geometry::{FatType, Geometry};
 use super::names::{exact_short, ShortNames};
-use super::plan::Plan;
 use crate::area::{AreaError, AreaPath};
 
 /// Most entries in one directory: Linux's vfat refuses larger directories.
 const MAX_DIR_ENTRIES: usize = 65536;
 /// Largest file FAT can hold (its size field is 32 bits).
-const MAX_FILE_LEN: u64 = u32::MAX as u64;
+pub const MAX_FILE_LEN: u64 = u32::MAX as u64;
 
 /// One name in a directory, ready to encode once its cluster is known.
 #[derive(Debug)]
@@ -28,7 +28,8 @@ pub struct Entry {
     pub target: Target,
 }
 
-/// What an entry names: a directory or a file, by its index in the plan.
+/// What an entry names: a directory, by its index among the directories, or a file, by
+/// its index among the files.
 #[derive(Debug, Clone, Copy)]
 pub enum Target {
     Dir(usize),
@@ -105,9 +106,11 @@ pub struct DirNode {
     pub chain: Vec<u32>,
 }
 
-/// Every directory of the plan with its named entries; index 0 is the root.
-pub fn directories(plan: &Plan) -> Result<Vec<DirNode>, AreaError> {
-    let mut dirs = vec![DirNode {
+/// Every directory with its named entries; index 0 is the root. `dirs` lists every
+/// directory but the root, parents first; `files` every file. The start script is the
+/// root's last entry.
+pub fn directories(dirs: &[AreaPath], files: &[AreaPath]) -> Result<Vec<DirNode>, AreaError> {
+    let mut nodes = vec![DirNode {
         path: "the top level".into(),
         parent: 0,
         entries: Vec::new(),
@@ -121,64 +124,53 @@ pub fn directories(plan: &Plan) -> Result<Vec<DirNode>, AreaError> {
             .get(p.as_str())
             .copied()
             .ok_or_else(|| AreaError::Corrupt {
-                what: format!("the upload plan lists {path} before its directory"),
+                what: format!("the upload lists {path} before its directory"),
             }),
     };
-    for dir in &plan.dirs {
+    for dir in dirs {
         let parent = parent_of(dir, &index)?;
-        let me = dirs.len();
+        let me = nodes.len();
         children[parent].push((dir.file_name(), Target::Dir(me)));
         children.push(Vec::new());
         index.insert(dir.as_str(), me);
-        dirs.push(DirNode {
+        nodes.push(DirNode {
             path: dir.as_str().into(),
             parent,
             entries: Vec::new(),
             chain: Vec::new(),
         });
     }
-    for (i, (path, data)) in plan.files.iter().enumerate() {
-        if data.len() > MAX_FILE_LEN {
-            return Err(AreaError::TooLarge {
-                what: format!("{path} ({} bytes), as FAT holds files", data.len()),
-                limit: MAX_FILE_LEN,
-            });
-        }
+    let script = files.iter().position(|p| p.as_str() == START_SCRIPT);
+    let others = (0..files.len()).filter(|&i| Some(i) != script);
+    for i in others.chain(script) {
+        let path = &files[i];
         children[parent_of(path, &index)?].push((path.file_name(), Target::File(i)));
     }
-    for (dir, names) in dirs.iter_mut().zip(children) {
+    for (dir, names) in nodes.iter_mut().zip(children) {
         dir.entries = name_entries(&dir.path, names)?;
     }
-    Ok(dirs)
+    Ok(nodes)
 }
 
-/// Where everything goes, decided before anything is written.
-pub struct Allocation {
-    /// The first cluster handed out (after the FAT32 root's).
-    pub first_free: u64,
-    /// The first cluster of file data; files follow each other from here.
-    pub files_start: u64,
-    /// One past the last cluster handed out.
-    pub end: u64,
-    /// Each file's (first cluster, clusters); empty files have (0, 0).
-    pub file_runs: Vec<(u32, u32)>,
-}
-
-/// Gives every directory its clusters (`root_kept` entries already sit in the root),
-/// then every file, in one sweep.
-pub fn allocate(
-    dirs: &mut [DirNode],
-    plan: &Plan,
-    geometry: &Geometry,
-    root_kept: usize,
-) -> Result<Allocation, AreaError> {
-    let cluster_size = u64::from(geometry.cluster_size);
-    let clusters_for = |bytes: u64| bytes.div_ceil(cluster_size).max(1);
-    let first_free = match geometry.fat_type {
+/// The first cluster free in a fresh volume (after the FAT32 root's).
+pub fn first_free(geometry: &Geometry) -> u64 {
+    match geometry.fat_type {
         FatType::Fat32 => u64::from(geometry.root_cluster) + 1,
         _ => 2,
-    };
-    let mut next = first_free;
+    }
+}
+
+/// Gives every directory its clusters from cluster `next` on (`root_kept` entries
+/// already sit in the root); returns one past the last cluster handed out, which may
+/// lie beyond the volume's end (the caller reports the shortage).
+pub fn allocate_dirs(
+    dirs: &mut [DirNode],
+    geometry: &Geometry,
+    root_kept: usize,
+    mut next: u64,
+) -> Result<u64, AreaError> {
+    let cluster_size = u64::from(geometry.cluster_size);
+    let clusters_for = |bytes: u64| bytes.div_ceil(cluster_size).max(1);
     let mut take = |count: u64| {
         let chain = (next..next + count).map(|c| c as u32).collect::<Vec<_>>();
         next += count;
@@ -212,28 +204,5 @@ pub fn allocate(
             _ => dir.chain = take(clusters_for(bytes)),
         }
     }
-    let files_start = next;
-    let file_runs = plan
-        .files
-        .iter()
-        .map(|(_, data)| {
-            let count = data.len().div_ceil(cluster_size);
-            let first = if count == 0 { 0 } else { next as u32 };
-            next += count;
-            (first, count as u32)
-        })
-        .collect();
-    let end = u64::from(geometry.max_cluster()) + 1;
-    if next > end {
-        return Err(AreaError::NoSpace {
-            needed: (next - first_free) * cluster_size,
-            available: end.saturating_sub(first_free) * cluster_size,
-        });
-    }
-    Ok(Allocation {
-        first_free,
-        files_start,
-        end: next,
-        file_runs,
-    })
+    Ok(next)
 }

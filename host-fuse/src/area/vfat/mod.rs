@@ -20,8 +20,8 @@
 //!   and decoded, the short-name checksum, DOS times;
 //! - `volume.rs` (lookups, reads) and `walk.rs` (a walk over everything): the reader;
 //! - `status.rs`: the status fast path; `snapshot.rs`: a status report in one pass;
-//! - `names.rs` (short names for long ones), `plan.rs` (an upload checked and ordered),
-//!   `layout.rs` (where it goes), `build.rs` (writing it), `format.rs` (fatfs
+//! - `names.rs` (short names for long ones), `plan.rs` (an upload's names checked),
+//!   `layout.rs` (where its directories go), `build.rs` (writing it as it comes), `format.rs` (fatfs
 //!   formatting), `replace.rs` (the new image swapped in), `create.rs` (a new disk);
 //! - `partition.rs`: where the volume lies: the whole image, or an MBR or GPT
 //!   partition ([`find_volume`]);
@@ -61,13 +61,15 @@ pub use partition::{find_volume, Partition, Scheme, VolumePlace};
     not(feature = "libvirt"),
     allow(unused_imports, reason = "used by area::libvirt only")
 )]
-pub(crate) use self::{replace::build_image, status::locate_in, status::write_slot_in};
+pub(crate) use self::{replace::start_build, status::locate_in, status::write_slot_in};
+pub use build::Builder;
+pub use replace::ImageUpload;
 
 use self::status::StatusCache;
 pub(crate) use self::volume::Volume;
 use crate::area::{
     AreaError, AreaHold, AreaKind, AreaPath, AreaSnapshot, Capabilities, ChangeKey, Durability,
-    SharedArea, StatusRead, UploadFile, Visitor, WalkLimits,
+    ReplaceStream, SharedArea, StatusRead, UploadFile, Visitor, WalkLimits,
 };
 
 /// A VM's shared area: the vFAT image at a path.
@@ -148,6 +150,17 @@ impl SharedArea for VfatImage {
         durability: Durability,
     ) -> Result<(), AreaError> {
         replace::replace(&self.path, files, durability)
+    }
+
+    /// Files go into the new image as they come (see [`ImageUpload`]).
+    fn begin_replace<'a>(
+        &'a self,
+        durability: Durability,
+        _spool_dir: Option<&Path>,
+    ) -> Result<Box<dyn ReplaceStream + 'a>, AreaError> {
+        let guard = ImageWriteGuard::acquire(&self.path)?;
+        let upload = ImageUpload::begin(&self.path, guard, durability).map_err(|(e, _)| e)?;
+        Ok(Box::new(upload))
     }
 
     /// QEMU's write locks on the image ([`ImageWriteGuard`]).

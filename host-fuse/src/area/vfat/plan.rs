@@ -1,22 +1,19 @@
-//! An upload as it will be written: checked names (what vFAT can hold, no two the same
-//! ignoring case, no path both a file and a directory), directories first, parents
-//! before children, the start script last.
+//! The names of an upload, checked as they come: what vFAT can hold, no two the same
+//! ignoring case, no path both a file and a directory; every directory recorded once,
+//! parents before children.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use nlxtp_core::layout::START_SCRIPT;
+use crate::area::{AreaError, AreaPath};
 
-use crate::area::{AreaError, AreaPath, UploadData, UploadFile};
-
-/// Files in the order they are written, directories first (parents before children),
-/// the start script last. Every parent of a file is among `dirs`; names are valid vFAT
-/// long names, unique ignoring case.
+/// The names of an upload so far.
 #[derive(Debug, Default)]
-pub struct Plan {
-    /// Every directory, parents first.
+pub struct Names {
+    /// Every path and each of its parents, keyed by the case-folded path: the path as
+    /// given, and whether it is a directory.
+    seen: HashMap<String, (AreaPath, bool)>,
+    /// Every directory, named or implied by a file in it, parents first.
     pub dirs: Vec<AreaPath>,
-    /// The files in the order they are written.
-    pub files: Vec<(AreaPath, UploadData)>,
 }
 
 /// Why a name cannot be a vFAT long file name (as fatfs and Linux's vfat accept them).
@@ -43,70 +40,56 @@ fn fold(name: &str) -> String {
     name.to_uppercase().to_lowercase()
 }
 
-impl Plan {
-    /// Checks and orders `files`.
+impl Names {
+    /// Checks `path` (a directory if `is_dir`) against the names so far and takes it,
+    /// with its parents.
     ///
     /// # Errors
-    /// [`AreaError::BadName`] and [`AreaError::NameCollision`].
-    pub fn new(files: Vec<UploadFile>) -> Result<Self, AreaError> {
-        // Every path and each of its parents, keyed by the case-folded path.
-        let mut seen: HashMap<String, (AreaPath, bool)> = HashMap::new();
-        let mut dirs = BTreeMap::new();
-        let mut plan = Plan::default();
-        let mut script = None;
-        for file in files {
-            let path = file.path;
-            let bad = path.components().find_map(bad_vfat_name);
-            if let Some(reason) = bad {
-                return Err(AreaError::BadName { path, reason });
-            }
-            let is_dir = matches!(file.data, UploadData::Dir);
-            let mut ancestors = Vec::new();
-            let mut at = path.parent();
-            while let Some(p) = at {
-                at = p.parent();
-                ancestors.push(p);
-            }
-            for (p, dir) in ancestors
-                .into_iter()
-                .map(|p| (p, true))
-                .chain([(path.clone(), is_dir)])
-            {
-                match seen.get(&fold(p.as_str())) {
-                    None => {
-                        if dir {
-                            dirs.insert((p.components().count(), p.as_str().to_owned()), p.clone());
-                        }
-                        seen.insert(fold(p.as_str()), (p, dir));
-                    }
-                    // A parent shared by several files, or a directory named twice.
-                    Some((other, true)) if dir && *other == p => {}
-                    Some((other, other_dir)) if *other == p && *other_dir != dir => {
-                        return Err(AreaError::BadName {
-                            path: path.clone(),
-                            reason: format!("{p} is both a file and a directory"),
-                        })
-                    }
-                    Some((other, _)) => {
-                        return Err(AreaError::NameCollision {
-                            first: other.clone(),
-                            second: p,
-                        })
-                    }
+    /// [`AreaError::BadName`] and [`AreaError::NameCollision`]; nothing is taken then.
+    pub fn add(&mut self, path: &AreaPath, is_dir: bool) -> Result<(), AreaError> {
+        let bad = path.components().find_map(bad_vfat_name);
+        if let Some(reason) = bad {
+            return Err(AreaError::BadName {
+                path: path.clone(),
+                reason,
+            });
+        }
+        let mut chain = Vec::new();
+        let mut at = path.parent();
+        while let Some(p) = at {
+            at = p.parent();
+            chain.push((p, true));
+        }
+        // Outermost first, so parents are recorded before their children.
+        chain.reverse();
+        chain.push((path.clone(), is_dir));
+        let mut new = Vec::new();
+        for (p, dir) in chain {
+            match self.seen.get(&fold(p.as_str())) {
+                None => new.push((p, dir)),
+                // A parent shared by several files, or a directory named twice.
+                Some((other, true)) if dir && *other == p => {}
+                Some((other, other_dir)) if *other == p && *other_dir != dir => {
+                    return Err(AreaError::BadName {
+                        path: path.clone(),
+                        reason: format!("{p} is both a file and a directory"),
+                    })
+                }
+                Some((other, _)) => {
+                    return Err(AreaError::NameCollision {
+                        first: other.clone(),
+                        second: p,
+                    })
                 }
             }
-            if is_dir {
-                continue;
-            }
-            if path.as_str() == START_SCRIPT {
-                script = Some((path, file.data));
-            } else {
-                plan.files.push((path, file.data));
-            }
         }
-        plan.dirs = dirs.into_values().collect();
-        plan.files.extend(script);
-        Ok(plan)
+        for (p, dir) in new {
+            if dir {
+                self.dirs.push(p.clone());
+            }
+            self.seen.insert(fold(p.as_str()), (p, dir));
+        }
+        Ok(())
     }
 }
 
@@ -114,20 +97,25 @@ impl Plan {
 mod tests {
     use super::*;
 
-    fn files(paths: &[&str]) -> Vec<UploadFile> {
-        paths
-            .iter()
-            .map(|p| UploadFile::bytes(p, b"x".to_vec()).unwrap())
-            .collect()
+    fn names(paths: &[&str]) -> Result<Names, AreaError> {
+        let mut names = Names::default();
+        for p in paths {
+            names.add(&AreaPath::new(*p).unwrap(), false)?;
+        }
+        Ok(names)
     }
 
     #[test]
-    fn plans_dirs_first_and_the_start_script_last() {
-        let plan = Plan::new(files(&["auto_exec.sh", "b/c/d.txt", "a.txt", "b/e"])).unwrap();
-        let dirs: Vec<&str> = plan.dirs.iter().map(AreaPath::as_str).collect();
+    fn records_each_directory_once_parents_first() {
+        let names = names(&["auto_exec.sh", "b/c/d.txt", "a.txt", "b/e"]).unwrap();
+        let dirs: Vec<&str> = names.dirs.iter().map(AreaPath::as_str).collect();
         assert_eq!(dirs, ["b", "b/c"]);
-        let order: Vec<&str> = plan.files.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(order, ["b/c/d.txt", "a.txt", "b/e", "auto_exec.sh"]);
+        let mut named = Names::default();
+        for (p, dir) in [("x/y", true), ("x", true), ("x/y", true)] {
+            named.add(&AreaPath::new(p).unwrap(), dir).unwrap();
+        }
+        let dirs: Vec<&str> = named.dirs.iter().map(AreaPath::as_str).collect();
+        assert_eq!(dirs, ["x", "x/y"]);
     }
 
     #[test]
@@ -146,11 +134,21 @@ mod tests {
             (&["c1\u{85}control"], "cannot hold"),
             (&["pad\u{FFFF}"], "cannot hold"),
         ] {
-            let err = Plan::new(files(paths)).unwrap_err().to_string();
+            let err = names(paths).unwrap_err().to_string();
             assert!(err.contains(needle), "{paths:?}: {err}");
         }
         let long = "n".repeat(256);
-        assert!(Plan::new(files(&[&long])).is_err());
-        assert!(Plan::new(files(&["Dir/x", "Dir/y", "dir2/z"])).is_ok());
+        assert!(names(&[&long]).is_err());
+        assert!(names(&["Dir/x", "Dir/y", "dir2/z"]).is_ok());
+    }
+
+    #[test]
+    fn a_refused_name_takes_none_of_its_parents() {
+        let mut named = names(&["a/x"]).unwrap();
+        assert!(named.add(&AreaPath::new("new/A/X").unwrap(), false).is_ok());
+        assert!(named
+            .add(&AreaPath::new("other/bad?").unwrap(), false)
+            .is_err());
+        assert!(named.dirs.iter().all(|d| d.as_str() != "other"));
     }
 }

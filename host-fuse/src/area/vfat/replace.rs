@@ -22,19 +22,21 @@
 //! complete and on disk, nor on the old one while it is being replaced. A second upload
 //! racing this one gets [`AreaError::Busy`] instead of interleaving.
 
-use std::fs::File;
+use std::fs::{File, Metadata};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tempfile::NamedTempFile;
+
 use super::block::{BlockSource, ImageFile, Window};
-use super::build;
+use super::build::Builder;
 use super::format::format_like;
 use super::geometry::Geometry;
 use super::lock::ImageWriteGuard;
 use super::partition::{self, VolumePlace};
-use super::plan::Plan;
-use crate::area::{AreaError, Durability, UploadFile};
+use crate::area::{AreaError, AreaPath, Durability, ReplaceStream, UploadFile};
 
 /// Replaces the content of the image at `image` with `files` (see the module docs).
 ///
@@ -45,14 +47,16 @@ pub fn replace(
     files: Vec<UploadFile>,
     durability: Durability,
 ) -> Result<(), AreaError> {
-    let plan = Plan::new(files)?;
     let guard = ImageWriteGuard::acquire(image)?;
-    replace_guarded(image, &guard, plan, durability).map(drop)
+    replace_holding(image, guard, files, durability)
+        .map(drop)
+        .map_err(|(e, _)| e)
 }
 
-/// [`SharedArea::replace`](crate::area::SharedArea::replace) for a caller that already holds the image's `guard` and keeps the image
-/// guarded throughout: no QEMU can start on it before, during or after. Returns the
-/// guard on the new image; on an error, `guard` comes back (the image is unchanged).
+/// [`SharedArea::replace`](crate::area::SharedArea::replace) for a caller that already
+/// holds the image's `guard` and keeps the image guarded throughout: no QEMU can start
+/// on it before, during or after. Returns the guard on the new image; on an error,
+/// `guard` comes back (the image is unchanged).
 ///
 /// # Errors
 /// As [`SharedArea::replace`](crate::area::SharedArea::replace), with the guard.
@@ -62,121 +66,210 @@ pub fn replace_holding(
     files: Vec<UploadFile>,
     durability: Durability,
 ) -> Result<ImageWriteGuard, (AreaError, ImageWriteGuard)> {
-    let plan = match Plan::new(files) {
-        Ok(plan) => plan,
-        Err(e) => return Err((e, guard)),
-    };
-    match replace_guarded(image, &guard, plan, durability) {
-        Ok(new) => Ok(new),
-        Err(e) => Err((e, guard)),
+    let mut upload = ImageUpload::begin(image, guard, durability)?;
+    for file in files {
+        if let Err(e) = crate::area::add_upload_file(&mut upload, file) {
+            return Err((e, upload.abort()));
+        }
+    }
+    upload.commit()
+}
+
+/// An upload into a local image, written while its files arrive into a temporary image
+/// beside it (see the module docs); [`ImageUpload::commit`] renames it over the image,
+/// dropping it leaves the image as it was.
+#[derive(Debug)]
+pub struct ImageUpload {
+    image: PathBuf,
+    /// The guard on the image; taken back by [`ImageUpload::commit`] and
+    /// [`ImageUpload::abort`].
+    guard: Option<ImageWriteGuard>,
+    meta: Metadata,
+    temp: NamedTempFile,
+    /// The guard on the temporary image, which becomes the image's.
+    temp_guard: ImageWriteGuard,
+    durability: Durability,
+    builder: Builder<Window<ImageFile>>,
+}
+
+impl ImageUpload {
+    /// Starts an upload into `image`, which `guard` holds. On an error, `guard` comes
+    /// back.
+    ///
+    /// # Errors
+    /// As [`SharedArea::replace`](crate::area::SharedArea::replace), with the guard.
+    pub fn begin(
+        image: &Path,
+        guard: ImageWriteGuard,
+        durability: Durability,
+    ) -> Result<Self, (AreaError, ImageWriteGuard)> {
+        match Self::prepare(image, &guard, durability) {
+            Ok((meta, temp, temp_guard, builder)) => Ok(ImageUpload {
+                image: image.to_owned(),
+                guard: Some(guard),
+                meta,
+                temp,
+                temp_guard,
+                durability,
+                builder,
+            }),
+            Err(e) => Err((e, guard)),
+        }
+    }
+
+    #[allow(clippy::type_complexity, reason = "the parts of an ImageUpload")]
+    fn prepare(
+        image: &Path,
+        guard: &ImageWriteGuard,
+        durability: Durability,
+    ) -> Result<
+        (
+            Metadata,
+            NamedTempFile,
+            ImageWriteGuard,
+            Builder<Window<ImageFile>>,
+        ),
+        AreaError,
+    > {
+        let open =
+            |file: &File, path: &Path| file.try_clone().map_err(|e| AreaError::io("open", path, e));
+        let old_disk = ImageFile::from_file(open(guard.file(), image)?, image)?;
+        let meta = old_disk
+            .file()
+            .metadata()
+            .map_err(|e| AreaError::io("inspect", image, e))?;
+        let dir = parent_dir(image);
+        let temp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .suffix(TEMP_SUFFIX)
+            .tempfile_in(dir)
+            .map_err(|e| AreaError::io("create a temporary image in", dir, e))?;
+        let temp_path = temp.path().to_owned();
+        let temp_guard = ImageWriteGuard::lock(open(temp.as_file(), &temp_path)?, &temp_path)?;
+        temp.as_file()
+            .set_len(meta.len())
+            .map_err(|e| AreaError::io("size", &temp_path, e))?;
+        let new_disk =
+            ImageFile::with_len(open(temp.as_file(), &temp_path)?, meta.len(), &temp_path);
+        let builder = start_build(&old_disk, new_disk, durability)?;
+        Ok((meta, temp, temp_guard, builder))
+    }
+
+    /// Makes the new image the image: flushed (if the upload asked for it), given the
+    /// old one's permissions and owner, renamed over it. Returns the guard on the new
+    /// image; on an error, the old one's (the image is unchanged).
+    ///
+    /// # Errors
+    /// As [`SharedArea::replace`](crate::area::SharedArea::replace), with the guard.
+    pub fn commit(mut self) -> Result<ImageWriteGuard, (AreaError, ImageWriteGuard)> {
+        let guard = self
+            .guard
+            .take()
+            .expect("an upload holds its guard until it ends");
+        match self.finish() {
+            Ok(new) => Ok(new),
+            Err(e) => Err((e, guard)),
+        }
+    }
+
+    /// Gives up the upload: the image stays as it was; returns its guard.
+    pub fn abort(mut self) -> ImageWriteGuard {
+        self.guard
+            .take()
+            .expect("an upload holds its guard until it ends")
+    }
+
+    fn finish(self) -> Result<ImageWriteGuard, AreaError> {
+        let ImageUpload {
+            image,
+            meta,
+            temp,
+            temp_guard,
+            durability,
+            builder,
+            ..
+        } = self;
+        let temp_path = temp.path().to_owned();
+        let file = builder.finish()?.into_inner().into_file();
+        file.set_permissions(meta.permissions())
+            .map_err(|e| AreaError::io("set the permissions of", &temp_path, e))?;
+        let mine = file
+            .metadata()
+            .map_err(|e| AreaError::io("inspect", &temp_path, e))?;
+        if (mine.uid(), mine.gid()) != (meta.uid(), meta.gid()) {
+            std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))
+                .map_err(|e| AreaError::io("give the old owner to", &temp_path, e))?;
+        }
+        let synced = durability == Durability::Synced;
+        if synced {
+            file.sync_all()
+                .map_err(|e| AreaError::io("flush", &temp_path, e))?;
+        }
+        let dir = parent_dir(&image);
+        temp.persist(&image)
+            .map_err(|e| AreaError::io("rename the new image over", &image, e.error))?;
+        if synced {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| AreaError::io("flush the directory", dir, e))?;
+        }
+        let removed = remove_leftovers(dir);
+        if removed > 0 {
+            tracing::info!("removed {removed} temporary image(s) of killed uploads");
+        }
+        Ok(temp_guard)
     }
 }
 
-/// The upload under `guard`; returns the guard on the new image, taken before the rename.
-fn replace_guarded(
-    image: &Path,
-    guard: &ImageWriteGuard,
-    plan: Plan,
-    durability: Durability,
-) -> Result<ImageWriteGuard, AreaError> {
-    let old_disk = ImageFile::from_file(
-        guard
-            .file()
-            .try_clone()
-            .map_err(|e| AreaError::io("open", image, e))?,
-        image,
-    )?;
-    let meta = old_disk
-        .file()
-        .metadata()
-        .map_err(|e| AreaError::io("inspect", image, e))?;
-    let dir = match image.parent() {
+impl ReplaceStream for ImageUpload {
+    fn dir(&mut self, path: AreaPath, _mode: u32) -> Result<(), AreaError> {
+        self.builder.dir(&path)
+    }
+
+    fn file(
+        &mut self,
+        path: AreaPath,
+        _mode: u32,
+        len: u64,
+        data: &mut dyn Read,
+    ) -> Result<(), AreaError> {
+        self.builder.file(path, len, data)
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), AreaError> {
+        (*self).commit().map(drop).map_err(|(e, _)| e)
+    }
+}
+
+/// The directory an image lies in.
+fn parent_dir(image: &Path) -> &Path {
+    match image.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    };
-    let temp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .suffix(TEMP_SUFFIX)
-        .tempfile_in(dir)
-        .map_err(|e| AreaError::io("create a temporary image in", dir, e))?;
-    let temp_path = temp.path().to_owned();
-    let file = temp
-        .as_file()
-        .try_clone()
-        .map_err(|e| AreaError::io("open", &temp_path, e))?;
-    let temp_guard = ImageWriteGuard::lock(
-        file.try_clone()
-            .map_err(|e| AreaError::io("open", &temp_path, e))?,
-        &temp_path,
-    )?;
-    file.set_len(meta.len())
-        .map_err(|e| AreaError::io("size", &temp_path, e))?;
-    let new_disk = ImageFile::with_len(
-        file.try_clone()
-            .map_err(|e| AreaError::io("open", &temp_path, e))?,
-        meta.len(),
-        &temp_path,
-    );
-    build_into(&old_disk, &new_disk, plan, durability)?;
-    file.set_permissions(meta.permissions())
-        .map_err(|e| AreaError::io("set the permissions of", &temp_path, e))?;
-    let mine = file
-        .metadata()
-        .map_err(|e| AreaError::io("inspect", &temp_path, e))?;
-    if (mine.uid(), mine.gid()) != (meta.uid(), meta.gid()) {
-        std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))
-            .map_err(|e| AreaError::io("give the old owner to", &temp_path, e))?;
     }
-    let synced = durability == Durability::Synced;
-    if synced {
-        file.sync_all()
-            .map_err(|e| AreaError::io("flush", &temp_path, e))?;
-    }
-    temp.persist(image)
-        .map_err(|e| AreaError::io("rename the new image over", image, e.error))?;
-    if synced {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| AreaError::io("flush the directory", dir, e))?;
-    }
-    let removed = remove_leftovers(dir);
-    if removed > 0 {
-        tracing::info!("removed {removed} temporary image(s) of killed uploads");
-    }
-    Ok(temp_guard)
 }
 
-/// Writes into `new_disk` (as long as `old_disk`, empty) the disk `old_disk` with its FAT
-/// volume formatted anew, keeping its layout, label and volume id, and holding `files`.
-/// Of the old disk only the partition table and the boot sector are read (by the host's
-/// own checked parsers), and what lies outside the volume is copied. Also the libvirt
+/// Starts writing into `new_disk` (as long as `old_disk`, empty) the disk `old_disk`
+/// with its FAT volume formatted anew, keeping its layout, label and volume id: files
+/// then go to the returned builder, which gives `new_disk` back when finished. Of the
+/// old disk only the partition table and the boot sector are read (by the host's own
+/// checked parsers), and what lies outside the volume is copied. Also the libvirt
 /// backend's, whose old disk is a remote volume.
 ///
 /// # Errors
 /// As [`SharedArea::replace`](crate::area::SharedArea::replace), except `Busy`.
-#[cfg_attr(not(feature = "libvirt"), allow(dead_code, reason = "area::libvirt's"))]
-pub(crate) fn build_image(
+pub(crate) fn start_build<V: BlockSource + 'static>(
     old_disk: &dyn BlockSource,
-    new_disk: &dyn BlockSource,
-    files: Vec<UploadFile>,
+    new_disk: V,
     durability: Durability,
-) -> Result<(), AreaError> {
-    build_into(old_disk, new_disk, Plan::new(files)?, durability)
-}
-
-fn build_into(
-    old_disk: &dyn BlockSource,
-    new_disk: &dyn BlockSource,
-    plan: Plan,
-    durability: Durability,
-) -> Result<(), AreaError> {
+) -> Result<Builder<Window<V>>, AreaError> {
     let place = partition::find_volume(old_disk)?;
     let old = Window::new(old_disk, place.offset, place.len)?;
     let geometry = Geometry::read(&old)?;
-    copy_outside(old_disk, new_disk, &place)?;
+    copy_outside(old_disk, &new_disk, &place)?;
     let new = Window::new(new_disk, place.offset, place.len)?;
     format_like(&new, &geometry)?;
-    build::write_plan(&new, &Geometry::read(&new)?, plan, durability)
+    Builder::start(new, durability)
 }
 
 /// Copies what lies outside the volume (a partition table, other partitions, a GPT's

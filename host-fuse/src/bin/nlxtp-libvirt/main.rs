@@ -33,7 +33,7 @@ mod watch;
 include!("../nlxtp/entry.rs");
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -576,13 +576,7 @@ fn hot_upload(args: Vec<OsString>) -> ExitCode {
         transfer::with_archive(&command.archive, |source, again| {
             let job = HotJob::prepare(conn, &shown, &command.domain, &options)?;
             let into = format!("{}/{}", job.pool(), job.volume());
-            let upload = transfer::write_upload(
-                job.area(),
-                Path::new(&into),
-                source,
-                again,
-                &command.options,
-            )?;
+            let upload = transfer::write_upload(job.area(), source, again, &command.options)?;
             let (run, entries, bytes) = (upload.run_id.clone(), upload.entries, upload.bytes);
             let attached = job.attach(Some(upload))?;
             if command.options.json {

@@ -27,18 +27,6 @@ impl Progress {
         }
     }
 
-    /// A step whose bytes are not counted: the message and the time it has taken.
-    pub fn phase(&self, message: String) {
-        if let Some(bar) = &self.0 {
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
-                    .expect("static template"),
-            );
-            bar.set_message(message);
-            bar.reset_elapsed();
-        }
-    }
-
     pub fn finish(&self) {
         if let Some(bar) = &self.0 {
             bar.finish_and_clear();

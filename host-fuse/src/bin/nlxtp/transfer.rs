@@ -82,22 +82,18 @@ fn upload_from(
         // A file is read while the area is opened and checked: for a libvirt domain on
         // another host those are round trips.
         Some(file) => {
-            let progress = Progress::new("reading the archive");
-            let (area, prepared) = ops::prepare_upload_opening(
+            let progress = Progress::new(UPLOADING);
+            let (area, report) = ops::upload_opening(
                 || target.open(),
                 CountingReader::new(source, &progress),
                 &args.options(Some(file)),
             )?;
-            let prepared = prepared?;
-            let report = write_phase(&progress, &target.path, prepared.bytes(), || {
-                prepared.write(area.as_ref())
-            })?;
-            (area, report)
+            (area, finish_upload(&progress, report)?)
         }
         // A pipe may stall: the checks come first, so that a refusal comes at once.
         None => {
             let area = target.open()?;
-            let report = write_upload(area.as_ref(), &target.path, source, None, args)?;
+            let report = write_upload(area.as_ref(), source, None, args)?;
             (area, report)
         }
     };
@@ -138,8 +134,7 @@ fn upload_hot(
     }
     let mut qmp = connect(&hot.qmp)?;
     let disk = HotDisk::open_or_create(&target.path, hot.size.unwrap_or(hot::HOT_DISK_SIZE))?;
-    let report = write_upload(disk.area(), &target.path, source, archive_file, args)
-        .map_err(HotError::from)?;
+    let report = write_upload(disk.area(), source, archive_file, args).map_err(HotError::from)?;
     let (run_id, entries, bytes) = (report.run_id.clone(), report.entries, report.bytes);
     let attach = disk.attach(&mut qmp, Some(report))?;
     if args.json {
@@ -247,38 +242,33 @@ pub fn detach_outcome(
     Ok(())
 }
 
-/// Reads the archive and writes it into `area` (shown as `shown`), with a progress line
-/// and notes on what was left out or changed.
+/// What the progress line of an upload says: the archive is read and written at once.
+const UPLOADING: &str = "uploading";
+
+/// Reads the archive and writes it into `area`, with a progress line and notes on what
+/// was left out or changed.
 pub fn write_upload(
     area: &dyn SharedArea,
-    shown: &Path,
     source: Box<dyn Read + Send>,
     archive_file: Option<Arc<File>>,
     args: &UploadArgs,
 ) -> Result<UploadReport, UploadError> {
-    let progress = Progress::new("reading the archive");
-    let prepared = ops::prepare_upload(
+    let progress = Progress::new(UPLOADING);
+    let report = ops::upload(
         area,
         CountingReader::new(source, &progress),
         &args.options(archive_file),
-    )?;
-    write_phase(&progress, shown, prepared.bytes(), || prepared.write())
+    );
+    finish_upload(&progress, report)
 }
 
-/// The second phase of an upload: `write` `bytes` into `shown`, on the progress line,
-/// then the notes on what was left out or changed.
-fn write_phase(
+/// The end of an upload's progress line, then the notes on what was left out or
+/// changed.
+fn finish_upload(
     progress: &Progress,
-    shown: &Path,
-    bytes: u64,
-    write: impl FnOnce() -> Result<UploadReport, UploadError>,
+    report: Result<UploadReport, UploadError>,
 ) -> Result<UploadReport, UploadError> {
-    progress.phase(format!(
-        "writing {} into {}",
-        indicatif::HumanBytes(bytes),
-        shown.display()
-    ));
-    let report = write()?;
+    let report = report?;
     progress.finish();
     upload_notes(&report);
     Ok(report)

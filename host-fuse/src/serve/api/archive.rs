@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use super::{access, blocking, spend, vm, Access, Result};
 use crate::area::{SharedArea, WalkLimits};
 use crate::fuse::VmSpec;
-use crate::ops::{self, Compression, DownloadOptions, PreparedDownload, UploadOptions};
+use crate::ops::{
+    self, ArchiveInput, Compression, DownloadOptions, PreparedDownload, UploadOptions,
+};
 use crate::serve::error::{chain, ApiError};
 use crate::serve::grant::Operation;
 use crate::serve::State;
@@ -85,8 +87,9 @@ pub(super) async fn upload(
     };
     spend(&state, access).await?;
     // The body flows to the unpacking thread through a bounded channel while it
-    // arrives: the archive is read and checked (large members spooled) as the bytes
-    // come, and the area is written only once the whole body has come in good order.
+    // arrives: the archive is read, checked and written into the area's new content as
+    // the bytes come, and that content takes the old one's place only once the whole
+    // body has come in good order.
     let (tx, rx) = mpsc::channel(BODY_CHANNEL_CHUNKS);
     let spec = vm.spec.clone();
     let unpack = blocking(move || {
@@ -95,11 +98,12 @@ pub(super) async fn upload(
             rx,
             chunk: Bytes::new(),
         };
-        let prepared = ops::prepare_upload(area.as_ref(), &mut body, &options)?;
+        let mut upload = ops::begin_upload(area.as_ref(), &options)?;
+        upload.read(ArchiveInput::Raw(&mut body))?;
         // Up to the body's end: bytes after the archive's own end, and a cut-off
         // there, count as for the rest of the body.
         io::copy(&mut body, &mut io::sink()).map_err(ApiError::internal)?;
-        Ok(prepared.write()?)
+        Ok(upload.commit()?)
     });
     let (received, unpacked) = tokio::join!(receive(&state, body, tx), unpack);
     drop(guard);
