@@ -5,7 +5,7 @@
 //! 2. 200 live-output followers at once for `NLXTP_SOAK_SECS` (default 20; the goal is
 //!    measured with 300): the process's resident memory sampled;
 //! 3. an upload of a 100 MiB archive into a vFAT image through HTTP, against
-//!    `ops::upload` of the same file (what `nlxtp upload` does), best of 3 each.
+//!    `ops::upload` of the same file (what `nlxtp upload` does), best and median of 9 each.
 //!
 //! `cargo bench -p nlxtp-host --features serve --bench serve_load`
 //! (`NLXTP_SERVE_BENCH=upload` for 3. alone)
@@ -219,7 +219,7 @@ fn main() {
     std::fs::write(&file, &archive).unwrap();
     let mut direct = Vec::new();
     let mut http = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..9 {
         let started = Instant::now();
         let area = ops::open_target(&image).unwrap();
         let f = std::fs::File::open(&file).unwrap();
@@ -233,9 +233,18 @@ fn main() {
     }
     let best = |v: &[Duration]| v.iter().min().unwrap().as_secs_f64();
     println!(
-        "upload of a 100 MiB tar into a 512 MiB image: ops::upload (as nlxtp upload) best {:.2} s, HTTP best {:.2} s: {:.2}x",
+        "upload of a 100 MiB tar into a 512 MiB image, best of 9: ops::upload (as nlxtp upload) {:.3} s, HTTP {:.3} s: {:.2}x",
         best(&direct),
         best(&http),
         best(&http) / best(&direct)
+    );
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64()
+    };
+    let (direct, http) = (median(&mut direct), median(&mut http));
+    println!(
+        "  medians: ops::upload {direct:.3} s, HTTP {http:.3} s: {:.2}x",
+        http / direct
     );
 }

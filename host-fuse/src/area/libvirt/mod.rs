@@ -12,10 +12,11 @@
 //! for a local image.
 //!
 //! **Uploads** are old-or-new: the new image is built in a local temporary file by the
-//! vFAT writer (from the old volume's partition table and boot sector), uploaded as a
-//! new volume of the same pool (only the ranges the build wrote, where a new volume reads
-//! as zeros: see `send`), the domain's persistent definition is switched to it in
-//! one redefinition, and only then is the old volume deleted. libvirt itself does not
+//! vFAT writer (from the old volume's partition table and boot sector) as the archive is
+//! read, and uploaded into a new volume of the same pool (only the ranges the build
+//! wrote, where a new volume reads as zeros: see `send`; the file data already while
+//! the build goes on: see `upload`); the domain's persistent definition is switched to
+//! it in one redefinition, and only then is the old volume deleted. libvirt itself does not
 //! refuse `vol-upload` or `vol-delete` on a running domain's volume, so this backend
 //! refuses while the domain is active, checked before it starts and again before the
 //! switch and the deletion. The new volume takes the old one's mode, owner and group
@@ -35,6 +36,7 @@ mod connections;
 pub mod hot;
 mod send;
 mod source;
+mod upload;
 
 pub use self::attach::{attach, detach, Attached};
 pub use self::connections::{connection, open_domain, shared_domains_at};
@@ -47,7 +49,7 @@ use virt::domain::Domain;
 use virt::storage_vol::StorageVol;
 
 pub use self::source::VolumeSource;
-use crate::area::vfat::{self, partition, ImageFile, Window};
+use crate::area::vfat::{self, partition};
 use crate::area::{
     add_upload_file, AreaError, AreaKind, AreaPath, Capabilities, Durability, ReplaceStream,
     SharedArea, StatusRead, UploadFile, Visitor, WalkLimits,
@@ -566,177 +568,16 @@ impl SharedArea for LibvirtDomain {
         upload.commit()
     }
 
-    /// The new image is built locally as the files come ([`VolumeUpload`]).
+    /// The new image is built locally as the files come, and sent as it is built
+    /// (`upload.rs`). It is a temporary file, sent and then removed, so it is never
+    /// flushed: `durability` is the storage's business on the libvirt host, where the
+    /// volume is written.
     fn begin_replace<'a>(
         &'a self,
-        durability: Durability,
+        _durability: Durability,
         _spool_dir: Option<&Path>,
     ) -> Result<Box<dyn ReplaceStream + 'a>, AreaError> {
-        let started = std::time::Instant::now();
-        self.refuse_if_active()?;
-        let (xml, disk, old, len) = self.volume()?;
-        let old_source =
-            VolumeSource::new(self.conn.clone(), old.clone_ref()?, len, &self.location);
-        // The new image, built locally.
-        let temp = tempfile::Builder::new()
-            .prefix(".nlxtp-libvirt-")
-            .suffix(".img")
-            .tempfile()
-            .map_err(|e| AreaError::io("create a temporary image for", &self.location, e))?;
-        let file = temp
-            .as_file()
-            .try_clone()
-            .map_err(|e| AreaError::io("open", temp.path(), e))?;
-        file.set_len(len)
-            .map_err(|e| AreaError::io("size", temp.path(), e))?;
-        let new_disk = ImageFile::with_len(file, len, temp.path());
-        let builder = vfat::start_build(&old_source, send::Written::new(new_disk), durability)?;
-        Ok(Box::new(VolumeUpload {
-            domain: self,
-            started,
-            xml,
-            disk,
-            old,
-            len,
-            temp,
-            builder,
-        }))
-    }
-}
-
-/// An upload into a domain's shared volume ([`SharedArea::begin_replace`]): the new
-/// image is built in a local temporary file as the files come; the commit sends it into
-/// a new volume and switches the domain to it (see the module docs).
-struct VolumeUpload<'a> {
-    domain: &'a LibvirtDomain,
-    started: std::time::Instant,
-    /// The domain's persistent definition, as read at the start.
-    xml: String,
-    disk: SharedDisk,
-    old: StorageVol,
-    len: u64,
-    temp: tempfile::NamedTempFile,
-    builder: vfat::Builder<Window<send::Written<ImageFile>>>,
-}
-
-impl ReplaceStream for VolumeUpload<'_> {
-    fn dir(&mut self, path: AreaPath, _mode: u32) -> Result<(), AreaError> {
-        self.builder.dir(&path)
-    }
-
-    fn file(
-        &mut self,
-        path: AreaPath,
-        _mode: u32,
-        len: u64,
-        data: &mut dyn std::io::Read,
-    ) -> Result<(), AreaError> {
-        self.builder.file(path, len, data)
-    }
-
-    fn commit(self: Box<Self>) -> Result<(), AreaError> {
-        let VolumeUpload {
-            domain,
-            started,
-            xml,
-            disk,
-            old,
-            len,
-            temp,
-            builder,
-        } = *self;
-        let written = builder.finish()?.into_inner();
-        domain.switch_to_new_volume(started, &xml, &disk, &old, len, temp.path(), &written)
-    }
-}
-
-impl LibvirtDomain {
-    /// The end of an upload: `written` (the new image, at `image`) goes into a new
-    /// volume beside `old`, the domain's definition `xml` switches its `disk` to it, and
-    /// `old` is deleted when no running domain uses it.
-    #[allow(clippy::too_many_arguments, reason = "the parts of one upload")]
-    fn switch_to_new_volume(
-        &self,
-        started: std::time::Instant,
-        xml: &str,
-        disk: &SharedDisk,
-        old: &StorageVol,
-        len: u64,
-        image: &Path,
-        written: &send::Written<ImageFile>,
-    ) -> Result<(), AreaError> {
-        // Uploaded as a new volume of the same pool.
-        let pool = old
-            .lookup_storage_pool()
-            .map_err(self.call("find the pool of the shared volume of"))?;
-        let old_name = old.name().map_err(self.call("name the shared volume of"))?;
-        let new_name = new_volume_name(&self.name);
-        // The old volume's mode and owner: what libvirt's DAC driver gives back to a
-        // volume when a domain that ran on it stops.
-        let permissions = old
-            .xml_desc(0)
-            .map(|xml| permissions_of(&xml))
-            .unwrap_or_default();
-        let new = StorageVol::create_xml(
-            &pool,
-            &format!(
-                "<volume><name>{new_name}</name><capacity unit='bytes'>{len}</capacity>\
-                 <target><format type='raw'/>{permissions}</target></volume>"
-            ),
-            0,
-        )
-        .map_err(self.call("create a new volume for"))?;
-        // Only what the build wrote, where the new volume reads as zeros.
-        let ranges = send::ranges_to_send(&pool, written);
-        let built = started.elapsed();
-        let uploaded = send::upload(&self.conn, &new, image, &ranges);
-        if let Err(e) = uploaded {
-            let _ = new.delete(0);
-            return Err(e);
-        }
-        tracing::debug!(
-            "built the new image in {built:?}; sent {} of its {len} bytes in {} stream(s) in {:?}",
-            ranges.iter().map(|r| r.end - r.start).sum::<u64>(),
-            ranges.len(),
-            started.elapsed() - built
-        );
-        // Switched over in one redefinition of the persistent definition.
-        let source_xml = match &disk.source {
-            DiskSource::Volume { pool, .. } => {
-                format!("<source pool='{}' volume='{new_name}'/>", xml_escape(pool))
-            }
-            DiskSource::File(_) => format!(
-                "<source file='{}'/>",
-                xml_escape(
-                    &new.path()
-                        .map_err(self.call("find the path of the new volume of"))?
-                )
-            ),
-        };
-        let mut defined = xml.to_owned();
-        defined.replace_range(disk.source_range.clone(), &source_xml);
-        if let Err(e) = self.refuse_if_active() {
-            let _ = new.delete(0);
-            return Err(e);
-        }
-        if let Err(e) = self.conn.define_domain_xml(&defined) {
-            let _ = new.delete(0);
-            return Err(self.call("switch the shared disk of")(e));
-        }
-        tracing::info!(
-            "domain {} now uses volume {new_name} (was {old_name})",
-            self.name
-        );
-        // The old volume goes only when no running domain uses it.
-        let old_path = old.path().unwrap_or_default();
-        if !self.active()? && !self.used_by_a_running_domain(&disk.source, &old_path)? {
-            old.delete(0)
-                .map_err(self.call("delete the old shared volume of"))?;
-        } else {
-            tracing::warn!("kept the old volume {old_name}: a running domain uses it");
-        }
-        self.clean_leftovers(&pool, &[&new_name, &old_name]);
-        Ok(())
+        Ok(Box::new(upload::VolumeUpload::begin(self)?))
     }
 }
 
@@ -940,7 +781,8 @@ fn xml_escape(s: &str) -> String {
 
 /// Sends the `len` bytes of the file at `path` into `volume`, whole.
 fn upload(conn: &Connect, volume: &StorageVol, path: &Path, len: u64) -> Result<(), AreaError> {
-    send::upload(conn, volume, path, std::slice::from_ref(&(0..len)))
+    let file = std::fs::File::open(path).map_err(|e| AreaError::io("open", path, e))?;
+    send::upload(conn, volume, &file, path, std::slice::from_ref(&(0..len)))
 }
 
 /// A second handle on a volume (the same volume, looked up again by its key).

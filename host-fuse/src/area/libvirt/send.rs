@@ -9,11 +9,15 @@
 //! A new volume of any other pool type (an LVM volume, an iSCSI LUN, ...) may hold an
 //! earlier volume's bytes: it gets the whole image.
 
+use std::fmt;
+use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use virt::connect::Connect;
 use virt::storage_pool::StoragePool;
@@ -25,7 +29,7 @@ use crate::area::AreaError;
 
 /// Written ranges closer than this are sent as one: a stream costs round trips, a few
 /// hundred KiB of zeros on loopback or a LAN cost less.
-const MERGE_GAP: u64 = 1 << 20;
+pub const MERGE_GAP: u64 = 1 << 20;
 
 /// A [`BlockSource`] that notes the ranges written through it.
 #[derive(Debug)]
@@ -41,6 +45,11 @@ impl<S: BlockSource> Written<S> {
             inner,
             ranges: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The source written to.
+    pub fn inner(&self) -> &S {
+        &self.inner
     }
 
     /// The ranges written so far, sorted, with those closer than `gap` merged.
@@ -115,26 +124,39 @@ pub fn new_volumes_read_as_zeros(pool: &StoragePool) -> bool {
     })
 }
 
-/// What of the image to send into a new volume of `pool`: the ranges `written` noted
-/// (merged), or all of it.
-pub fn ranges_to_send<S: BlockSource>(pool: &StoragePool, written: &Written<S>) -> Vec<Range<u64>> {
-    if new_volumes_read_as_zeros(pool) {
-        written.ranges(MERGE_GAP)
-    } else {
-        std::iter::once(0..written.len()).collect()
+/// `ranges` (sorted, not overlapping) without what `sent` covers.
+pub fn subtract(ranges: Vec<Range<u64>>, sent: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut sent = sent.to_vec();
+    sent.sort_by_key(|r| r.start);
+    let mut out = Vec::new();
+    for range in ranges {
+        let mut start = range.start;
+        for s in sent
+            .iter()
+            .filter(|s| s.start < range.end && s.end > range.start)
+        {
+            if s.start > start {
+                out.push(start..s.start);
+            }
+            start = start.max(s.end);
+        }
+        if start < range.end {
+            out.push(start..range.end);
+        }
     }
+    out
 }
 
-/// Sends the bytes `ranges` of the file at `path` into `volume` at the same offsets, one
-/// stream each.
+/// Sends the bytes `ranges` of `file` (the image at `path`, for messages) into
+/// `volume` at the same offsets, one stream each.
 pub fn upload(
     conn: &Connect,
     volume: &StorageVol,
+    file: &File,
     path: &Path,
     ranges: &[Range<u64>],
 ) -> Result<(), AreaError> {
     let call = |e: virt::error::Error| AreaError::io("upload", path, io::Error::other(e));
-    let file = std::fs::File::open(path).map_err(|e| AreaError::io("open", path, e))?;
     let mut buf = vec![0u8; 1 << 20];
     for range in ranges {
         let stream = Stream::new(conn, 0).map_err(call)?;
@@ -168,6 +190,111 @@ pub fn upload(
     Ok(())
 }
 
+/// Sends ranges of an image into a volume in a thread of its own, in the order given,
+/// while the image is still being written beyond them. One at a time: libvirt refuses a
+/// second stream into a volume that has one.
+pub struct Sender {
+    ranges: Option<SyncSender<Range<u64>>>,
+    thread: Option<JoinHandle<Result<(), AreaError>>>,
+    sent: Vec<Range<u64>>,
+}
+
+impl Sender {
+    /// Starts the thread, sending from `file` (the image at `path`) into `volume`.
+    ///
+    /// # Errors
+    /// [`AreaError::Io`] when no thread can be started.
+    pub fn start(
+        conn: Arc<Connect>,
+        volume: StorageVol,
+        file: File,
+        path: &Path,
+    ) -> Result<Self, AreaError> {
+        let (ranges, next) = sync_channel::<Range<u64>>(64);
+        let shown = path.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("nlxtp-send".into())
+            .spawn(move || {
+                // Each send is a stream of its own, which costs the daemon a helper
+                // process: ranges that queued up meanwhile and follow each other go as
+                // one.
+                let mut pending = next.recv().ok();
+                while let Some(mut range) = pending.take() {
+                    while let Ok(more) = next.try_recv() {
+                        if more.start == range.end {
+                            range.end = more.end;
+                        } else {
+                            pending = Some(more);
+                            break;
+                        }
+                    }
+                    upload(&conn, &volume, &file, &shown, std::slice::from_ref(&range))?;
+                    if pending.is_none() {
+                        pending = next.recv().ok();
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| AreaError::io("start a thread to upload", path, e))?;
+        Ok(Sender {
+            ranges: Some(ranges),
+            thread: Some(thread),
+            sent: Vec::new(),
+        })
+    }
+
+    /// Hands `range` to the thread (waits while it has many in hand).
+    pub fn send(&mut self, range: Range<u64>) {
+        // A thread that stopped has failed: `finish` says why.
+        if let Some(ranges) = &self.ranges {
+            if ranges.send(range.clone()).is_ok() {
+                self.sent.push(range);
+            }
+        }
+    }
+
+    /// The ranges handed over so far (sent, or being sent).
+    pub fn handed(&self) -> &[Range<u64>] {
+        &self.sent
+    }
+
+    /// Waits until everything handed over is in the volume; returns those ranges.
+    ///
+    /// # Errors
+    /// The first failed send's.
+    pub fn finish(mut self) -> Result<Vec<Range<u64>>, AreaError> {
+        self.stop()?;
+        Ok(std::mem::take(&mut self.sent))
+    }
+
+    fn stop(&mut self) -> Result<(), AreaError> {
+        drop(self.ranges.take());
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(AreaError::io(
+                "upload",
+                Path::new("the new volume"),
+                io::Error::other("the sending thread failed"),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +320,18 @@ mod tests {
         let mut bytes = vec![0; 16 << 20];
         image.read_at(0, &mut bytes).unwrap();
         assert_eq!(bytes[4096..4106], [4; 10]);
+    }
+
+    #[test]
+    fn sent_ranges_are_subtracted() {
+        let sent = [(4 << 20)..(8 << 20), (8 << 20)..(12 << 20)];
+        assert_eq!(
+            subtract(vec![0..(1 << 20), (2 << 20)..(13 << 20)], &sent),
+            vec![0..(1 << 20), (2 << 20)..(4 << 20), (12 << 20)..(13 << 20)]
+        );
+        let one = |r: Range<u64>| std::iter::once(r).collect::<Vec<_>>();
+        assert_eq!(subtract(one((4 << 20)..(6 << 20)), &sent), vec![]);
+        assert_eq!(subtract(one(0..10), &[]), one(0..10));
     }
 
     #[test]

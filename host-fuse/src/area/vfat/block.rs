@@ -202,6 +202,11 @@ impl<S: BlockSource> Window<S> {
         &self.inner
     }
 
+    /// Where the window starts in its source.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// The source the window looked into.
     pub fn into_inner(self) -> S {
         self.inner

@@ -55,7 +55,6 @@ pub struct Builder<V: BlockSource + 'static> {
     out: Stream<V>,
     /// A file did not fit: from then on clusters are only counted, for the message.
     overflowed: bool,
-    chunk: Vec<u8>,
 }
 
 impl<V: BlockSource + 'static> Builder<V> {
@@ -93,7 +92,6 @@ impl<V: BlockSource + 'static> Builder<V> {
             next: first_free,
             out,
             overflowed: false,
-            chunk: vec![0u8; 256 * 1024],
         })
     }
 
@@ -126,7 +124,7 @@ impl<V: BlockSource + 'static> Builder<V> {
         self.overflowed |= self.next + clusters > self.end;
         self.next += clusters;
         if !self.overflowed {
-            let copied = copy(data.take(len), &mut self.out, &mut self.chunk, &path)?;
+            let copied = self.out.copy_from(data, len, &path)?;
             if copied < len {
                 return Err(AreaError::ShortSource {
                     path,
@@ -134,9 +132,7 @@ impl<V: BlockSource + 'static> Builder<V> {
                     len,
                 });
             }
-            let pad = (clusters * cluster_size - len) as usize;
-            self.chunk[..pad].fill(0);
-            self.out.write(&self.chunk[..pad])?;
+            self.out.zeros((clusters * cluster_size - len) as usize)?;
         }
         self.files.push(Placed {
             path,
@@ -145,6 +141,18 @@ impl<V: BlockSource + 'static> Builder<V> {
             clusters: clusters as u32,
         });
         Ok(())
+    }
+
+    /// The volume written to.
+    pub fn volume(&self) -> &V {
+        &self.out.volume
+    }
+
+    /// Where the file data written so far lies in the volume: it starts at the first
+    /// free cluster and is never written again (the directories and FATs are written
+    /// by [`Builder::finish`], elsewhere).
+    pub fn data_written(&self) -> std::ops::Range<u64> {
+        self.geometry.cluster_offset(self.first_free as u32)..self.out.at
     }
 
     /// Lays out and writes the directories, the FATs and FSInfo; gives the volume back.
@@ -270,12 +278,14 @@ const STREAM_BUFFER: usize = 1 << 20;
 /// A sequential stream into the volume, written with disk writes started early: a
 /// thread flushes the volume each time another [`WRITEBACK_STEP`] bytes are written, so
 /// the disk works while the upload is still being produced and the final fsync waits
-/// only for the tail.
+/// only for the tail. Sources are read straight into its buffer.
 #[derive(Debug)]
 struct Stream<V: BlockSource + 'static> {
     volume: Arc<V>,
     at: u64,
+    /// [`STREAM_BUFFER`] bytes, of which `filled` are to be written at `at`.
     buf: Vec<u8>,
+    filled: usize,
     unflushed: u64,
     kick: Option<SyncSender<()>>,
     flusher: Option<JoinHandle<Result<(), AreaError>>>,
@@ -287,7 +297,8 @@ impl<V: BlockSource + 'static> Stream<V> {
         let mut stream = Stream {
             volume,
             at,
-            buf: Vec::with_capacity(STREAM_BUFFER),
+            buf: vec![0; STREAM_BUFFER],
+            filled: 0,
             unflushed: 0,
             kick: None,
             flusher: None,
@@ -312,30 +323,59 @@ impl<V: BlockSource + 'static> Stream<V> {
         Ok(stream)
     }
 
-    fn write(&mut self, bytes: &[u8]) -> Result<(), AreaError> {
-        if self.buf.len() + bytes.len() > STREAM_BUFFER {
-            self.drain()?;
+    /// Copies at most `len` bytes of `source` into the stream; returns how many came
+    /// (fewer: the source ended). Errors reading are the upload's, errors writing the
+    /// image's.
+    fn copy_from(
+        &mut self,
+        source: &mut dyn Read,
+        len: u64,
+        path: &AreaPath,
+    ) -> Result<u64, AreaError> {
+        let mut total = 0u64;
+        while total < len {
+            if self.filled == self.buf.len() {
+                self.drain()?;
+            }
+            let room = (self.buf.len() - self.filled).min((len - total) as usize);
+            let n = match source.read(&mut self.buf[self.filled..self.filled + room]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(AreaError::Sink {
+                        source: io::Error::new(
+                            e.kind(),
+                            format!("reading the upload's {path}: {e}"),
+                        ),
+                    })
+                }
+            };
+            self.filled += n;
+            total += n as u64;
         }
-        if bytes.len() >= STREAM_BUFFER {
-            self.put(bytes)
-        } else {
-            self.buf.extend_from_slice(bytes);
-            Ok(())
+        Ok(total)
+    }
+
+    /// Writes `count` zeros.
+    fn zeros(&mut self, mut count: usize) -> Result<(), AreaError> {
+        while count > 0 {
+            if self.filled == self.buf.len() {
+                self.drain()?;
+            }
+            let n = count.min(self.buf.len() - self.filled);
+            self.buf[self.filled..self.filled + n].fill(0);
+            self.filled += n;
+            count -= n;
         }
+        Ok(())
     }
 
     fn drain(&mut self) -> Result<(), AreaError> {
-        let buf = std::mem::take(&mut self.buf);
-        let written = self.put(&buf);
-        self.buf = buf;
-        self.buf.clear();
-        written
-    }
-
-    fn put(&mut self, bytes: &[u8]) -> Result<(), AreaError> {
-        self.volume.write_at(self.at, bytes)?;
-        self.at += bytes.len() as u64;
-        self.unflushed += bytes.len() as u64;
+        let filled = std::mem::take(&mut self.filled);
+        self.volume.write_at(self.at, &self.buf[..filled])?;
+        self.at += filled as u64;
+        self.unflushed += filled as u64;
         if self.unflushed >= WRITEBACK_STEP {
             self.unflushed = 0;
             if let Some(kick) = &self.kick {
@@ -364,31 +404,6 @@ impl<V: BlockSource + 'static> Stream<V> {
             None => {}
         }
         Ok(self.volume)
-    }
-}
-
-/// Copies `source` into the image stream; errors reading are the upload's, errors
-/// writing are the image's.
-fn copy<V: BlockSource>(
-    mut source: impl Read,
-    out: &mut Stream<V>,
-    chunk: &mut [u8],
-    path: &AreaPath,
-) -> Result<u64, AreaError> {
-    let mut total = 0u64;
-    loop {
-        let n = match source.read(chunk) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(AreaError::Sink {
-                    source: io::Error::new(e.kind(), format!("reading the upload's {path}: {e}")),
-                })
-            }
-        };
-        out.write(&chunk[..n])?;
-        total += n as u64;
     }
 }
 
