@@ -3,8 +3,9 @@
 //! killed (SIGKILL) at several points leaves the domain on the old volume or on a
 //! complete new one, never a mix; libvirt's DAC driver gets back the owner it took from
 //! the shared volume when a domain shuts down, and nlxtp's new volumes keep the old
-//! one's owner and mode; and the clear errors for an authentication failure, two shared
-//! disks, and a shared disk outside any pool.
+//! one's owner and mode; an upload given up half-way deletes its new volume; and the
+//! clear errors for an authentication failure, two shared disks, and a shared disk
+//! outside any pool.
 //!
 //! Every domain, pool and volume here is named `gaps-...`: the daemons may be shared with
 //! other test runs.
@@ -396,6 +397,109 @@ fn a_new_volume_keeps_nothing_of_the_old_one() {
     );
     let _ = virsh(daemon.uri(), &["undefine", domain]);
     let _ = virsh(daemon.uri(), &["vol-delete", "--pool", pool, &volume]);
+}
+
+/// An upload is written into its new volume while the archive is read (the file data
+/// already during the build). One that is given up half-way, after megabytes of it went
+/// into the new volume (a link member at the end, refused; a gzip stream cut short, read
+/// by the CLI beside the checks), leaves the domain on its old volume, byte for byte,
+/// and deletes the new one. A good one, of the same files, reads back whole and passes
+/// `fsck.vfat`.
+#[test]
+fn an_upload_given_up_half_way_leaves_the_old_volume_and_no_new_one() {
+    let daemon = Libvirtd::shared().unwrap();
+    let uri = daemon.tcp_uri().to_owned();
+    let pool = "gaps-given-up";
+    let domain = "gaps-given-up";
+    let (dir, _) = fresh_pool(&daemon, pool, "gaps-given-up-first.img", 32 << 20);
+    define_idle(daemon.uri(), domain, pool, "gaps-given-up-first.img");
+    let area = LibvirtDomain::open(connect(Some(&uri)).unwrap(), &uri, domain).unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| (format!("out/part-{i:02}.bin"), noise(768 << 10, 40 + i)))
+        .collect();
+    let mut members: Vec<(&str, &[u8], u32)> = files
+        .iter()
+        .map(|(name, data)| (name.as_str(), data.as_slice(), 0o644))
+        .collect();
+    members.push(("auto_exec.sh", b"#!/bin/sh\ntrue\n", 0o755));
+
+    // A good upload: every file back, a clean volume.
+    ops::upload(
+        &area,
+        &archive(&members).unwrap()[..],
+        &UploadOptions::default(),
+    )
+    .unwrap();
+    let good = defined_volume(daemon.uri(), domain);
+    assert_ne!(good, "gaps-given-up-first.img");
+    for (name, data) in &files {
+        let back = area
+            .read_file(&AreaPath::new(name.as_str()).unwrap(), 1 << 20)
+            .unwrap();
+        assert!(back == *data, "{name} read back different");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let image = work.path().join("good.img");
+    let before = download(&uri, pool, &good, &image);
+    let fsck = Command::new("fsck.vfat")
+        .arg("-n")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    assert_eq!(volumes_in(&dir), [good.clone()]);
+
+    // The same files, then a link: refused at the end, after the files went in.
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data, mode) in &members {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(*mode);
+        header.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut header, name, *data).unwrap();
+    }
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    tar.append_link(&mut link, "escape", "/etc/passwd").unwrap();
+    let linked = tar.into_inner().unwrap();
+    let err = ops::upload(&area, &linked[..], &UploadOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, UploadError::Archive(ops::ArchiveError::Link { .. })),
+        "{err:?}"
+    );
+    let unchanged = |what: &str| {
+        assert_eq!(defined_volume(daemon.uri(), domain), good, "{what}");
+        assert_eq!(
+            volumes_in(&dir),
+            [good.clone()],
+            "{what}: a new volume was left"
+        );
+        let now = download(&uri, pool, &good, &work.path().join("now.img"));
+        assert!(now == before, "{what}: the old volume changed");
+    };
+    unchanged("after a refused link");
+
+    // A gzip stream cut short, through the CLI (which reads it while it connects).
+    let whole = archive(&members).unwrap();
+    let cut = work.path().join("cut.tar.gz");
+    std::fs::write(&cut, &whole[..whole.len() * 3 / 4]).unwrap();
+    let out = Command::new(nlxtp_libvirt_binary().unwrap())
+        .args(["-c", &uri, "upload", domain])
+        .arg(&cut)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("truncated or corrupt"), "{stderr}");
+    unchanged("after a cut-off archive");
+
+    let _ = virsh(daemon.uri(), &["undefine", domain]);
+    let _ = virsh(daemon.uri(), &["vol-delete", "--pool", pool, &good]);
 }
 
 #[test]

@@ -481,6 +481,19 @@ fn rejected_uploads_leave_the_image_alone() {
             "ended after 10 of 11 bytes",
         ),
     ];
+    // Files go in as they come: one that does not fit stops the writing, and the
+    // files after it still count towards what the message says is needed.
+    let err = area
+        .replace(vec![
+            UploadFile::bytes("big", vec![1u8; 3 << 20]).unwrap(),
+            UploadFile::bytes("more", vec![2u8; 1 << 20]).unwrap(),
+        ])
+        .unwrap_err();
+    assert!(
+        matches!(err, AreaError::NoSpace { needed, available } if needed >= 4 << 20 && available < 3 << 20),
+        "{err:?}"
+    );
+    assert!(std::fs::read(&img).unwrap() == snapshot);
     for (files, needle) in cases {
         let err = area.replace(files).unwrap_err().to_string();
         assert!(err.contains(needle), "{err}");
