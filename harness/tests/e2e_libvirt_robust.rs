@@ -451,7 +451,7 @@ fn an_upload_given_up_half_way_leaves_the_old_volume_and_no_new_one() {
         "{}",
         String::from_utf8_lossy(&fsck.stdout)
     );
-    assert_eq!(volumes_in(&dir), [good.clone()]);
+    assert_eq!(volumes_in(&dir), std::slice::from_ref(&good));
 
     // The same files, then a link: refused at the end, after the files went in.
     let mut tar = tar::Builder::new(Vec::new());
@@ -476,7 +476,7 @@ fn an_upload_given_up_half_way_leaves_the_old_volume_and_no_new_one() {
         assert_eq!(defined_volume(daemon.uri(), domain), good, "{what}");
         assert_eq!(
             volumes_in(&dir),
-            [good.clone()],
+            std::slice::from_ref(&good),
             "{what}: a new volume was left"
         );
         let now = download(&uri, pool, &good, &work.path().join("now.img"));
