@@ -402,8 +402,8 @@ fn a_new_volume_keeps_nothing_of_the_old_one() {
 /// An upload is written into its new volume while the archive is read (the file data
 /// already during the build). One that is given up half-way, after megabytes of it went
 /// into the new volume (a link member at the end, refused; a gzip stream cut short, read
-/// by the CLI beside the checks), leaves the domain on its old volume, byte for byte,
-/// and deletes the new one. A good one, of the same files, reads back whole and passes
+/// by the CLI beside the checks; more than the volume holds, found at the end), leaves
+/// the domain on its old volume, byte for byte, and deletes the new one. A good one, of the same files, reads back whole and passes
 /// `fsck.vfat`.
 #[test]
 fn an_upload_given_up_half_way_leaves_the_old_volume_and_no_new_one() {
@@ -497,6 +497,28 @@ fn an_upload_given_up_half_way_leaves_the_old_volume_and_no_new_one() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("truncated or corrupt"), "{stderr}");
     unchanged("after a cut-off archive");
+
+    // More than the volume holds: found when the last file is in, after megabytes
+    // went into the new volume.
+    let big: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| (format!("big/part-{i:02}.bin"), noise(1 << 20, 90 + i)))
+        .collect();
+    let mut too_much: Vec<(&str, &[u8], u32)> = big
+        .iter()
+        .map(|(name, data)| (name.as_str(), data.as_slice(), 0o644))
+        .collect();
+    too_much.push(("auto_exec.sh", b"#!/bin/sh\ntrue\n", 0o755));
+    let err = ops::upload(
+        &area,
+        &archive(&too_much).unwrap()[..],
+        &UploadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, UploadError::Area(AreaError::NoSpace { .. })),
+        "{err:?}"
+    );
+    unchanged("after an upload too large for the volume");
 
     let _ = virsh(daemon.uri(), &["undefine", domain]);
     let _ = virsh(daemon.uri(), &["vol-delete", "--pool", pool, &good]);

@@ -111,6 +111,25 @@ pub trait ReplaceStream {
         data: &mut dyn Read,
     ) -> Result<(), AreaError>;
 
+    /// Adds the file `path` of `len` bytes that can be read now from `data`, or later,
+    /// until the commit, from `kept` (a range of a file that stays as it is). A backend
+    /// that writes files as they come reads `data` (the default); one that collects
+    /// keeps `kept` instead of a copy.
+    ///
+    /// # Errors
+    /// As [`ReplaceStream::file`].
+    fn file_kept(
+        &mut self,
+        path: AreaPath,
+        mode: u32,
+        len: u64,
+        data: &mut dyn Read,
+        kept: Box<dyn Read + Send>,
+    ) -> Result<(), AreaError> {
+        drop(kept);
+        self.file(path, mode, len, data)
+    }
+
     /// Makes what was added the area's whole content, the start script last (see
     /// [`SharedArea::replace`](super::SharedArea::replace)).
     ///
@@ -190,6 +209,23 @@ impl ReplaceStream for Collect<'_> {
     ) -> Result<(), AreaError> {
         let data = read_member(data, len, self.spool_dir.as_deref(), &path)?;
         self.files.push(UploadFile { path, data, mode });
+        Ok(())
+    }
+
+    /// Keeps `kept`: the backend reads it at the commit.
+    fn file_kept(
+        &mut self,
+        path: AreaPath,
+        mode: u32,
+        len: u64,
+        _data: &mut dyn Read,
+        kept: Box<dyn Read + Send>,
+    ) -> Result<(), AreaError> {
+        self.files.push(UploadFile {
+            path,
+            data: UploadData::Reader { reader: kept, len },
+            mode,
+        });
         Ok(())
     }
 

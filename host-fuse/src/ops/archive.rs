@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Component, Path};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nlxtp_core::layout;
@@ -299,7 +300,14 @@ pub fn read_members<R: Read + Send>(
             Ok((summary, compression))
         }
         ArchiveInput::Raw(source) => {
-            let mut buffered = BufReader::with_capacity(64 * 1024, source);
+            let cancelled = AtomicBool::new(false);
+            let mut buffered = BufReader::with_capacity(
+                64 * 1024,
+                Cancellable {
+                    inner: source,
+                    cancelled: &cancelled,
+                },
+            );
             let head = buffered
                 .fill_buf()
                 .map_err(|source| ArchiveError::Read { source })?;
@@ -308,11 +316,13 @@ pub fn read_members<R: Read + Send>(
                 let summary = read_tar(buffered, compression, limits, rules, archive_file, sink)?;
                 return Ok((summary, compression));
             }
-            // Decompression in a thread of its own, beside the writing.
+            // Decompression in a thread of its own, beside the writing; told to stop at
+            // its next read when the reading ends early (the scope waits for it).
             std::thread::scope(|scope| {
                 let decoded = Decoded::spawn_in(scope, buffered, compression);
-                let summary = read_tar(decoded, compression, limits, rules, false, sink)?;
-                Ok((summary, compression))
+                let summary = read_tar(decoded, compression, limits, rules, false, sink);
+                cancelled.store(true, Ordering::Relaxed);
+                Ok((summary?, compression))
             })
         }
     }
@@ -452,11 +462,7 @@ impl MemberSink for Keep<'_> {
                 },
                 Some(file),
             ) if len > SPOOL_ABOVE => UploadData::Reader {
-                reader: Box::new(FileRange {
-                    file: Arc::clone(file),
-                    at,
-                    left: len,
-                }),
+                reader: Box::new(FileRange::new(Arc::clone(file), at, len)),
                 len,
             },
             (MemberData::File { data, len, .. }, _) => {
@@ -476,7 +482,7 @@ impl MemberSink for Keep<'_> {
 }
 
 /// A decompressed tar stream, decompressed in a thread of its own a bounded way ahead
-/// of its reader: [`DECODE_AHEAD`] chunks of [`DECODE_CHUNK`] bytes. The thread stops
+/// of its reader (16 MiB). The thread stops
 /// at the end of the compressed stream, at its first error (passed on to the reader),
 /// or when the reader is dropped.
 #[derive(Debug)]
@@ -488,8 +494,8 @@ pub struct Decoded {
 
 /// Bytes in one chunk of a [`Decoded`] stream.
 const DECODE_CHUNK: usize = 256 << 10;
-/// Chunks a [`Decoded`] stream's thread may run ahead (32 MiB).
-const DECODE_AHEAD: usize = 128;
+/// Chunks a [`Decoded`] stream's thread may run ahead (16 MiB).
+const DECODE_AHEAD: usize = 64;
 
 impl Decoded {
     /// Decompresses `source` (compressed as `compression`) in a thread of `scope`.
@@ -777,10 +783,36 @@ fn clean_path(name: &str) -> Result<Option<AreaPath>, ArchiveError> {
 
 /// Bytes of a file from an offset on, read with `pread` (the file's own offset is
 /// shared with the archive reader, so it is never moved).
-struct FileRange {
+pub(crate) struct FileRange {
     file: Arc<File>,
     at: u64,
     left: u64,
+}
+
+impl FileRange {
+    /// The `len` bytes of `file` from `at` on.
+    pub(crate) fn new(file: Arc<File>, at: u64, len: u64) -> Self {
+        FileRange {
+            file,
+            at,
+            left: len,
+        }
+    }
+}
+
+/// A reader that fails once `cancelled` is set: reading stops at its next read.
+pub(crate) struct Cancellable<'a, R> {
+    pub(crate) inner: R,
+    pub(crate) cancelled: &'a AtomicBool,
+}
+
+impl<R: Read> Read for Cancellable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(io::Error::other("the upload was called off"));
+        }
+        self.inner.read(buf)
+    }
 }
 
 impl Read for FileRange {

@@ -189,10 +189,14 @@ pub struct Upload<'a> {
     stream: Box<dyn ReplaceStream + 'a>,
     limits: ArchiveLimits,
     rules: UploadRules,
-    archive_file: bool,
+    /// The archive's own file, for members a collecting backend reads later.
+    archive_file: Option<std::sync::Arc<std::fs::File>>,
     settings: RunSettings,
     cut_off_run: Option<String>,
     read: Option<(ArchiveSummary, Compression)>,
+    /// A read failed: what was written of it may be half a file, so nothing more may be
+    /// read or committed.
+    failed: bool,
 }
 
 impl std::fmt::Debug for Upload<'_> {
@@ -224,7 +228,7 @@ pub fn begin_upload<'a>(
             files_only: options.files_only,
             earlier_run: Some(options.run_again),
         },
-        archive_file: options.archive_file.is_some(),
+        archive_file: options.archive_file.clone(),
         settings: RunSettings {
             timeout_secs: options.timeout_secs,
             heartbeat_interval_ms: options.heartbeat_ms,
@@ -232,6 +236,7 @@ pub fn begin_upload<'a>(
         },
         cut_off_run,
         read: None,
+        failed: false,
     })
 }
 
@@ -242,22 +247,33 @@ impl Upload<'_> {
     /// # Errors
     /// See [`UploadError`]; the area keeps its old content.
     pub fn read<R: Read + Send>(&mut self, source: ArchiveInput<R>) -> Result<(), UploadError> {
-        if self.read.is_some() {
+        if self.read.is_some() || self.failed {
             return Err(ArchiveError::Read {
-                source: std::io::Error::other("an upload takes one archive, and it has one"),
+                source: std::io::Error::other("an upload takes one archive, read once"),
             }
             .into());
         }
-        let mut sink = AreaSink(self.stream.as_mut());
+        let mut sink = AreaSink {
+            stream: self.stream.as_mut(),
+            archive_file: self.archive_file.as_ref(),
+        };
         let read = archive::read_members(
             source,
             &self.limits,
             &self.rules,
-            self.archive_file,
+            self.archive_file.is_some(),
             &mut sink,
-        )?;
-        self.read = Some(read);
-        Ok(())
+        );
+        match read {
+            Ok(read) => {
+                self.read = Some(read);
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
+        }
     }
 
     /// Adds a fresh manifest and makes the upload the area's content.
@@ -295,7 +311,11 @@ impl Upload<'_> {
 }
 
 /// Members of an archive written into an area's [`ReplaceStream`] as they are read.
-struct AreaSink<'s, 'a>(&'s mut (dyn ReplaceStream + 'a));
+struct AreaSink<'s, 'a> {
+    stream: &'s mut (dyn ReplaceStream + 'a),
+    /// The archive's own file, when the members of a plain tar lie in it.
+    archive_file: Option<&'s std::sync::Arc<std::fs::File>>,
+}
 
 impl MemberSink for AreaSink<'_, '_> {
     fn member(
@@ -304,9 +324,23 @@ impl MemberSink for AreaSink<'_, '_> {
         mode: u32,
         data: MemberData<'_>,
     ) -> Result<(), UploadError> {
-        match data {
-            MemberData::Dir => self.0.dir(path, mode)?,
-            MemberData::File { data, len, .. } => self.0.file(path, mode, len, data)?,
+        match (data, self.archive_file) {
+            (MemberData::Dir, _) => self.stream.dir(path, mode)?,
+            // Where it lies in the archive's file: a backend that collects keeps that
+            // instead of a copy.
+            (
+                MemberData::File {
+                    data,
+                    len,
+                    in_file: Some(at),
+                },
+                Some(file),
+            ) if len > crate::area::SPOOL_ABOVE => {
+                let kept = archive::FileRange::new(std::sync::Arc::clone(file), at, len);
+                self.stream
+                    .file_kept(path, mode, len, data, Box::new(kept))?;
+            }
+            (MemberData::File { data, len, .. }, _) => self.stream.file(path, mode, len, data)?,
         }
         Ok(())
     }
@@ -328,7 +362,7 @@ pub fn upload_opening<E>(
     let cancelled = std::sync::atomic::AtomicBool::new(false);
     let mut source = std::io::BufReader::with_capacity(
         64 * 1024,
-        Cancellable {
+        archive::Cancellable {
             inner: source,
             cancelled: &cancelled,
         },
@@ -373,21 +407,6 @@ pub fn upload_opening<E>(
         drop(decoded);
         Ok((area, uploaded))
     })
-}
-
-/// A reader that fails once `cancelled` is set: reading stops soon after.
-struct Cancellable<'a, R> {
-    inner: R,
-    cancelled: &'a std::sync::atomic::AtomicBool,
-}
-
-impl<R: Read> Read for Cancellable<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.cancelled.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(std::io::Error::other("the upload was called off"));
-        }
-        self.inner.read(buf)
-    }
 }
 
 /// Checks that `area` may be replaced now: the guest does not hold it, and no run is
@@ -515,6 +534,20 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn an_upload_whose_read_failed_takes_no_second_read_and_no_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = ContainerDir::open(dir.path()).unwrap();
+        let job = exec_archive(&["true".into()]);
+        let mut upload = begin_upload(&area, &UploadOptions::default()).unwrap();
+        let cut = &job[..700];
+        assert!(upload.read(ArchiveInput::Raw(cut)).is_err());
+        let again = upload.read(ArchiveInput::Raw(&job[..])).unwrap_err();
+        assert!(again.to_string().contains("could not be read"), "{again}");
+        assert!(upload.commit().is_err());
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+    }
 
     #[test]
     fn exec_quotes_every_word() {

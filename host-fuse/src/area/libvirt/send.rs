@@ -15,6 +15,7 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -156,6 +157,18 @@ pub fn upload(
     path: &Path,
     ranges: &[Range<u64>],
 ) -> Result<(), AreaError> {
+    upload_until(conn, volume, file, path, ranges, &AtomicBool::new(false))
+}
+
+/// [`upload`], given up (its stream aborted) once `cancelled` is set.
+fn upload_until(
+    conn: &Connect,
+    volume: &StorageVol,
+    file: &File,
+    path: &Path,
+    ranges: &[Range<u64>],
+    cancelled: &AtomicBool,
+) -> Result<(), AreaError> {
     let call = |e: virt::error::Error| AreaError::io("upload", path, io::Error::other(e));
     let mut buf = vec![0u8; 1 << 20];
     for range in ranges {
@@ -165,6 +178,14 @@ pub fn upload(
             .map_err(call)?;
         let mut at = range.start;
         while at < range.end {
+            if cancelled.load(Ordering::Relaxed) {
+                let _ = stream.abort();
+                return Err(AreaError::io(
+                    "upload",
+                    path,
+                    io::Error::other("the upload was given up"),
+                ));
+            }
             let n = (range.end - at).min(buf.len() as u64) as usize;
             if let Err(e) = file.read_exact_at(&mut buf[..n], at) {
                 let _ = stream.abort();
@@ -195,6 +216,8 @@ pub fn upload(
 /// second stream into a volume that has one.
 pub struct Sender {
     ranges: Option<SyncSender<Range<u64>>>,
+    /// Set when the sender is dropped unfinished: what it still holds is not sent.
+    cancelled: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), AreaError>>>,
     sent: Vec<Range<u64>>,
 }
@@ -212,6 +235,8 @@ impl Sender {
     ) -> Result<Self, AreaError> {
         let (ranges, next) = sync_channel::<Range<u64>>(64);
         let shown = path.to_owned();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&cancelled);
         let thread = std::thread::Builder::new()
             .name("nlxtp-send".into())
             .spawn(move || {
@@ -220,6 +245,9 @@ impl Sender {
                 // one.
                 let mut pending = next.recv().ok();
                 while let Some(mut range) = pending.take() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     while let Ok(more) = next.try_recv() {
                         if more.start == range.end {
                             range.end = more.end;
@@ -228,7 +256,8 @@ impl Sender {
                             break;
                         }
                     }
-                    upload(&conn, &volume, &file, &shown, std::slice::from_ref(&range))?;
+                    let range = std::slice::from_ref(&range);
+                    upload_until(&conn, &volume, &file, &shown, range, &stop)?;
                     if pending.is_none() {
                         pending = next.recv().ok();
                     }
@@ -238,6 +267,7 @@ impl Sender {
             .map_err(|e| AreaError::io("start a thread to upload", path, e))?;
         Ok(Sender {
             ranges: Some(ranges),
+            cancelled,
             thread: Some(thread),
             sent: Vec::new(),
         })
@@ -291,6 +321,7 @@ impl fmt::Debug for Sender {
 
 impl Drop for Sender {
     fn drop(&mut self) {
+        self.cancelled.store(true, Ordering::Relaxed);
         let _ = self.stop();
     }
 }

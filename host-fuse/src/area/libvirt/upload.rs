@@ -204,7 +204,14 @@ impl ReplaceStream for VolumeUpload<'_> {
             temp,
             ..
         } = *self;
-        let written = builder.finish()?.into_inner();
+        let written = match builder.finish() {
+            Ok(volume) => volume.into_inner(),
+            Err(e) => {
+                // The sender stops before the new volume goes (`new` is dropped next).
+                drop(early);
+                return Err(e);
+            }
+        };
         let built = started.elapsed();
         // What is not in the new volume yet: everything, or what the build wrote but
         // for the file data handed to the early sender (never written again). The
