@@ -296,8 +296,7 @@ pub fn read_members<R: Read + Send>(
 ) -> Result<(ArchiveSummary, Compression), UploadError> {
     match source {
         ArchiveInput::Decoded(tar, compression) => {
-            let summary = read_tar(tar, compression, limits, rules, false, sink)?;
-            Ok((summary, compression))
+            read_decoded(tar, compression, limits, rules, archive_file, sink)
         }
         ArchiveInput::Raw(source) => {
             let cancelled = AtomicBool::new(false);
@@ -326,6 +325,20 @@ pub fn read_members<R: Read + Send>(
             })
         }
     }
+}
+
+/// [`read_members`] of a decompressed tar stream, in this thread.
+fn read_decoded(
+    tar: impl Read,
+    compression: Compression,
+    limits: &ArchiveLimits,
+    rules: &UploadRules,
+    archive_file: bool,
+    sink: &mut dyn MemberSink,
+) -> Result<(ArchiveSummary, Compression), UploadError> {
+    let in_file = archive_file && compression == Compression::None;
+    let summary = read_tar(tar, compression, limits, rules, in_file, sink)?;
+    Ok((summary, compression))
 }
 
 /// The tar stream `tar` (decompressed from `compression`), member by member.
@@ -399,7 +412,7 @@ fn read_tar(
 /// # Errors
 /// See [`ArchiveError`]: the first problem found, naming the member.
 pub fn read_upload(
-    source: impl Read + Send,
+    source: impl Read,
     limits: &ArchiveLimits,
     require_script: bool,
     archive_file: Option<&Arc<File>>,
@@ -414,8 +427,16 @@ pub fn read_upload(
         archive_file,
         spool_dir,
     };
-    let read = read_members(
-        ArchiveInput::Raw(source),
+    // Decompressed here, in this thread: nothing is written meanwhile.
+    let mut buffered = BufReader::with_capacity(64 * 1024, source);
+    let head = buffered
+        .fill_buf()
+        .map_err(|source| ArchiveError::Read { source })?;
+    let compression = Compression::sniff(head);
+    let tar = decoder(buffered, compression).map_err(|source| ArchiveError::Read { source })?;
+    let read = read_decoded(
+        tar,
+        compression,
         limits,
         &rules,
         archive_file.is_some(),

@@ -391,19 +391,31 @@ impl<V: BlockSource + 'static> Stream<V> {
     /// would not see it again). Gives the volume back.
     fn finish(mut self) -> Result<Arc<V>, AreaError> {
         self.drain()?;
+        self.stop()?;
+        let volume = Arc::clone(&self.volume);
+        drop(self);
+        Ok(volume)
+    }
+
+    /// Stops the flushing thread and waits until it has ended.
+    fn stop(&mut self) -> Result<(), AreaError> {
         drop(self.kick.take());
         match self.flusher.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result?,
-            Some(Err(_)) => {
-                return Err(AreaError::io(
-                    "flush",
-                    self.volume.name(),
-                    io::Error::other("the writeback thread failed"),
-                ))
-            }
-            None => {}
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(AreaError::io(
+                "flush",
+                self.volume.name(),
+                io::Error::other("the writeback thread failed"),
+            )),
+            None => Ok(()),
         }
-        Ok(self.volume)
+    }
+}
+
+/// An upload given up: its thread ends with it.
+impl<V: BlockSource + 'static> Drop for Stream<V> {
+    fn drop(&mut self) {
+        let _ = self.stop();
     }
 }
 
