@@ -17,7 +17,7 @@ use nlxtp_core::layout;
 
 use super::UploadError;
 use crate::area::{
-    read_member, AreaError, AreaPath, Entry, EntryKind, SharedArea, UploadData, UploadFile,
+    AreaError, AreaPath, Collect, Entry, EntryKind, ReplaceStream, SharedArea, UploadFile,
     WalkLimits, SPOOL_ABOVE,
 };
 
@@ -422,11 +422,12 @@ pub fn read_upload(
         require_script,
         ..UploadRules::default()
     };
-    let mut keep = Keep {
-        files: Vec::new(),
-        archive_file,
-        spool_dir,
-    };
+    // Collected, as a backend that writes only once it has every file collects them.
+    let mut files = None;
+    let mut collect = Collect::new(spool_dir, |kept| {
+        files = Some(kept);
+        Ok(())
+    });
     // Decompressed here, in this thread: nothing is written meanwhile.
     let mut buffered = BufReader::with_capacity(64 * 1024, source);
     let head = buffered
@@ -440,16 +441,23 @@ pub fn read_upload(
         limits,
         &rules,
         archive_file.is_some(),
-        &mut keep,
+        &mut AreaSink {
+            stream: &mut collect,
+            archive_file,
+        },
     );
-    let (summary, compression) = read.map_err(|e| match e {
+    let as_archive_error = |e| match e {
         UploadError::Archive(e) => e,
         other => ArchiveError::Read {
             source: io::Error::other(other),
         },
-    })?;
+    };
+    let (summary, compression) = read.map_err(as_archive_error)?;
+    Box::new(collect)
+        .commit()
+        .map_err(|e| as_archive_error(e.into()))?;
     Ok(ParsedUpload {
-        files: keep.files,
+        files: files.unwrap_or_default(),
         dropped: summary.dropped,
         stripped_mode_bits: summary.stripped_mode_bits,
         total_bytes: summary.total_bytes,
@@ -457,47 +465,38 @@ pub fn read_upload(
     })
 }
 
-/// The sink of [`read_upload`]: members kept in memory, large ones spooled or read
-/// later where they lie in the archive's file.
-struct Keep<'a> {
-    files: Vec<UploadFile>,
-    archive_file: Option<&'a Arc<File>>,
-    spool_dir: Option<&'a Path>,
+/// Members of an archive handed to an area's [`ReplaceStream`] as they are read.
+pub(crate) struct AreaSink<'s, 'a> {
+    pub(crate) stream: &'s mut (dyn ReplaceStream + 'a),
+    /// The archive's own file, when the members of a plain tar lie in it.
+    pub(crate) archive_file: Option<&'s Arc<File>>,
 }
 
-impl MemberSink for Keep<'_> {
+impl MemberSink for AreaSink<'_, '_> {
     fn member(
         &mut self,
         path: AreaPath,
         mode: u32,
         data: MemberData<'_>,
     ) -> Result<(), UploadError> {
-        let data = match (data, self.archive_file) {
-            (MemberData::Dir, _) => UploadData::Dir,
-            // The tar crate reads through the data it was not asked for.
+        match (data, self.archive_file) {
+            (MemberData::Dir, _) => self.stream.dir(path, mode)?,
+            // Where it lies in the archive's file: a backend that collects keeps that
+            // instead of a copy (the tar crate reads through the data not read).
             (
                 MemberData::File {
+                    data,
                     len,
                     in_file: Some(at),
-                    ..
                 },
                 Some(file),
-            ) if len > SPOOL_ABOVE => UploadData::Reader {
-                reader: Box::new(FileRange::new(Arc::clone(file), at, len)),
-                len,
-            },
-            (MemberData::File { data, len, .. }, _) => {
-                read_member(data, len, self.spool_dir, &path).map_err(|e| match e {
-                    AreaError::ShortSource { .. } => ArchiveError::Read {
-                        source: io::ErrorKind::UnexpectedEof.into(),
-                    }
-                    .into(),
-                    AreaError::Sink { source } => ArchiveError::Read { source }.into(),
-                    other => UploadError::Area(other),
-                })?
+            ) if len > SPOOL_ABOVE => {
+                let kept = FileRange::new(Arc::clone(file), at, len);
+                self.stream
+                    .file_kept(path, mode, len, data, Box::new(kept))?;
             }
-        };
-        self.files.push(UploadFile { path, data, mode });
+            (MemberData::File { data, len, .. }, _) => self.stream.file(path, mode, len, data)?,
+        }
         Ok(())
     }
 }

@@ -253,7 +253,7 @@ impl Upload<'_> {
             }
             .into());
         }
-        let mut sink = AreaSink {
+        let mut sink = archive::AreaSink {
             stream: self.stream.as_mut(),
             archive_file: self.archive_file.as_ref(),
         };
@@ -307,42 +307,6 @@ impl Upload<'_> {
             stripped_mode_bits: summary.stripped_mode_bits,
             cut_off_run: self.cut_off_run,
         })
-    }
-}
-
-/// Members of an archive written into an area's [`ReplaceStream`] as they are read.
-struct AreaSink<'s, 'a> {
-    stream: &'s mut (dyn ReplaceStream + 'a),
-    /// The archive's own file, when the members of a plain tar lie in it.
-    archive_file: Option<&'s std::sync::Arc<std::fs::File>>,
-}
-
-impl MemberSink for AreaSink<'_, '_> {
-    fn member(
-        &mut self,
-        path: AreaPath,
-        mode: u32,
-        data: MemberData<'_>,
-    ) -> Result<(), UploadError> {
-        match (data, self.archive_file) {
-            (MemberData::Dir, _) => self.stream.dir(path, mode)?,
-            // Where it lies in the archive's file: a backend that collects keeps that
-            // instead of a copy.
-            (
-                MemberData::File {
-                    data,
-                    len,
-                    in_file: Some(at),
-                },
-                Some(file),
-            ) if len > crate::area::SPOOL_ABOVE => {
-                let kept = archive::FileRange::new(std::sync::Arc::clone(file), at, len);
-                self.stream
-                    .file_kept(path, mode, len, data, Box::new(kept))?;
-            }
-            (MemberData::File { data, len, .. }, _) => self.stream.file(path, mode, len, data)?,
-        }
-        Ok(())
     }
 }
 
