@@ -16,7 +16,7 @@ use serde_json::Value;
 #[path = "common/serve.rs"]
 mod server;
 
-use server::{dechunk, job, Setup, TOKEN};
+use server::{dechunk, job, send_body, Setup, TOKEN};
 
 /// The router's paths. axum cannot list a router's routes, so they are kept here; the
 /// test checks this list against the `.route("...")` calls in `src/serve/api.rs` (where
@@ -84,16 +84,7 @@ fn request(addr: SocketAddr, method: &str, path: &str, headers: &[String], body:
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).unwrap();
-    // An answer may come before the body is sent (a refusal), and the server close.
-    if let Err(e) = stream.write_all(body) {
-        assert!(
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            ),
-            "sending the body: {e}"
-        );
-    }
+    send_body(&mut stream, body);
     let mut raw = Vec::new();
     let split = loop {
         if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {

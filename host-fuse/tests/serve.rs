@@ -14,7 +14,7 @@ use nlxtp_host::serve::{GrantKey, Limits, Operation};
 #[path = "common/serve.rs"]
 mod server;
 
-use server::{dechunk, job, Setup, TOKEN};
+use server::{dechunk, job, send_body, Setup, TOKEN};
 
 /// An HTTP answer.
 #[derive(Debug)]
@@ -77,17 +77,7 @@ fn request(addr: SocketAddr, method: &str, path: &str, auth: bool, body: &[u8]) 
         body.len()
     );
     stream.write_all(head.as_bytes()).unwrap();
-    // A server may answer before the body is sent (413 from the declared length) and
-    // close: the answer is still in our receive queue, so a broken pipe is not a failure.
-    if let Err(e) = stream.write_all(body) {
-        assert!(
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-            ),
-            "sending the body: {e}"
-        );
-    }
+    send_body(&mut stream, body);
     let mut raw = Vec::new();
     if let Err(e) = stream.read_to_end(&mut raw) {
         assert!(!raw.is_empty(), "reading the answer: {e}");

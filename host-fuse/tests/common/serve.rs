@@ -2,7 +2,8 @@
 //! temporary directory, the operator token, and a small job archive.
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::net::TcpListener;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 
 use nlxtp_host::area::vfat::create_image;
@@ -97,5 +98,20 @@ pub fn dechunk(mut data: &[u8]) -> Vec<u8> {
         }
         out.extend_from_slice(&data[..size]);
         data = &data[size + 2..];
+    }
+}
+
+/// Sends a request's `body` after its head. A server may answer before the body is sent
+/// (a refusal, 413 from the declared length) and close: the answer is still in the
+/// receive queue, so a broken pipe or a reset here is not a failure.
+pub fn send_body(stream: &mut TcpStream, body: &[u8]) {
+    if let Err(e) = stream.write_all(body) {
+        assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "sending the body: {e}"
+        );
     }
 }
